@@ -1,0 +1,216 @@
+"""Chemistry presets: the one place that knows what NMC, LFP and lead-acid cells look like.
+
+The simulator, the estimators, the safety checks and the default alert rules all read these
+numbers; a device's config names its chemistry and may override any field
+(``[devices.chemistry_overrides]``). Values are per cell, SI units, and each group cites where it
+comes from. They are typical values for stationary-storage cells, not a datasheet: a site should
+override limits with its cells' datasheet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bess_edge.model import FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class Chemistry:
+    """Per-cell parameters of one battery chemistry (SI units; SOC in percent)."""
+
+    name: str
+    # Open-circuit voltage against SOC, ascending SOC 0..100 %.
+    ocv_soc_pct: tuple[float, ...]
+    ocv_v: tuple[float, ...]
+    nominal_voltage_v: float
+    # Operating limits (a BMS trips at or beyond these).
+    cell_voltage_min_v: float
+    cell_voltage_max_v: float
+    charge_temp_min_c: float
+    charge_temp_max_c: float
+    discharge_temp_min_c: float
+    discharge_temp_max_c: float
+    max_charge_c_rate: float  # continuous, 1/h
+    max_discharge_c_rate: float
+    # Equivalent-circuit parameters, as products with capacity so they scale with cell size:
+    # R0 [Ω] ≈ r0_ohm_ah / capacity [Ah].
+    r0_ohm_ah: float
+    r1_ohm_ah: float
+    tau1_s: float
+    # Arrhenius-like resistance rise in the cold: R(T) = R(25 °C) * exp(r_temp_coeff * (25 - T)).
+    r_temp_coeff_per_c: float
+    # Cycle life: N(DoD) = cycle_life_ref * (dod_ref / DoD) ** cycle_life_exponent (Wöhler curve).
+    cycle_life_ref: float
+    dod_ref: float
+    cycle_life_exponent: float
+    end_of_life_soh_pct: float
+    # Lumped thermal model of one cell with its share of the enclosure.
+    mass_kg_per_ah: float
+    specific_heat_j_kg_k: float
+    # Temperature at which self-heating reactions start (thermal-runaway precursor region).
+    self_heating_onset_c: float
+    # Regions where the OCV curve is too flat to correct SOC from voltage (LFP plateau), percent.
+    ocv_flat_regions_pct: tuple[tuple[float, float], ...] = ()
+    coulombic_efficiency: float = 0.999
+
+    def ocv(self, soc_pct: FloatArray | float) -> FloatArray:
+        """Open-circuit voltage [V] at a state of charge [%] (linear interpolation, clipped)."""
+        return np.interp(soc_pct, self.ocv_soc_pct, self.ocv_v)
+
+    def soc_from_ocv(self, ocv_v: FloatArray | float) -> FloatArray:
+        """State of charge [%] for a rested cell voltage [V]; ambiguous on flat plateaus."""
+        return np.interp(ocv_v, self.ocv_v, self.ocv_soc_pct)
+
+    def docv_dsoc(self, soc_pct: FloatArray | float) -> FloatArray:
+        """Slope of the OCV curve [V per % SOC], the observability of SOC from voltage."""
+        soc = np.asarray(self.ocv_soc_pct)
+        slopes = np.diff(np.asarray(self.ocv_v)) / np.diff(soc)
+        idx = np.clip(np.searchsorted(soc, soc_pct, side="right") - 1, 0, slopes.size - 1)
+        return slopes[idx]
+
+    def r0_ohm(self, capacity_ah: float) -> float:
+        return self.r0_ohm_ah / capacity_ah
+
+    def cycle_life(self, dod: FloatArray | float) -> FloatArray:
+        """Cycles to end of life at a depth of discharge (fraction 0..1)."""
+        dod = np.clip(np.asarray(dod, dtype=np.float64), 1e-3, 1.0)
+        return self.cycle_life_ref * (self.dod_ref / dod) ** self.cycle_life_exponent
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Chemistry:
+        """A copy with some fields replaced (from a device's ``chemistry_overrides``)."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown chemistry field(s): {', '.join(sorted(unknown))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return dataclasses.replace(self, **values)
+
+
+# NMC (LiNiMnCoO2 / graphite). OCV: the LG M50 NMC811 cell of Chen et al., "Development of
+# Experimental Techniques for Parameterization of Multi-scale Lithium-ion Battery Models",
+# J. Electrochem. Soc. 167 (2020) 080534, read at 10 % steps. Limits: typical NMC datasheets
+# (2.5-4.2 V; charge 0-45 °C). Cycle life: ~3,000 cycles at 80 % DoD, Wöhler exponent 1.5 from
+# Xu et al., "Modeling of Lithium-Ion Battery Degradation for Cell Life Assessment",
+# IEEE Trans. Smart Grid 9 (2018) 1131. Self-heating onset ~ 120 °C (SEI decomposition,
+# Feng et al., Energy Storage Materials 10 (2018) 246).
+NMC = Chemistry(
+    name="nmc",
+    ocv_soc_pct=(0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+    ocv_v=(3.00, 3.36, 3.46, 3.56, 3.62, 3.67, 3.73, 3.81, 3.90, 3.99, 4.08, 4.18),
+    nominal_voltage_v=3.65,
+    cell_voltage_min_v=2.8,
+    cell_voltage_max_v=4.2,
+    charge_temp_min_c=0.0,
+    charge_temp_max_c=45.0,
+    discharge_temp_min_c=-20.0,
+    discharge_temp_max_c=60.0,
+    max_charge_c_rate=1.0,
+    max_discharge_c_rate=2.0,
+    r0_ohm_ah=0.08,
+    r1_ohm_ah=0.04,
+    tau1_s=40.0,
+    r_temp_coeff_per_c=0.025,
+    cycle_life_ref=3000.0,
+    dod_ref=0.8,
+    cycle_life_exponent=1.5,
+    end_of_life_soh_pct=80.0,
+    mass_kg_per_ah=0.0145,
+    specific_heat_j_kg_k=1000.0,
+    self_heating_onset_c=120.0,
+)
+
+# LFP (LiFePO4 / graphite). OCV: the plateau shape of Prada et al., "A Simplified Electrochemical
+# and Thermal Aging Model of LiFePO4-Graphite Li-ion Batteries", J. Electrochem. Soc. 160 (2013)
+# A616, as 280 Ah prismatic stationary cells show it (3.2-3.35 V between 10 and 90 %). Limits:
+# typical LFP datasheets (2.5-3.65 V; charge 0-55 °C). Cycle life: ~6,000 cycles at 80 % DoD,
+# exponent 1.3 (Naumann et al., J. Energy Storage 17 (2018) 153 for calendar/cycle ageing of
+# LFP). Self-heating onset ~ 150 °C (Feng et al. 2018, as above).
+LFP = Chemistry(
+    name="lfp",
+    ocv_soc_pct=(0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 100),
+    ocv_v=(
+        2.50,
+        2.95,
+        3.12,
+        3.20,
+        3.24,
+        3.26,
+        3.28,
+        3.29,
+        3.30,
+        3.31,
+        3.32,
+        3.34,
+        3.38,
+        3.45,
+        3.60,
+    ),
+    nominal_voltage_v=3.2,
+    cell_voltage_min_v=2.5,
+    cell_voltage_max_v=3.65,
+    charge_temp_min_c=0.0,
+    charge_temp_max_c=55.0,
+    discharge_temp_min_c=-20.0,
+    discharge_temp_max_c=60.0,
+    max_charge_c_rate=0.5,
+    max_discharge_c_rate=1.0,
+    r0_ohm_ah=0.07,
+    r1_ohm_ah=0.035,
+    tau1_s=60.0,
+    r_temp_coeff_per_c=0.03,
+    cycle_life_ref=6000.0,
+    dod_ref=0.8,
+    cycle_life_exponent=1.3,
+    end_of_life_soh_pct=80.0,
+    mass_kg_per_ah=0.0195,
+    specific_heat_j_kg_k=1100.0,
+    self_heating_onset_c=150.0,
+    ocv_flat_regions_pct=((20.0, 90.0),),
+)
+
+# Lead-acid (flooded/VRLA, per 2 V cell). OCV ≈ electrolyte specific gravity + 0.84 V, which gives
+# about 1.95 V empty to 2.12 V full (Linden's Handbook of Batteries, 4th ed., ch. 16). Limits:
+# 1.75 V end-of-discharge, 2.40 V absorption. Cycle life: ~1,200 cycles at 50 % DoD, exponent
+# 1.1 (Wenzl et al., J. Power Sources 144 (2005) 373, life-prediction of lead-acid in RE systems).
+LEAD_ACID = Chemistry(
+    name="lead_acid",
+    ocv_soc_pct=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+    ocv_v=(1.95, 1.97, 1.98, 2.00, 2.02, 2.03, 2.05, 2.07, 2.08, 2.10, 2.12),
+    nominal_voltage_v=2.0,
+    cell_voltage_min_v=1.75,
+    cell_voltage_max_v=2.45,
+    charge_temp_min_c=-10.0,
+    charge_temp_max_c=45.0,
+    discharge_temp_min_c=-20.0,
+    discharge_temp_max_c=50.0,
+    max_charge_c_rate=0.2,
+    max_discharge_c_rate=0.5,
+    r0_ohm_ah=0.06,
+    r1_ohm_ah=0.04,
+    tau1_s=120.0,
+    r_temp_coeff_per_c=0.015,
+    cycle_life_ref=1200.0,
+    dod_ref=0.5,
+    cycle_life_exponent=1.1,
+    end_of_life_soh_pct=80.0,
+    mass_kg_per_ah=0.06,
+    specific_heat_j_kg_k=900.0,
+    self_heating_onset_c=70.0,  # thermal runaway of VRLA starts with charge at high temperature
+    coulombic_efficiency=0.95,
+)
+
+PRESETS: dict[str, Chemistry] = {c.name: c for c in (NMC, LFP, LEAD_ACID)}
+
+
+def get_chemistry(name: str, overrides: dict[str, Any] | None = None) -> Chemistry:
+    """The preset called ``name`` (case-insensitive), with a device's overrides applied."""
+    try:
+        preset = PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown chemistry {name!r}; known: {', '.join(sorted(PRESETS))}"
+        ) from None
+    return preset.with_overrides(overrides) if overrides else preset

@@ -1,0 +1,1 @@
+"""The ``bess-edge`` command: one module per subcommand, as cantools does it."""

@@ -1,0 +1,344 @@
+"""The one config file: TOML, validated by pydantic-settings, overridable from the environment.
+
+``load_config(path)`` returns :class:`Settings` or raises :class:`ConfigError`, whose lines each
+name the file, the key path (``devices[1].poll_interval_s``) and the reason, so an integrator
+can fix a site's file without reading Python. Environment variables
+``BESS_EDGE__SECTION__KEY`` (e.g. ``BESS_EDGE__MQTT__PASSWORD``) override the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bess_edge.chemistry import Chemistry, get_chemistry
+
+DEFAULT_CONFIG_PATH = Path("/etc/bess-edge/bess-edge.toml")
+
+# Site and device ids become MQTT topic levels and file names: keep them to a safe alphabet.
+TopicId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteConfig(Section):
+    id: TopicId
+    name: str = ""
+
+
+class StorageConfig(Section):
+    path: Path = Path("/var/lib/bess-edge/bess-edge.db")
+    max_size_mb: float = Field(1024.0, gt=0)
+    # Published data is kept this long so a subscriber can ask for a gap to be re-sent.
+    retention_days: float = Field(30.0, gt=0)
+    # "full" survives power loss (fsync per commit); "normal" only survives a crash of the process.
+    synchronous: Literal["normal", "full"] = "full"
+
+
+class TlsConfig(Section):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS)")
+        return self
+
+
+class MqttConfig(Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None  # default: "bess-edge-<site id>"
+    topic_prefix: str = Field("bess", pattern=r"^[^#+]+$")
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: float = Field(30.0, gt=0)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsConfig = TlsConfig()
+    encoding: Literal["json", "compact"] = "json"
+    max_inflight: int = Field(32, ge=1, le=65535)
+    max_message_bytes: int = Field(256 * 1024, ge=1024)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
+    # Per-module levels, e.g. {"bess_edge.sync" = "debug"}.
+    modules: dict[str, Literal["debug", "info", "warning", "error"]] = {}
+
+
+class HttpConfig(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=1, le=65535)
+
+
+class DeviceConfig(Section):
+    id: TopicId
+    driver: str
+    enabled: bool = True
+    poll_interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    max_backoff_s: float = Field(60.0, gt=0)
+    failures_before_lost: int = Field(3, ge=1)
+    chemistry: str = "lfp"
+    capacity_ah: float = Field(100.0, gt=0)  # nominal capacity of the series string
+    chemistry_overrides: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    _parsed_options: BaseModel | None = PrivateAttr(default=None)
+
+    @field_validator("chemistry")
+    @classmethod
+    def _known_chemistry(cls, value: str) -> str:
+        get_chemistry(value)
+        return value.lower()
+
+    @property
+    def parsed_options(self) -> BaseModel:
+        """The ``options`` table validated by the driver's own model (set by load_config)."""
+        if self._parsed_options is None:
+            raise RuntimeError(f"options of device {self.id!r} were not validated")
+        return self._parsed_options
+
+    def chemistry_preset(self) -> Chemistry:
+        return get_chemistry(self.chemistry, self.chemistry_overrides)
+
+
+class ThresholdRule(Section):
+    """One local alert rule (see docs/alerts.md): raise when ``metric`` crosses a level."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    clear: float | None = None  # hysteresis: the level the value must return past to clear
+    for_s: float = Field(0.0, ge=0)  # debounce: the condition must hold this long
+    clear_for_s: float = Field(0.0, ge=0)
+    min_reraise_s: float = Field(60.0, ge=0)
+    severity: Severity = "warning"
+    devices: list[str] = ["*"]  # ids or shell-style globs
+    message: str = "{metric} {op} {threshold} (value {value})"
+    action: dict[str, Any] | None = None  # optional local action; not a safety function
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> ThresholdRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        if self.clear is not None:
+            if self.above is not None and self.clear > self.above:
+                raise ValueError(f"clear ({self.clear}) must be <= above ({self.above})")
+            if self.below is not None and self.clear < self.below:
+                raise ValueError(f"clear ({self.clear}) must be >= below ({self.below})")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole config file."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix="BESS_EDGE__",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    site: SiteConfig
+    storage: StorageConfig = StorageConfig()
+    mqtt: MqttConfig = MqttConfig()
+    logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig = HttpConfig()
+    devices: list[DeviceConfig] = Field(min_length=1)
+    thresholds: list[ThresholdRule] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for device in self.devices:
+            if device.id == device_id:
+                return device
+        raise KeyError(device_id)
+
+    def summary(self) -> str:
+        """A few human lines: what this file will make the daemon do."""
+        lines = [
+            f"site {self.site.id}" + (f" ({self.site.name})" if self.site.name else ""),
+            f"storage {self.storage.path} (cap {self.storage.max_size_mb:g} MB, "
+            f"keep {self.storage.retention_days:g} days)",
+            (
+                f"mqtt {self.mqtt.host}:{self.mqtt.port} prefix {self.mqtt.topic_prefix!r}"
+                + (" tls" if self.mqtt.tls.enabled else "")
+                if self.mqtt.enabled
+                else "mqtt disabled (data is buffered locally)"
+            ),
+        ]
+        for d in self.devices:
+            state = "" if d.enabled else " [disabled]"
+            lines.append(
+                f"device {d.id}: driver {d.driver}, every {d.poll_interval_s:g} s, "
+                f"{d.chemistry} {d.capacity_ah:g} Ah{state}"
+            )
+        lines.append(f"{len(self.thresholds)} threshold rule(s)")
+        return "\n".join(lines)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` holds (key path, reason) pairs."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]) -> None:
+        self.path = Path(path)
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per problem: ``FILE: KEY.PATH: reason``."""
+        return [
+            f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}"
+            for key, reason in self.problems
+        ]
+
+
+def load_config(path: Path | str) -> Settings:
+    """Read, validate and return the config at ``path``, or raise ConfigError."""
+    path = Path(path)
+    raw = read_toml(path)
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(path, [(_key_path(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+    problems = _check_devices(settings)
+    if problems:
+        raise ConfigError(path, problems)
+    return settings
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML table, or ConfigError with the line and column of a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, [("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [("", f"cannot read: {exc}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [("", f"invalid TOML: {exc}")]) from None
+
+
+def _check_devices(settings: Settings) -> list[tuple[str, str]]:
+    """Checks that span fields: unique ids, known drivers, each driver's own options model."""
+    # Imported here: drivers import the model, which must not import config at import time.
+    from bess_edge.drivers.base import driver_class
+
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, device in enumerate(settings.devices):
+        if device.id in seen:
+            problems.append(
+                (
+                    f"devices[{i}].id",
+                    f"duplicate device id {device.id!r} (also devices[{seen[device.id]}])",
+                )
+            )
+        seen.setdefault(device.id, i)
+        try:
+            device.chemistry_preset()
+        except ValueError as exc:
+            problems.append((f"devices[{i}].chemistry_overrides", str(exc)))
+        try:
+            cls = driver_class(device.driver)
+        except ValueError as exc:
+            problems.append((f"devices[{i}].driver", str(exc)))
+            continue
+        try:
+            device._parsed_options = cls.Options.model_validate(device.options)
+        except ValidationError as exc:
+            problems.extend(
+                (_key_path((f"devices[{i}]", "options", *e["loc"])), _reason(e))
+                for e in exc.errors()
+            )
+    names: dict[str, int] = {}
+    for i, rule in enumerate(settings.thresholds):
+        if rule.name in names:
+            problems.append(
+                (
+                    f"thresholds[{i}].name",
+                    f"duplicate rule name {rule.name!r} (also thresholds[{names[rule.name]}])",
+                )
+            )
+        names.setdefault(rule.name, i)
+    return problems
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """``("devices", 1, "poll_interval_s")`` -> ``devices[1].poll_interval_s``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "tagged-union", "literal[")):
+            continue  # pydantic's internal validator names, meaningless to a user
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _reason(error: Any) -> str:
+    """Pydantic's message, phrased for someone editing a TOML file."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    given = error.get("input")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling against config/bess-edge.toml)"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']} (got {given!r})"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']} (got {given!r})"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']} (got {given!r})"
+    if kind == "too_short" and isinstance(given, list):
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return f"{given!r} may only use letters, digits, '_', '.' and '-' (at most 64)"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{error['msg'].lower()} (got {given!r})"
+    message = str(error["msg"])
+    return message[:1].lower() + message[1:]
