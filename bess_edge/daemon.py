@@ -1,0 +1,256 @@
+"""The daemon: wires drivers → diagnostics → alerts → store → sync on one asyncio loop.
+
+One :class:`~bess_edge.poller.DevicePoller` task per device, diagnostics and alerts inline (numpy,
+fast), SQLite writes on one worker thread (so an fsync never stalls the loop), and the sync
+task when MQTT is enabled. SIGTERM/SIGINT stop cleanly: each poll in flight finishes and is
+committed. SIGHUP re-reads the config file's thresholds; a bad file is refused, old rules stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bess_edge.alerts import AlertEngine
+from bess_edge.config import ConfigError, Settings, load_config
+from bess_edge.drivers.base import Driver, driver_class
+from bess_edge.model import Reading, now_ms
+from bess_edge.pipeline import DevicePipeline
+from bess_edge.poller import DevicePoller
+from bess_edge.store import CommitResult, Cycle, Store, StoreFull
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HOUSEKEEPING_INTERVAL_S = 60.0  # cap enforcement, retention purge, buffer alert
+SUMMARY_INTERVAL_S = 60.0  # one status line per device in the log
+
+
+class StartupError(Exception):
+    """The daemon cannot start with this config (a driver refused its options, ...)."""
+
+
+class StoreWorker:
+    """Runs every Store call on one dedicated thread, in submission order.
+
+    SQLite wants one writer; a dedicated thread keeps an fsync (tens of ms on an SD card) off
+    the event loop, so no device's poll timing depends on the disk.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.close()
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.stop = asyncio.Event()
+        self.pollers: dict[str, DevicePoller] = {}
+        self.pipelines: dict[str, DevicePipeline] = {}
+        self.started_mono = time.monotonic()
+        self.telemetry_dropped = 0
+        self._dropped_since_housekeeping = 0
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        store = Store(
+            s.storage.path,
+            max_size_mb=s.storage.max_size_mb,
+            retention_days=s.storage.retention_days,
+            synchronous=s.storage.synchronous,
+        )
+        self.worker = worker = StoreWorker(store)
+        self.alerts = AlertEngine(s.thresholds, store.max_alert_id(), store.active_alerts())
+        try:
+            drivers = self._build_drivers(store)
+        except StartupError:
+            worker.shutdown()
+            raise
+        self._install_signal_handlers()
+        tasks = [asyncio.create_task(p.run(), name=f"poll:{d}") for d, p in self.pollers.items()]
+        background = [
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._summaries(), name="summaries"),
+        ]
+        if s.mqtt.enabled:
+            background.append(asyncio.create_task(self._sync(), name="sync"))
+        log.info(
+            "bess-edge running",
+            extra={
+                "site": s.site.id,
+                "devices": [d.id for d in s.devices if d.enabled],
+                "store": str(s.storage.path),
+                "mqtt": f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt.enabled else "disabled",
+            },
+        )
+        await self.stop.wait()
+        log.info("stopping: finishing polls in flight")
+        grace = max((d.timeout_s for d in s.devices), default=1.0) * 2 + 5
+        _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+        for task in (*pending, *background):
+            task.cancel()
+        await asyncio.gather(*pending, *background, return_exceptions=True)
+        finals = [c for p in self.pipelines.values() if (c := p.final_state()) is not None]
+        if finals:
+            await self._commit(finals)
+        for driver in drivers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.close(), 2.0)
+        worker.shutdown()
+        log.info("stopped")
+        return 0
+
+    def _build_drivers(self, store: Store) -> list[Driver]:
+        drivers = []
+        for device in self.settings.devices:
+            if not device.enabled:
+                continue
+            try:
+                driver = driver_class(device.driver)(device, device.parsed_options)
+            except Exception as exc:
+                raise StartupError(f"device {device.id!r}: {exc}") from exc
+            pipeline = DevicePipeline(device, store, self.alerts)
+            self.pipelines[device.id] = pipeline
+            self.pollers[device.id] = DevicePoller(
+                device,
+                driver,
+                on_reading=self._reading_handler(pipeline),
+                on_failure=self._failure_handler(pipeline),
+                stop=self.stop,
+            )
+            drivers.append(driver)
+        return drivers
+
+    def _reading_handler(self, pipeline: DevicePipeline) -> Callable[[Reading], Any]:
+        async def handle(reading: Reading) -> None:
+            if pipeline.status.polls == 0:
+                log.info(
+                    "first reading",
+                    extra={"device": reading.device_id, **_brief(reading)},
+                )
+            await self._commit([pipeline.on_reading(reading)])
+
+        return handle
+
+    def _failure_handler(self, pipeline: DevicePipeline) -> Callable[[str, int, bool], Any]:
+        async def handle(error: str, ts_ms: int, lost: bool) -> None:
+            await self._commit([pipeline.on_failure(error, ts_ms, lost)])
+
+        return handle
+
+    async def _commit(self, cycles: list[Cycle]) -> CommitResult | None:
+        """Commit cycles; a full or failing disk is logged and survived, never raised."""
+        try:
+            result = await self.worker.call(self.worker.store.commit_cycles, cycles)
+        except StoreFull as exc:
+            log.error("store full: cycle not written", extra={"error": str(exc)})
+            return None
+        except Exception as exc:
+            log.exception("store write failed: cycle not written", extra={"error": repr(exc)})
+            return None
+        if result.dropped_telemetry:
+            self.telemetry_dropped += result.dropped_telemetry
+            self._dropped_since_housekeeping += result.dropped_telemetry
+        return result
+
+    async def _housekeeping(self) -> None:
+        store = self.worker.store
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            try:
+                dropped = await self.worker.call(store.enforce_cap)
+                await self.worker.call(store.purge_expired)
+            except Exception:
+                log.exception("housekeeping failed")
+                continue
+            self.telemetry_dropped += dropped
+            dropping = bool(dropped or self._dropped_since_housekeeping)
+            self._dropped_since_housekeeping = 0
+            transitions = self.alerts.buffer_dropping(dropping, self.telemetry_dropped, now_ms())
+            if transitions:
+                await self._commit([Cycle(alerts=transitions)])
+
+    async def _summaries(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL_S)
+            depth = await self.worker.call(self.worker.store.outbox_depth)
+            for device_id, pipeline in self.pipelines.items():
+                s = pipeline.status
+                log.info(
+                    "device summary",
+                    extra={
+                        "device": device_id,
+                        "comms": str(s.comms),
+                        "polls": s.polls,
+                        "poll_errors": s.poll_errors,
+                        "last_error": s.last_error,
+                    },
+                )
+            log.info("buffer", extra={"unsent": depth, "telemetry_dropped": self.telemetry_dropped})
+
+    async def _sync(self) -> None:
+        from bess_edge.sync import Syncer  # paho is only imported when MQTT is enabled
+
+        await Syncer(self.settings, self.worker, self.alerts).run(self.stop)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> bool:
+        """Re-read the thresholds from the config file; keep the old ones if it is invalid."""
+        if self.config_path is None:
+            log.warning("reload requested but the daemon was not started from a file")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "reload refused; the previous rules stay active", extra={"errors": exc.lines()}
+            )
+            return False
+        self.alerts.update_rules(new.thresholds)
+        self.settings.thresholds = new.thresholds
+        log.info("thresholds reloaded", extra={"rules": len(new.thresholds)})
+        return True
+
+
+def _brief(reading: Reading) -> dict[str, Any]:
+    stats = reading.cell_stats()
+    return {
+        "pack_voltage_v": reading.pack_voltage_v,
+        "pack_current_a": reading.pack_current_a,
+        "cells": reading.cell_count,
+        "cell_voltage_min_v": stats["cell_voltage_min_v"],
+        "cell_voltage_max_v": stats["cell_voltage_max_v"],
+    }
+
+
+def run_daemon(settings: Settings, config_path: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the exit code for the CLI."""
+    try:
+        return asyncio.run(Daemon(settings, config_path).run())
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2

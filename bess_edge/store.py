@@ -1,0 +1,572 @@
+"""The SQLite buffer: the only code that writes SQL, and the point of truth (DESIGN invariant 1).
+
+One :meth:`Store.commit_cycles` call is one transaction: the samples, their diagnoses, alert
+transitions, device states and the outbox rows that tell sync what to publish, with per-stream
+sequence numbers that are committed with the data so they never repeat after a crash.
+
+The file is capped at ``storage.max_size_mb``: when full, the oldest *telemetry* (samples and
+diagnoses) goes first, unsent rows counted as dropped; alerts are never dropped (invariant 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from bess_edge.model import Reading, now_ms
+
+log = logging.getLogger(__name__)
+
+# Outbox priorities: sync drains lower numbers first, so live alerts overtake a telemetry backlog.
+STREAM_PRIORITY = {"alerts": 0, "diagnostics": 1, "telemetry": 2}
+SITE_DEVICE = "_site"  # the device name of site-wide alerts (buffer full, ...)
+CELL_DTYPE = np.dtype("<f4")  # cell arrays on disk: 4 bytes a value, 0.1 mV at 4 V is plenty
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE seqs (
+        device TEXT NOT NULL, stream TEXT NOT NULL, next_seq INTEGER NOT NULL,
+        PRIMARY KEY (device, stream));
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL, quality INTEGER NOT NULL,
+        pack_voltage_v REAL, pack_current_a REAL, pack_power_w REAL,
+        bms_soc_pct REAL, bms_soh_pct REAL,
+        cell_voltage_min_v REAL, cell_voltage_max_v REAL,
+        cell_temperature_min_c REAL, cell_temperature_max_c REAL,
+        status_flags INTEGER NOT NULL, fault_flags INTEGER NOT NULL,
+        cell_voltage_v BLOB, cell_temperature_c BLOB, extra TEXT, quality_notes TEXT,
+        UNIQUE (device, seq));
+    CREATE INDEX samples_device_ts ON samples (device, ts_ms);
+    CREATE TABLE diagnoses (
+        id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL, data TEXT NOT NULL, UNIQUE (device, seq));
+    CREATE INDEX diagnoses_device_ts ON diagnoses (device, ts_ms);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY, device TEXT NOT NULL, rule TEXT NOT NULL, cell INTEGER,
+        severity TEXT NOT NULL, state TEXT NOT NULL, message TEXT NOT NULL, value REAL,
+        raised_ts_ms INTEGER NOT NULL, cleared_ts_ms INTEGER,
+        acked_ts_ms INTEGER, acked_by TEXT, ack_note TEXT);
+    CREATE INDEX alerts_state ON alerts (state);
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL REFERENCES alerts (id),
+        device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+        transition TEXT NOT NULL, actor TEXT, note TEXT, UNIQUE (device, seq));
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, priority INTEGER NOT NULL,
+        stream TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
+        ref_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL);
+    CREATE INDEX outbox_order ON outbox (priority, id);
+    CREATE INDEX outbox_ref ON outbox (stream, ref_id);
+    CREATE TABLE device_state (
+        device TEXT PRIMARY KEY, comms TEXT NOT NULL, last_ok_ts_ms INTEGER,
+        last_attempt_ts_ms INTEGER, consecutive_failures INTEGER NOT NULL,
+        last_error TEXT, polls INTEGER NOT NULL, poll_errors INTEGER NOT NULL);
+    CREATE TABLE estimator_state (
+        device TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, data BLOB NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreFull(Exception):
+    """A cycle could not be committed even after dropping old telemetry (disk truly full)."""
+
+
+@dataclass(slots=True)
+class AlertTransition:
+    """One step of an alert episode: raised, acknowledged or cleared.
+
+    ``alert_id`` is allocated by the alert engine (see :meth:`Store.max_alert_id`) so that the
+    engine can refer to an episode before its row is committed.
+    """
+
+    alert_id: int
+    device: str
+    rule: str
+    transition: str  # "raised" | "acknowledged" | "cleared"
+    ts_ms: int
+    severity: str = "warning"
+    message: str = ""
+    cell: int | None = None
+    value: float | None = None
+    actor: str | None = None  # who acknowledged: "cli:user", "mqtt", ...
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    """The poll task's view of a device, committed with each cycle."""
+
+    device: str
+    comms: str
+    last_ok_ts_ms: int | None
+    last_attempt_ts_ms: int
+    consecutive_failures: int
+    last_error: str | None
+    polls: int
+    poll_errors: int
+
+
+@dataclass(slots=True)
+class Cycle:
+    """Everything one poll produced, committed atomically."""
+
+    reading: Reading | None = None
+    diagnosis: dict[str, Any] | None = None  # Diagnosis.to_dict()
+    alerts: list[AlertTransition] = field(default_factory=list)
+    status: DeviceStatus | None = None
+    estimator_state: bytes | None = None
+
+
+@dataclass(slots=True)
+class CommitResult:
+    sample_seqs: list[int]
+    dropped_telemetry: int  # unsent rows dropped to make room while committing
+
+
+def pack_cells(values: np.ndarray) -> bytes | None:
+    return values.astype(CELL_DTYPE).tobytes() if values.size else None
+
+
+def unpack_cells(blob: bytes | None) -> np.ndarray:
+    if not blob:
+        return np.empty(0, dtype=np.float64)
+    return np.frombuffer(blob, dtype=CELL_DTYPE).astype(np.float64)
+
+
+def _real(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _json(value: Any) -> str:
+    """JSON without NaN (which JSON cannot carry): NaN and inf become null."""
+    return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class Store:
+    """The SQLite file. Use from one thread at a time (the daemon gives it one worker thread)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_size_mb: float = 1024.0,
+        retention_days: float = 30.0,
+        synchronous: str = "full",
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.max_size_bytes = int(max_size_mb * 1024 * 1024)
+        self.retention_ms = int(retention_days * 86_400_000)
+        if readonly:
+            # For the CLI beside a running daemon: never creates, migrates or locks the file.
+            if not self.path.exists():
+                raise FileNotFoundError(f"{self.path}: no data yet (has the daemon run?)")
+            self.conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=30.0
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+        self.db = sqlite_utils.Database(self.conn)
+        if not readonly:
+            self._configure(synchronous)
+            self._migrate()
+        self._next_seq: dict[tuple[str, str], int] = {
+            (d, s): n for d, s, n in self.conn.execute("SELECT device, stream, next_seq FROM seqs")
+        }
+        self._commits_since_cap_check = 0
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _configure(self, synchronous: str) -> None:
+        c = self.conn
+        new_file = c.execute("PRAGMA page_count").fetchone()[0] == 0
+        if new_file:
+            # Incremental auto-vacuum lets the cap hand freed pages back to the filesystem.
+            c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        c.execute("PRAGMA journal_mode = WAL")
+        c.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        c.execute("PRAGMA foreign_keys = ON")
+        page_size = c.execute("PRAGMA page_size").fetchone()[0]
+        # SQLite refuses to grow past this, so a runaway never fills the disk: we get
+        # SQLITE_FULL first and make room by dropping old telemetry (see _make_room).
+        c.execute(f"PRAGMA max_page_count = {self.max_size_bytes // page_size + 256}")
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this bess-edge "
+                f"({SCHEMA_VERSION}); upgrade bess-edge or use another storage.path"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in _statements(MIGRATIONS[target - 1]):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {target}")
+            log.info("store schema migrated", extra={"path": str(self.path), "version": target})
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- writing --------------------------------------------------------------------------
+
+    def commit_cycle(self, cycle: Cycle) -> CommitResult:
+        return self.commit_cycles([cycle])
+
+    def commit_cycles(self, cycles: Sequence[Cycle]) -> CommitResult:
+        """Commit several poll cycles in one transaction (the batched write path).
+
+        On SQLITE_FULL the oldest telemetry is dropped and the commit retried once; if it
+        still does not fit, :class:`StoreFull` is raised and nothing of ``cycles`` is written.
+        """
+        dropped = 0
+        for attempt in (1, 2):
+            seqs_before = dict(self._next_seq)
+            try:
+                with self.transaction():
+                    sample_seqs = self._write(cycles)
+                break
+            except sqlite3.OperationalError as exc:
+                self._next_seq = seqs_before
+                if not _is_full(exc) or attempt == 2:
+                    if _is_full(exc):
+                        raise StoreFull(f"{self.path}: {exc}") from exc
+                    raise
+                log.warning("store full, dropping oldest telemetry", extra={"error": str(exc)})
+                dropped += self._make_room(target_bytes=int(self.max_size_bytes * 0.8))
+        self._commits_since_cap_check += len(cycles)
+        if self._commits_since_cap_check >= 100:
+            self._commits_since_cap_check = 0
+            dropped += self.enforce_cap()
+        return CommitResult(sample_seqs=sample_seqs, dropped_telemetry=dropped)
+
+    def _take_seq(self, device: str, stream: str) -> int:
+        seq = self._next_seq.get((device, stream), 1)
+        self._next_seq[(device, stream)] = seq + 1
+        return seq
+
+    def _write(self, cycles: Sequence[Cycle]) -> list[int]:
+        c = self.conn
+        sample_rows, diag_rows, outbox_rows, seqs_written = [], [], [], set()
+        sample_seqs: list[int] = []
+        for cycle in cycles:
+            r = cycle.reading
+            if r is not None:
+                seq = self._take_seq(r.device_id, "telemetry")
+                sample_seqs.append(seq)
+                seqs_written.add((r.device_id, "telemetry"))
+                stats = r.cell_stats()
+                sample_rows.append((
+                    r.device_id, seq, r.ts_ms, int(r.quality),
+                    _real(r.pack_voltage_v), _real(r.pack_current_a), _real(r.pack_power_w),
+                    _real(r.bms_soc_pct), _real(r.bms_soh_pct),
+                    _real(stats["cell_voltage_min_v"]), _real(stats["cell_voltage_max_v"]),
+                    _real(stats["cell_temperature_min_c"]), _real(stats["cell_temperature_max_c"]),
+                    r.status_flags, r.fault_flags,
+                    pack_cells(r.cell_voltage_v), pack_cells(r.cell_temperature_c),
+                    _json(r.extra) if r.extra else None,
+                    _json(r.quality_notes) if r.quality_notes else None,
+                ))  # fmt: skip
+                if cycle.diagnosis is not None:
+                    dseq = self._take_seq(r.device_id, "diagnostics")
+                    seqs_written.add((r.device_id, "diagnostics"))
+                    diag_rows.append((r.device_id, dseq, r.ts_ms, _json(cycle.diagnosis)))
+        if sample_rows:
+            first = _insert_many(c, "samples", SAMPLE_COLUMNS, sample_rows)
+            outbox_rows += [
+                (STREAM_PRIORITY["telemetry"], "telemetry", row[0], row[1], first + i, row[2])
+                for i, row in enumerate(sample_rows)
+            ]
+        if diag_rows:
+            first = _insert_many(c, "diagnoses", DIAGNOSIS_COLUMNS, diag_rows)
+            outbox_rows += [
+                (STREAM_PRIORITY["diagnostics"], "diagnostics", row[0], row[1], first + i, row[2])
+                for i, row in enumerate(diag_rows)
+            ]
+        for cycle in cycles:
+            for t in cycle.alerts:
+                outbox_rows.append(self._write_alert(t))
+                seqs_written.add((t.device, "alerts"))
+            if cycle.status is not None:
+                s = cycle.status
+                c.execute(
+                    "INSERT OR REPLACE INTO device_state VALUES (?,?,?,?,?,?,?,?)",
+                    (s.device, s.comms, s.last_ok_ts_ms, s.last_attempt_ts_ms,
+                     s.consecutive_failures, s.last_error, s.polls, s.poll_errors),
+                )  # fmt: skip
+            if cycle.estimator_state is not None:
+                device = cycle.reading.device_id if cycle.reading else cycle.status.device  # type: ignore[union-attr]
+                c.execute(
+                    "INSERT OR REPLACE INTO estimator_state VALUES (?,?,?)",
+                    (device, now_ms(), cycle.estimator_state),
+                )
+        c.executemany(
+            "INSERT INTO outbox (priority, stream, device, seq, ref_id, ts_ms) "
+            "VALUES (?,?,?,?,?,?)",
+            outbox_rows,
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO seqs VALUES (?,?,?)",
+            [(d, s, self._next_seq[(d, s)]) for d, s in seqs_written],
+        )
+        return sample_seqs
+
+    def _write_alert(self, t: AlertTransition) -> tuple[Any, ...]:
+        c = self.conn
+        if t.transition == "raised":
+            c.execute(
+                "INSERT INTO alerts (id, device, rule, cell, severity, state, message, value, "
+                "raised_ts_ms) VALUES (?,?,?,?,?,'active',?,?,?)",
+                (t.alert_id, t.device, t.rule, t.cell, t.severity, t.message,
+                 _real(t.value) if t.value is not None else None, t.ts_ms),
+            )  # fmt: skip
+        elif t.transition == "cleared":
+            c.execute(
+                "UPDATE alerts SET state = 'cleared', cleared_ts_ms = ? WHERE id = ?",
+                (t.ts_ms, t.alert_id),
+            )
+        elif t.transition == "acknowledged":
+            c.execute(
+                "UPDATE alerts SET acked_ts_ms = ?, acked_by = ?, ack_note = ? WHERE id = ?",
+                (t.ts_ms, t.actor, t.note, t.alert_id),
+            )
+        else:
+            raise ValueError(f"unknown alert transition {t.transition!r}")
+        seq = self._take_seq(t.device, "alerts")
+        cur = c.execute(
+            "INSERT INTO alert_events (alert_id, device, seq, ts_ms, transition, actor, note) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (t.alert_id, t.device, seq, t.ts_ms, t.transition, t.actor, t.note),
+        )
+        return (STREAM_PRIORITY["alerts"], "alerts", t.device, seq, cur.lastrowid, t.ts_ms)
+
+    # -- size cap and retention -----------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes of the file that hold data (excluding free pages awaiting reuse)."""
+        c = self.conn
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * c.execute("PRAGMA page_size").fetchone()[0]
+
+    def enforce_cap(self) -> int:
+        """Drop the oldest telemetry while the file is over 95 % of its cap; return unsent drops."""
+        if self.used_bytes() <= self.max_size_bytes * 0.95:
+            return 0
+        return self._make_room(target_bytes=int(self.max_size_bytes * 0.85))
+
+    def _make_room(self, target_bytes: int) -> int:
+        """Delete the oldest samples and diagnoses until under ``target_bytes``.
+
+        Returns how many of the deleted rows had not been published yet (a real loss, counted
+        in ``counters.telemetry_dropped`` and logged); alerts are never touched.
+        """
+        dropped = 0
+        while self.used_bytes() > target_bytes:
+            deleted = 0
+            with self.transaction() as c:
+                for table, stream in (("samples", "telemetry"), ("diagnoses", "diagnostics")):
+                    ids = [
+                        row[0]
+                        for row in c.execute(f"SELECT id FROM {table} ORDER BY id LIMIT 2000")
+                    ]
+                    if not ids:
+                        continue
+                    marks = ",".join("?" * len(ids))
+                    unsent = c.execute(
+                        f"DELETE FROM outbox WHERE stream = ? AND ref_id IN ({marks})",
+                        (stream, *ids),
+                    ).rowcount
+                    c.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+                    deleted += len(ids)
+                    dropped += unsent
+                if dropped:
+                    self._add_counter(c, "telemetry_dropped", dropped)
+            self.conn.execute("PRAGMA incremental_vacuum")
+            if deleted == 0:
+                break
+        if dropped:
+            log.warning(
+                "storage cap reached: dropped unsent telemetry",
+                extra={"dropped": dropped, "path": str(self.path)},
+            )
+        return dropped
+
+    def purge_expired(self, now: int | None = None) -> int:
+        """Delete published telemetry older than the retention window; return rows deleted."""
+        cutoff = (now if now is not None else now_ms()) - self.retention_ms
+        deleted = 0
+        with self.transaction() as c:
+            for table, stream in (("samples", "telemetry"), ("diagnoses", "diagnostics")):
+                deleted += c.execute(
+                    f"DELETE FROM {table} WHERE ts_ms < ? AND id NOT IN "
+                    f"(SELECT ref_id FROM outbox WHERE stream = ?)",
+                    (cutoff, stream),
+                ).rowcount
+        self.conn.execute("PRAGMA incremental_vacuum")
+        return deleted
+
+    # -- counters, state --------------------------------------------------------------------
+
+    @staticmethod
+    def _add_counter(c: sqlite3.Connection, name: str, delta: int) -> None:
+        c.execute(
+            "INSERT INTO counters VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, delta),
+        )
+
+    def counter(self, name: str) -> int:
+        row = self.conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def max_alert_id(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()[0])
+
+    def active_alerts(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM alerts WHERE state = 'active' ORDER BY id"))
+
+    def estimator_state(self, device: str) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT data FROM estimator_state WHERE device = ?", (device,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def device_status(self, device: str) -> DeviceStatus | None:
+        row = self.conn.execute("SELECT * FROM device_state WHERE device = ?", (device,)).fetchone()
+        return DeviceStatus(*row) if row else None
+
+    def sample_count(self, device: str) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM samples WHERE device = ?", (device,)
+            ).fetchone()[0]
+        )
+
+    def file_bytes(self) -> int:
+        """Size on disk of the database and its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def outbox_depth(self) -> dict[str, int]:
+        """Unpublished rows per stream."""
+        return dict(self.conn.execute("SELECT stream, count(*) FROM outbox GROUP BY stream"))
+
+    # -- reading back ---------------------------------------------------------------------
+
+    def samples(
+        self, device: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> Iterable[dict[str, Any]]:
+        """Samples of a device in time order, cell arrays unpacked to lists of floats."""
+        where, params = ["device = ?"], [device]
+        if since_ms is not None:
+            where.append("ts_ms >= ?")
+            params.append(since_ms)
+        if until_ms is not None:
+            where.append("ts_ms < ?")
+            params.append(until_ms)
+        sql = f"SELECT * FROM samples WHERE {' AND '.join(where)} ORDER BY seq"
+        for row in self.db.query(sql, params):
+            yield sample_row_to_dict(row)
+
+    def latest_sample(self, device: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db.query(
+                "SELECT * FROM samples WHERE device = ? ORDER BY seq DESC LIMIT 1", [device]
+            )
+        )
+        return sample_row_to_dict(rows[0]) if rows else None
+
+    def latest_diagnosis(self, device: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT data FROM diagnoses WHERE device = ? ORDER BY seq DESC LIMIT 1", (device,)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+
+def sample_row_to_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """A samples row as plain data: cell BLOBs unpacked, JSON columns parsed."""
+    out = dict(row)
+    out["cell_voltage_v"] = [round(v, 5) for v in unpack_cells(row["cell_voltage_v"]).tolist()]
+    out["cell_temperature_c"] = [
+        round(v, 3) for v in unpack_cells(row["cell_temperature_c"]).tolist()
+    ]
+    out["extra"] = json.loads(row["extra"]) if row["extra"] else {}
+    out["quality_notes"] = json.loads(row["quality_notes"]) if row["quality_notes"] else []
+    return out
+
+
+SAMPLE_COLUMNS = (
+    "device, seq, ts_ms, quality, pack_voltage_v, pack_current_a, pack_power_w, "
+    "bms_soc_pct, bms_soh_pct, cell_voltage_min_v, cell_voltage_max_v, "
+    "cell_temperature_min_c, cell_temperature_max_c, status_flags, fault_flags, "
+    "cell_voltage_v, cell_temperature_c, extra, quality_notes"
+)
+DIAGNOSIS_COLUMNS = "device, seq, ts_ms, data"
+
+
+def _insert_many(
+    c: sqlite3.Connection, table: str, columns: str, rows: list[tuple[Any, ...]]
+) -> int:
+    """executemany INSERT; returns the rowid of the first row.
+
+    Rowids are consecutive: one writer, inside one transaction, with no explicit ids.
+    """
+    marks = ",".join("?" * (columns.count(",") + 1))
+    c.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+    last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+    return int(last) - len(rows) + 1
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
