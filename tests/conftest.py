@@ -1,0 +1,243 @@
+"""Shared fixtures: config files on disk, the daemon as a real subprocess, a real mosquitto.
+
+Everything here is a real part a user's system has: the daemon runs as its own process with its
+own SQLite file, and the broker is a mosquitto process on a free loopback port that a test can
+kill and restart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+THIRDPARTY = REPO.parent / "shared" / "thirdparty"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as TOML (enough for test configs: scalars, lists, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def render_config(config: dict[str, Any]) -> str:
+    """A config dict as a TOML file: tables, arrays of tables, nested tables one level deep."""
+    lines: list[str] = []
+
+    def table(header: str, body: dict[str, Any]) -> None:
+        lines.append(header)
+        nested = {k: v for k, v in body.items() if isinstance(v, dict)}
+        for key, value in body.items():
+            if key not in nested:
+                lines.append(f"{key} = {toml_value(value)}")
+        name = header.strip("[]")
+        for key, value in nested.items():
+            lines.append(f"{key} = {toml_value(value)}") if not value else table(
+                f"[{name}.{key}]", value
+            )
+        lines.append("")
+
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                table(f"[[{section}]]", item)
+        else:
+            table(f"[{section}]", body)
+    return "\n".join(lines)
+
+
+def sim_device(device_id: str = "rack-1", **overrides: Any) -> dict[str, Any]:
+    """A simulated 16-cell LFP device, polled fast, for tests."""
+    options = {"cells": 16, "profile": "constant", "current_a": 20.0, "seed": 1}
+    options.update(overrides.pop("options", {}))
+    device = {
+        "id": device_id,
+        "driver": "sim",
+        "poll_interval_s": 0.2,
+        "timeout_s": 0.5,
+        "max_backoff_s": 1.0,
+        "failures_before_lost": 2,
+        "chemistry": "lfp",
+        "capacity_ah": 100.0,
+        "options": options,
+    }
+    device.update(overrides)
+    return device
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config file; returns its path. Defaults: one sim device, store in tmp_path."""
+
+    def make(
+        devices: list[dict[str, Any]] | None = None,
+        name: str = "bess-edge.toml",
+        **sections: Any,
+    ) -> Path:
+        config: dict[str, Any] = {
+            "site": {"id": "test-site"},
+            "storage": {"path": str(tmp_path / "bess-edge.db")},
+            "logging": {"format": "json", "level": "info"},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        config["devices"] = devices if devices is not None else [sim_device()]
+        path = tmp_path / name
+        path.write_text(render_config(config))
+        return path
+
+    return make
+
+
+class DaemonProcess:
+    """``bess-edge run`` as a subprocess, its log captured to a file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bess_edge", "run", "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            assert self.alive(), f"daemon exited early:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the daemon log after {timeout} s:\n{self.log()[-3000:]}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemons with ``daemon(config_path)``; all are stopped at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        proc = DaemonProcess(config, tmp_path / f"daemon-{len(started)}.log", env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.alive():
+            proc.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class Mosquitto:
+    """A mosquitto broker on a free loopback port that a test may kill and restart."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence false\nlog_dest stdout\n{extra_conf}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh broker for this test (never the machine's own on 1883)."""
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
+    broker = Mosquitto(tmp_path).start()
+    yield broker
+    broker.kill()
