@@ -1,0 +1,156 @@
+"""``driver = "modbus"``: any BMS reachable over Modbus TCP or RTU, described by a register map.
+
+Adding a BMS means writing a map file (see ``docs/modbus.md``), not Python. The driver plans the
+map's registers into as few reads as the device allows once, then each poll reads those blocks on
+the shared connection, decodes them in one vectorised pass and returns a Reading in SI units with
+current > 0 while charging. Bad values are flagged on the Reading; an unreachable device raises.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bess_edge.drivers.base import Driver
+from bess_edge.drivers.modbus_decode import (
+    Block,
+    Decoded,
+    Decoder,
+    decode_string,
+    image_size,
+    plan_blocks,
+)
+from bess_edge.drivers.modbus_transport import (
+    Connection,
+    ConnectionOptions,
+    NothingReadable,
+    acquire,
+    read_image,
+    release,
+)
+from bess_edge.drivers.register_map import (
+    FLAG_TARGETS,
+    TARGETS,
+    Field,
+    MapError,
+    RegisterMap,
+    load_map,
+)
+from pydantic import model_validator
+
+from bess_edge.model import Quality, Reading, now_ms
+
+
+class ModbusOptions(ConnectionOptions):
+    # A shipped map's name (``bess-edge probe modbus --list-maps``) or a path to a TOML file.
+    map: str
+
+    @model_validator(mode="after")
+    def _map_loads(self) -> ModbusOptions:
+        try:
+            load_map(self.map)
+        except MapError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def reading_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Decoded map values -> (Reading keyword arguments, extra values)."""
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, float] = {}
+    for name, value in values.items():
+        if name.startswith("extra."):
+            extra[name.removeprefix("extra.")] = float(value[0])
+        elif name in FLAG_TARGETS:
+            kwargs[name] = int(value[0]) if math.isfinite(value[0]) else 0
+        elif TARGETS[name].array:
+            kwargs[name] = value
+        else:
+            kwargs[name] = float(value[0])
+    return kwargs, extra
+
+
+class ModbusDriver(Driver):
+    """Polls one unit id through a shared TCP or RTU connection."""
+
+    Options = ModbusOptions
+    options: ConnectionOptions
+
+    def __init__(self, device, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(device, options)
+        self._conn: Connection | None = None
+        self._fields: tuple[Field, ...] = ()
+        self._blocks: list[Block] = []
+        self._size = 0
+        self._decoder: Decoder | None = None
+        self.info: dict[str, str] = {}  # identity strings read at open (serial number, ...)
+
+    def _use_fields(self, fields: tuple[Field, ...], max_registers: int, max_gap: int) -> None:
+        self._fields = fields
+        self._blocks = plan_blocks(fields, max_registers, max_gap)
+        self._size = image_size(self._blocks)
+        self._decoder = Decoder(fields, self._blocks)
+
+    async def open(self) -> None:
+        await self.close()
+        self._conn = await acquire(
+            self.options.endpoint(), self.options.request_timeout_s, self.options.retries
+        )
+        await self._describe()
+
+    async def _describe(self) -> None:
+        """Learn what to poll: here, from the map (read once; SunSpec discovers instead)."""
+        if self._decoder is not None:
+            return
+        assert isinstance(self.options, ModbusOptions)
+        register_map = load_map(self.options.map)
+        self.info = await self._read_info(register_map)
+        header = register_map.header
+        self._use_fields(register_map.fields, header.max_registers, header.max_gap)
+
+    async def _read_info(self, register_map: RegisterMap) -> dict[str, str]:
+        if not register_map.info:
+            return {}
+        blocks = plan_blocks(register_map.info, register_map.header.max_registers)
+        try:
+            got = await self._read(blocks, image_size(blocks))
+        except NothingReadable:
+            return {}  # identity is nice to have; the measurements are what matter
+        info = {}
+        for f in register_map.info:
+            text = decode_string(got.image, got.ok, blocks, f)
+            if text is not None:
+                info[f.name.removeprefix("info.")] = text
+        return info
+
+    async def _read(self, blocks: list[Block], size: int):  # type: ignore[no-untyped-def]
+        if self._conn is None:
+            await self.open()
+        conn = self._conn
+        assert conn is not None
+        async with conn.exclusive():
+            await conn.ensure_connected()
+            return await read_image(conn.client, self.options.unit_id, blocks, size)
+
+    async def _poll(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
+        if self._decoder is None:
+            await self.open()
+        got = await self._read(self._blocks, self._size)
+        self._blocks = got.blocks
+        assert self._decoder is not None
+        decoded = self._decoder.decode(got.image, got.ok)
+        return decoded, got.problems + decoded.problems
+
+    async def read(self) -> Reading:
+        ts_ms = now_ms()
+        decoded, problems = await self._poll()
+        kwargs, extra = reading_fields(decoded.values)
+        reading = Reading(device_id=self.device_id, ts_ms=ts_ms, extra=extra, **kwargs)
+        for quality, note in problems:
+            reading.flag(quality, note)
+        return reading
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            release(conn)

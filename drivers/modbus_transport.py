@@ -1,0 +1,257 @@
+"""Modbus connections, shared where the wire is shared, and block reads that survive bad registers.
+
+Devices on one RS-485 bus share one serial port: they get one pymodbus client and one lock, held
+for a whole poll, so two devices never interleave frames on the bus. Devices behind one Modbus TCP
+gateway (same host and port, different unit ids) share one TCP connection, because many gateways
+accept only one or two. The connection registry is keyed by the running event loop as well, since
+a pymodbus client belongs to the loop it was created on.
+
+Nothing here retries or backs off beyond pymodbus's own ``retries`` (kept small): the daemon's
+poll task owns timeouts, back-off and ``comms_lost``, so a failed request simply raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from bess_edge.drivers.base import DriverError
+from bess_edge.drivers.modbus_decode import Block, BoolArray, U16Array
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusException
+
+from bess_edge.model import Quality
+
+# Modbus Application Protocol v1.1b3, section 7: exception codes.
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a device is reached; equal endpoints share one connection."""
+
+    transport: Literal["tcp", "rtu"]
+    host: str = ""
+    port: int = 502
+    serial_port: str = ""
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+
+    def __str__(self) -> str:
+        if self.transport == "tcp":
+            return f"tcp://{self.host}:{self.port}"
+        return f"rtu:{self.serial_port}@{self.baudrate}/8{self.parity}{self.stopbits}"
+
+
+@dataclass(slots=True)
+class Connection:
+    """A pymodbus client shared by the devices of one endpoint."""
+
+    endpoint: Endpoint
+    client: ModbusBaseClient
+    bus_lock: asyncio.Lock | None  # serial buses only: one device's poll at a time
+    key: tuple[int, Endpoint]
+    users: int = 0
+
+    async def ensure_connected(self) -> None:
+        """Connect if not connected (once, bounded by the client's timeout)."""
+        if not self.client.connected and not await self.client.connect():
+            raise DriverError(f"cannot connect to {self.endpoint}")
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the bus for one device's poll (a no-op on TCP, where requests are tagged)."""
+        if self.bus_lock is None:
+            yield
+            return
+        async with self.bus_lock:
+            yield
+
+
+class ConnectionOptions(BaseModel):
+    """How to reach a Modbus device: the part of ``[devices.options]`` both drivers share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str | None = None
+    port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None
+    # Modbus over Serial Line v1.02, 2.5.1: 19200 baud and even parity are the defaults every
+    # device must support; many BMS ship at 9600 8N1, so set both from the device's manual.
+    baudrate: int = Field(19200, ge=1200, le=921600)
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    unit_id: int = Field(1, ge=1, le=247)  # 0 is broadcast (no reply); 248..255 reserved
+    request_timeout_s: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(0, ge=0, le=3)  # pymodbus's own; back-off belongs to the poll task
+
+    @model_validator(mode="after")
+    def _address_for_transport(self) -> ConnectionOptions:
+        if self.transport == "tcp" and not self.host:
+            raise ValueError("transport 'tcp' needs 'host'")
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("transport 'rtu' needs 'serial_port'")
+        return self
+
+    def endpoint(self) -> Endpoint:
+        if self.transport == "tcp":
+            return Endpoint("tcp", host=self.host or "", port=self.port)
+        return Endpoint(
+            "rtu",
+            serial_port=self.serial_port or "",
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+        )
+
+
+_CONNECTIONS: dict[tuple[int, Endpoint], Connection] = {}
+
+
+def _new_client(endpoint: Endpoint, timeout_s: float, retries: int) -> ModbusBaseClient:
+    # reconnect_delay=0 turns off pymodbus's background reconnect loop: reconnecting is the
+    # poll task's decision, made by calling the driver's open() again after its back-off.
+    if endpoint.transport == "tcp":
+        return AsyncModbusTcpClient(
+            endpoint.host, port=endpoint.port, timeout=timeout_s, retries=retries, reconnect_delay=0
+        )
+    return AsyncModbusSerialClient(
+        endpoint.serial_port,
+        baudrate=endpoint.baudrate,
+        parity=endpoint.parity,
+        stopbits=endpoint.stopbits,
+        timeout=timeout_s,
+        retries=retries,
+        reconnect_delay=0,
+    )
+
+
+async def acquire(endpoint: Endpoint, timeout_s: float, retries: int) -> Connection:
+    """The shared connection to ``endpoint``, connected; release it with :func:`release`."""
+    key = (id(asyncio.get_running_loop()), endpoint)
+    conn = _CONNECTIONS.get(key)
+    if conn is None:
+        client = _new_client(endpoint, timeout_s, retries)
+        lock = asyncio.Lock() if endpoint.transport == "rtu" else None
+        conn = Connection(endpoint, client, lock, key)
+        _CONNECTIONS[key] = conn
+    conn.users += 1
+    try:
+        await conn.ensure_connected()
+    except BaseException:
+        release(conn)
+        raise
+    return conn
+
+
+def release(conn: Connection) -> None:
+    """Drop one user; the last one closes the client. Safe to call once per acquire."""
+    conn.users -= 1
+    if conn.users <= 0:
+        conn.client.close()
+        if _CONNECTIONS.get(conn.key) is conn:
+            del _CONNECTIONS[conn.key]
+
+
+class ExceptionResponse(DriverError):
+    """The device answered a request with a Modbus exception code."""
+
+    def __init__(self, block: Block, code: int) -> None:
+        self.block = block
+        self.code = code
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(
+            f"{block.function} registers {block.address}..{block.address + block.count - 1}: "
+            f"exception {code} ({name})"
+        )
+
+
+async def read_block(client: ModbusBaseClient, unit_id: int, block: Block) -> list[int]:
+    """One read request; raises ExceptionResponse, or DriverError when nothing usable came."""
+    read = (
+        client.read_holding_registers
+        if block.function == "holding"
+        else client.read_input_registers
+    )
+    try:
+        response = await read(block.address, count=block.count, device_id=unit_id)
+    except ModbusException as exc:
+        raise DriverError(f"unit {unit_id}: {exc}") from exc
+    if response.isError():
+        raise ExceptionResponse(block, int(getattr(response, "exception_code", 0)))
+    registers = list(response.registers)
+    if len(registers) != block.count:
+        raise DriverError(
+            f"unit {unit_id}: short read at {block.address}: "
+            f"{len(registers)} of {block.count} registers"
+        )
+    return registers
+
+
+class NothingReadable(DriverError):
+    """The device answered, but refused every register asked for."""
+
+
+@dataclass(slots=True)
+class ImageRead:
+    """The registers of one poll, which of them arrived, and what went wrong."""
+
+    image: U16Array
+    ok: BoolArray
+    blocks: list[Block]  # the plan refined by this poll's splits, to reuse next time
+    problems: list[tuple[Quality, str]]
+
+
+async def read_image(
+    client: ModbusBaseClient, unit_id: int, blocks: list[Block], size: int
+) -> ImageRead:
+    """Read every block; split a block refused with ILLEGAL DATA ADDRESS until the bad register
+    stands alone, so one unimplemented register does not blank the device.
+
+    A timeout or a broken connection raises at once (the device is unreachable). Exception
+    responses mark their registers unread and flag the poll ``PARTIAL``; if no register at all
+    could be read, the poll fails.
+    """
+    image = np.zeros(size, dtype=np.uint16)
+    ok = np.zeros(size, dtype=np.bool_)
+    refined: list[Block] = []
+    problems: list[tuple[Quality, str]] = []
+    pending = deque(blocks)
+    while pending:
+        block = pending.popleft()
+        try:
+            registers = await read_block(client, unit_id, block)
+        except ExceptionResponse as exc:
+            if exc.code == ExcCodes.ILLEGAL_ADDRESS and block.count > 1:
+                pending.extendleft(reversed(block.halves()))
+                continue
+            refined.append(block)
+            problems.append((Quality.PARTIAL, f"unit {unit_id}: {exc}"))
+            continue
+        image[block.offset : block.offset + block.count] = registers
+        ok[block.offset : block.offset + block.count] = True
+        refined.append(block)
+    if size and not ok.any():
+        reasons = "; ".join(note for _, note in problems)
+        raise NothingReadable(f"no register could be read: {reasons}")
+    return ImageRead(image, ok, refined, problems)

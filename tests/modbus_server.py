@@ -1,0 +1,202 @@
+"""A real pymodbus server in its own process, serving a register image, for tests and benchmarks.
+
+Run as a script it serves the image in a JSON file over Modbus TCP or RTU and prints
+``READY <port>`` once it listens::
+
+    python tests/modbus_server.py --image image.json --tcp 127.0.0.1:0
+    python tests/modbus_server.py --image image.json --rtu /tmp/x/server --baudrate 115200
+
+The image: ``{"units": {"1": {"holding": [[address, [u16, ...]], ...], "input": [...]}},
+"exceptions": [[unit, "holding", address, code], ...]}``. Addresses not in the image answer
+ILLEGAL DATA ADDRESS (pymodbus does this for undefined registers); an ``exceptions`` entry makes
+any read touching that register answer the given exception code. Imported, this module gives the
+tests :class:`ServerProcess` (start, pause with SIGSTOP, resume, stop) and :func:`pty_pair`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+Image = dict[str, Any]
+
+
+def _sim_devices(image: Image) -> list[Any]:
+    from pymodbus.constants import ExcCodes
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    async def action(faults, func_code, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
+        function = "input" if func_code == 4 else "holding"
+        for fault_function, fault_address, code in faults:
+            if fault_function == function and address <= fault_address < address + count:
+                return ExcCodes(code)
+        return None
+
+    devices = []
+    for unit, tables in image["units"].items():
+        blocks = []
+        for function in ("holding", "input"):
+            runs = tables.get(function) or [[65000, [0]]]  # pymodbus needs a non-empty block
+            blocks.append(
+                [SimData(a, values=list(v), datatype=DataType.REGISTERS) for a, v in runs]
+            )
+        faults = [(f, a, c) for u, f, a, c in image.get("exceptions", []) if str(u) == str(unit)]
+        bits = [SimData(0, values=False, datatype=DataType.BITS)]
+        devices.append(
+            SimDevice(
+                int(unit),
+                simdata=(bits, bits, blocks[0], blocks[1]),
+                action=partial(action, faults) if faults else None,
+            )
+        )
+    return devices
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+    image = json.loads(Path(args.image).read_text())
+    devices = _sim_devices(image)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server = ModbusTcpServer(devices, address=(host, int(port)))
+        await server.serve_forever(background=True)
+        bound = server.transport.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    else:
+        server = ModbusSerialServer(
+            devices, port=args.rtu, baudrate=args.baudrate, parity="N", stopbits=1
+        )
+        await server.serve_forever(background=True)
+        bound = 0
+    print(f"READY {bound}", flush=True)
+    await server.serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", required=True, help="register image (JSON)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", help="HOST:PORT to listen on (port 0: any free port)")
+    where.add_argument("--rtu", help="serial device to serve on (one end of a pty pair)")
+    parser.add_argument("--baudrate", type=int, default=115200)
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+def encode(value: float | int | str, type_: str, word_order: str = "big") -> list[int]:
+    """Registers of one value, encoded by pymodbus itself (independent of the driver's decoder)."""
+    from pymodbus.client.mixin import ModbusClientMixin
+
+    dt = ModbusClientMixin.DATATYPE
+    kinds = {
+        "u16": dt.UINT16,
+        "s16": dt.INT16,
+        "u32": dt.UINT32,
+        "s32": dt.INT32,
+        "f32": dt.FLOAT32,
+        "string": dt.STRING,
+    }
+    order = "little" if word_order == "little" else "big"
+    return ModbusClientMixin.convert_to_registers(value, kinds[type_], word_order=order)
+
+
+class ServerProcess:
+    """The server script in a child process; ``port`` is the TCP port it bound."""
+
+    def __init__(self, image: Image, *, rtu: str | None = None, baudrate: int = 115200) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="modbus-image-")
+        self.image_path = Path(self._dir.name) / "image.json"
+        self.image_path.write_text(json.dumps(image))
+        self.rtu = rtu
+        self.baudrate = baudrate
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, port: int = 0, timeout_s: float = 20.0) -> ServerProcess:
+        """Start (or restart, on the same port) and wait until it listens."""
+        where = ["--rtu", self.rtu] if self.rtu else ["--tcp", f"127.0.0.1:{port or self.port}"]
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--image",
+                str(self.image_path),
+                "--baudrate",
+                str(self.baudrate),
+                *where,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("READY"):
+            self.stop()
+            raise RuntimeError(f"modbus test server did not start: {line!r}")
+        self.port = int(line.split()[1]) or self.port
+        return self
+
+    def pause(self) -> None:
+        """Freeze the server: connections stay open but nothing answers (a hung device)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def pty_pair() -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals (server end, client end), like a null-modem cable, via socat."""
+    with tempfile.TemporaryDirectory(prefix="modbus-pty-") as tmp:
+        server, client = f"{tmp}/server", f"{tmp}/client"
+        proc = subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={server}", f"pty,raw,echo=0,link={client}"],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not (os.path.exists(server) and os.path.exists(client)):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("socat did not create the pty pair")
+                time.sleep(0.02)
+            yield server, client
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    main()
