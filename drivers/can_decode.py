@@ -1,0 +1,209 @@
+"""Frames in, latest values out: the CAN decode path shared by the live driver and replay.
+
+Each frame is decoded once by cantools and its mapped signals are copied into a preallocated
+value list, together with the time the frame arrived. Building a :class:`Reading` is separate
+and vectorised: the poller asks for one per poll interval, while frames arrive up to ~7,400/s on
+a saturated 1 Mbit/s bus, so the per-frame path does as little as possible (no Reading, no
+numpy, no logging). The signals of one frame (or one multiplexer block) share one timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from bess_edge.drivers.can_map import FLAG_FIELDS, Slot
+from bess_edge.model import Quality, Reading
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0  # at most one log line per kind of bad frame in this interval
+NEVER = -math.inf
+
+
+@dataclass(slots=True)
+class FrameCounters:
+    """What arrived on the bus since the driver was created (they survive reconnects)."""
+
+    frames: int = 0  # data frames received, good or bad
+    decoded: int = 0  # frames of a mapped message decoded by the DBC
+    unknown_id: int = 0  # frame ids no mapped message uses
+    wrong_dlc: int = 0  # a mapped message with a length other than the DBC's
+    undecodable: int = 0  # cantools refused the payload (e.g. a multiplexer id not in the DBC)
+    error_frames: int = 0
+    bus_off: int = 0  # error frames reporting bus-off (SocketCAN CAN_ERR_BUSOFF)
+    bus_errors: int = 0  # exceptions raised by the interface while receiving
+    reopens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where one frame (or one multiplexer block) of a message writes its mapped values."""
+
+    group: int  # index of its timestamp
+    start: int  # its values occupy positions start..end-1
+    end: int
+    get: Any  # itemgetter of the signal names, in position order
+
+
+_CAN_ERR_BUSOFF = 0x040  # linux/can/error.h: error class bit in an error frame's id
+
+
+class FrameDecoder:
+    """Latest mapped values of one device, fed frame by frame, read as Readings."""
+
+    def __init__(self, slots: list[Slot], timeout_s: float, invert_current: bool = False) -> None:
+        self.timeout_s = timeout_s
+        self.invert_current = invert_current
+        self.counters = FrameCounters()
+        self.last_frame_ts = NEVER
+        self._last_log: dict[str, float] = {}
+        # Group the slots by the frame (and multiplexer block) that carries them.
+        by_group: dict[tuple[int, str | None, int | None], list[Slot]] = defaultdict(list)
+        for slot in slots:
+            sig = slot.signal
+            mux_id = sig.multiplexer_ids[0] if sig.multiplexer_ids else None
+            by_group[(slot.message.frame_id, sig.multiplexer_signal, mux_id)].append(slot)
+        ordered: list[Slot] = []
+        group_of: list[int] = []
+        messages: dict[int, Any] = {}
+        plain_of: dict[int, _Plan] = {}
+        muxed_of: dict[int, dict[str, dict[int | None, _Plan]]] = defaultdict(dict)
+        for group, ((frame_id, selector, mux_id), members) in enumerate(by_group.items()):
+            start = len(ordered)
+            ordered.extend(members)
+            group_of.extend([group] * len(members))
+            names = [s.signal.name for s in members]
+            getter = itemgetter(*names) if len(names) > 1 else _single(names[0])
+            plan = _Plan(group, start, len(ordered), getter)
+            messages[frame_id] = members[0].message
+            if selector is None:
+                plain_of[frame_id] = plan
+            else:
+                muxed_of[frame_id].setdefault(selector, {})[mux_id] = plan
+        # frame id -> (message, length, plan of its plain signals, [(selector, {mux id: plan})])
+        self._handlers = {
+            frame_id: (m, m.length, plain_of.get(frame_id), list(muxed_of[frame_id].items()))
+            for frame_id, m in messages.items()
+        }
+        self.slots = ordered
+        self._values: list[float] = [math.nan] * len(ordered)
+        self._stamps: list[float] = [NEVER] * len(by_group)
+        self._slot_group = np.asarray(group_of, dtype=np.intp)
+        self._factor = np.array([s.factor for s in ordered])
+        self._offset = np.array([s.offset for s in ordered])
+        self._fields = _field_layout(ordered)
+
+    def ingest(self, frame_id: int, data: bytes | bytearray, ts: float) -> None:
+        """Decode one data frame received at ``ts`` (seconds on the caller's clock)."""
+        counters = self.counters
+        counters.frames += 1
+        self.last_frame_ts = ts
+        handler = self._handlers.get(frame_id)
+        if handler is None:
+            counters.unknown_id += 1
+            self.complain("unknown_id", f"frame id 0x{frame_id:X} is not in the mapping")
+            return
+        message, length, plain, muxed = handler
+        if len(data) != length:
+            counters.wrong_dlc += 1
+            self.complain("wrong_dlc", f"{message.name}: {len(data)} bytes, the DBC says {length}")
+            return
+        try:
+            decoded = message.decode(data, False, True)
+        except Exception as exc:  # a corrupt payload must never stop the receive path
+            counters.undecodable += 1
+            self.complain("undecodable", f"{message.name}: {exc}")
+            return
+        counters.decoded += 1
+        values, stamps = self._values, self._stamps
+        if plain is not None:
+            stamps[plain.group] = ts
+            values[plain.start : plain.end] = plain.get(decoded)
+        for selector, plans in muxed:
+            plan = plans.get(decoded.get(selector))
+            if plan is not None:
+                stamps[plan.group] = ts
+                values[plan.start : plan.end] = plan.get(decoded)
+
+    def error_frame(self, frame_id: int) -> None:
+        """Count an error frame; SocketCAN reports bus-off as a bit of the error frame's id."""
+        self.counters.error_frames += 1
+        if frame_id & _CAN_ERR_BUSOFF:
+            self.counters.bus_off += 1
+            self.complain("bus_off", "the controller reports bus-off")
+        else:
+            self.complain("error_frame", f"error frame, class 0x{frame_id:X}")
+
+    def reading(self, device_id: str, now: float, ts_ms: int) -> Reading:
+        """The latest values as a Reading; ``now`` is on the same clock as the frames' ``ts``."""
+        raw = np.array(self._values)
+        stamps = np.array(self._stamps)[self._slot_group]
+        value = raw * self._factor + self._offset
+        never = stamps == NEVER
+        stale = (now - stamps > self.timeout_s) & ~never
+        reading = Reading(device_id=device_id, ts_ms=ts_ms)
+        for field, kind, positions in self._fields:
+            v, nv, st = value[positions], never[positions], stale[positions]
+            if kind == "array":
+                setattr(reading, field, np.where(nv, math.nan, v))
+            elif kind == "bit":
+                bits = (raw[positions] != 0) & ~nv & ~st
+                setattr(reading, field, int(np.sum(bits.astype(np.int64) << np.arange(v.size))))
+            elif field in FLAG_FIELDS:
+                setattr(reading, field, 0 if nv[0] or math.isnan(v[0]) else int(v[0]))
+            elif hasattr(reading, field):
+                setattr(reading, field, float(v[0]))
+            else:
+                reading.extra[field] = float(v[0])
+            _flag(reading, field, nv, st)
+        if self.invert_current:
+            reading.pack_current_a = -reading.pack_current_a
+            reading.pack_power_w = -reading.pack_power_w
+        if math.isnan(reading.pack_power_w):  # Reading derives it from V·I only at creation
+            reading.pack_power_w = reading.pack_voltage_v * reading.pack_current_a
+        return reading
+
+    def complain(self, kind: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(kind, NEVER) >= LOG_EVERY_S:
+            self._last_log[kind] = now
+            log.warning("can: %s (%s); counters %s", detail, kind, self.counters.as_dict())
+
+
+def _single(name: str) -> Any:
+    getter = itemgetter(name)
+    return lambda decoded: (getter(decoded),)
+
+
+def _field_layout(slots: list[Slot]) -> list[tuple[str, str, np.ndarray]]:
+    """Per mapped field: its kind and the value positions of its slots, in index order."""
+    positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for pos, slot in enumerate(slots):
+        positions[slot.field].append((slot.index, pos))
+        kinds[slot.field] = slot.kind
+    return [
+        (field, kinds[field], np.array([pos for _, pos in sorted(pairs)], dtype=np.intp))
+        for field, pairs in positions.items()
+    ]
+
+
+def _flag(reading: Reading, field: str, never: np.ndarray, stale: np.ndarray) -> None:
+    n_never, n_stale, size = int(never.sum()), int(stale.sum()), never.size
+    if n_never:
+        what = f"{n_never} of {size} signals" if size > 1 else "signal"
+        reading.flag(Quality.MISSING, f"{field}: {what} never received")
+    if n_stale:
+        what = f"{n_stale} of {size} signals" if size > 1 else "signal"
+        reading.flag(Quality.STALE, f"{field}: {what} not refreshed within the timeout")
