@@ -20,10 +20,10 @@ import time
 from typing import TYPE_CHECKING
 
 import can
-
 from bess_edge.drivers.base import Driver, DriverError
 from bess_edge.drivers.can_decode import NEVER, FrameCounters, FrameDecoder
 from bess_edge.drivers.can_map import CanOptions, bind, load_dbc
+
 from bess_edge.model import Reading, now_ms
 
 if TYPE_CHECKING:

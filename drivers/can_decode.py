@@ -18,8 +18,8 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-
 from bess_edge.drivers.can_map import FLAG_FIELDS, Slot
+
 from bess_edge.model import Quality, Reading
 
 log = logging.getLogger(__name__)

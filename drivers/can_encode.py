@@ -12,9 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from bess_edge.drivers.can_map import FLAG_FIELDS, Slot
 from cantools.database.can import Message, Signal
 
-from bess_edge.drivers.can_map import FLAG_FIELDS, Slot
 from bess_edge.model import Reading
 
 
