@@ -327,11 +327,11 @@ def _reason(error: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown key (check the spelling against config/bess-edge.toml)"
     if kind == "greater_than":
-        return f"must be > {ctx['gt']} (got {given!r})"
+        return f"must be > {ctx['gt']:g} (got {given!r})"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']} (got {given!r})"
+        return f"must be >= {ctx['ge']:g} (got {given!r})"
     if kind == "less_than_equal":
-        return f"must be <= {ctx['le']} (got {given!r})"
+        return f"must be <= {ctx['le']:g} (got {given!r})"
     if kind == "too_short" and isinstance(given, list):
         return "must not be empty"
     if kind == "string_pattern_mismatch":

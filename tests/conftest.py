@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -165,7 +166,9 @@ class DaemonProcess:
                 return
             assert self.alive(), f"daemon exited early:\n{self.log()[-3000:]}"
             time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the daemon log after {timeout} s:\n{self.log()[-3000:]}")
+        raise AssertionError(
+            f"{text!r} not in the daemon log after {timeout} s:\n{self.log()[-3000:]}"
+        )
 
 
 @pytest.fixture
@@ -182,6 +185,25 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     for proc in started:
         if proc.alive():
             proc.stop()
+
+
+def read_db(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows from the daemon's SQLite file, read-only as another process would; [] before the
+    daemon has created the file or its schema."""
+    if not db.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return []
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:

@@ -7,10 +7,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import sim_device, wait_until
+from conftest import read_db, sim_device, wait_until
 
 
 def bess_edge(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,16 +20,9 @@ def bess_edge(*args: str) -> subprocess.CompletedProcess[str]:
 
 def sample_seqs(db: Path, device: str = "rack-1") -> list[int]:
     """Committed sample sequence numbers, read as any other process would (read-only)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT seq FROM samples WHERE device = ? ORDER BY seq", (device,))
-        return [r[0] for r in rows]
-    except sqlite3.OperationalError:  # the daemon has not created the schema yet
-        return []
-    finally:
-        conn.close()
+    return [
+        r[0] for r in read_db(db, "SELECT seq FROM samples WHERE device = ? ORDER BY seq", device)
+    ]
 
 
 def test_status_after_a_few_seconds_shows_readings_and_sane_values(make_config, daemon, tmp_path):
