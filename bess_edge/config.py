@@ -129,6 +129,31 @@ class DeviceConfig(Section):
         return get_chemistry(self.chemistry, self.chemistry_overrides)
 
 
+# Alerts the engine raises by itself (docs/alerts.md); a [[thresholds]] rule may not reuse them.
+BUILTIN_ALERTS = frozenset({"comms_lost", "buffer_dropping", "thermal_runaway_precursor"})
+# Placeholders a rule's message template may use, with sample values to check it at load time.
+MESSAGE_FIELDS: dict[str, Any] = {
+    "device": "rack-1",
+    "cell": 0,
+    "where": " cell 0",
+    "value": 1.0,
+    "threshold": 1.0,
+    "clear": 1.0,
+    "metric": "m",
+    "op": ">",
+    "rule": "r",
+    "severity": "warning",
+}
+
+
+class RuleAction(Section):
+    """A local command run on an alert transition: a convenience, NOT a safety function."""
+
+    command: list[str] = Field(min_length=1)  # argv (never a shell string); {placeholders} allowed
+    on: list[Literal["raised", "acknowledged", "cleared"]] = ["raised"]
+    timeout_s: float = Field(10.0, gt=0)
+
+
 class ThresholdRule(Section):
     """One local alert rule (see docs/alerts.md): raise when ``metric`` crosses a level."""
 
@@ -142,8 +167,27 @@ class ThresholdRule(Section):
     min_reraise_s: float = Field(60.0, ge=0)
     severity: Severity = "warning"
     devices: list[str] = ["*"]  # ids or shell-style globs
-    message: str = "{metric} {op} {threshold} (value {value})"
-    action: dict[str, Any] | None = None  # optional local action; not a safety function
+    message: str = "{device}{where}: {metric} {value:.4g} {op} {threshold:g}"
+    action: RuleAction | None = None  # optional local action; not a safety function
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        if value in BUILTIN_ALERTS:
+            raise ValueError(f"{value!r} is a built-in alert name; choose another rule name")
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        try:
+            value.format(**MESSAGE_FIELDS)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"bad message template ({exc!r}); placeholders: "
+                + ", ".join("{" + k + "}" for k in MESSAGE_FIELDS)
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _one_direction(self) -> ThresholdRule:
@@ -155,6 +199,15 @@ class ThresholdRule(Section):
             if self.below is not None and self.clear < self.below:
                 raise ValueError(f"clear ({self.clear}) must be >= below ({self.below})")
         return self
+
+    @property
+    def threshold(self) -> float:
+        return self.above if self.above is not None else self.below  # type: ignore[return-value]
+
+    @property
+    def clear_level(self) -> float:
+        """The level past which the alert clears (the threshold itself without hysteresis)."""
+        return self.clear if self.clear is not None else self.threshold
 
 
 class Settings(BaseSettings):
@@ -173,6 +226,9 @@ class Settings(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig = HttpConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
+    # Rule files added after this file's own [[thresholds]] (a rule of the same name here wins);
+    # a name is looked up beside this file, then among the shipped config/ files.
+    include_thresholds: list[str] = []
     thresholds: list[ThresholdRule] = []
 
     @classmethod
@@ -236,6 +292,8 @@ def load_config(path: Path | str) -> Settings:
     """Read, validate and return the config at ``path``, or raise ConfigError."""
     path = Path(path)
     raw = read_toml(path)
+    if isinstance(raw.get("include_thresholds"), list):
+        raw["thresholds"] = _merge_included(path, raw)
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
@@ -258,6 +316,42 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [("", f"invalid TOML: {exc}")]) from None
+
+
+def _merge_included(path: Path, raw: dict[str, Any]) -> Any:
+    """This file's rules, then those of the included files it does not override by name."""
+    own = raw.get("thresholds", [])
+    if not isinstance(own, list):
+        return own  # the Settings model reports the type error with its key path
+    names = {r.get("name") for r in own if isinstance(r, dict)}
+    merged = list(own)
+    for i, name in enumerate(raw["include_thresholds"]):
+        included = _find_included(path, str(name))
+        if included is None:
+            raise ConfigError(path, [(f"include_thresholds[{i}]", f"{name!r}: file not found")])
+        rules = read_toml(included).get("thresholds", [])
+        problems = []
+        for j, rule in enumerate(rules):
+            try:
+                ThresholdRule.model_validate(rule)
+            except ValidationError as exc:
+                problems += [
+                    (_key_path(("thresholds", j, *e["loc"])), _reason(e)) for e in exc.errors()
+                ]
+        if problems:
+            raise ConfigError(included, problems)
+        merged += [r for r in rules if r.get("name") not in names]
+        names |= {r.get("name") for r in rules}
+    return merged
+
+
+def _find_included(path: Path, name: str) -> Path | None:
+    from bess_edge.resources import data_dir
+
+    for candidate in (path.parent / name, data_dir("config") / name):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _check_devices(settings: Settings) -> list[tuple[str, str]]:
