@@ -201,7 +201,6 @@ class Store:
         self._next_seq: dict[tuple[str, str], int] = {
             (d, s): n for d, s, n in self.conn.execute("SELECT device, stream, next_seq FROM seqs")
         }
-        self._commits_since_cap_check = 0
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -217,7 +216,8 @@ class Store:
         page_size = c.execute("PRAGMA page_size").fetchone()[0]
         # SQLite refuses to grow past this, so a runaway never fills the disk: we get
         # SQLITE_FULL first and make room by dropping old telemetry (see _make_room).
-        c.execute(f"PRAGMA max_page_count = {self.max_size_bytes // page_size + 256}")
+        cap_pages = self.max_size_bytes // page_size
+        c.execute(f"PRAGMA max_page_count = {cap_pages + max(16, cap_pages // 20)}")
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -243,7 +243,8 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -265,18 +266,19 @@ class Store:
                 with self.transaction():
                     sample_seqs = self._write(cycles)
                 break
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
+                # Rolled back: hand the sequence numbers out again, or subscribers see a gap.
                 self._next_seq = seqs_before
-                if not _is_full(exc) or attempt == 2:
-                    if _is_full(exc):
-                        raise StoreFull(f"{self.path}: {exc}") from exc
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_full(exc)):
                     raise
+                if attempt == 2:
+                    raise StoreFull(f"{self.path}: {exc}") from exc
+                # The cap or the disk itself is full: free a fifth of the data, and keep the
+                # freed pages in the file so the retry can reuse them even on a full disk.
                 log.warning("store full, dropping oldest telemetry", extra={"error": str(exc)})
-                dropped += self._make_room(target_bytes=int(self.max_size_bytes * 0.8))
-        self._commits_since_cap_check += len(cycles)
-        if self._commits_since_cap_check >= 100:
-            self._commits_since_cap_check = 0
-            dropped += self.enforce_cap()
+                target = int(min(self.max_size_bytes, self.used_bytes()) * 0.8)
+                dropped += self._make_room(target, release_space=False)
+        dropped += self.enforce_cap()
         return CommitResult(sample_seqs=sample_seqs, dropped_telemetry=dropped)
 
     def _take_seq(self, device: str, stream: str) -> int:
@@ -389,39 +391,44 @@ class Store:
         return (pages - free) * c.execute("PRAGMA page_size").fetchone()[0]
 
     def enforce_cap(self) -> int:
-        """Drop the oldest telemetry while the file is over 95 % of its cap; return unsent drops."""
+        """Drop the oldest telemetry while the file is over 95 % of its cap; return unsent drops.
+
+        Cheap enough to run after every commit: three PRAGMAs that read the file header.
+        """
         if self.used_bytes() <= self.max_size_bytes * 0.95:
             return 0
-        return self._make_room(target_bytes=int(self.max_size_bytes * 0.85))
+        return self._make_room(int(self.max_size_bytes * 0.85), release_space=True)
 
-    def _make_room(self, target_bytes: int) -> int:
+    def _make_room(self, target_bytes: int, release_space: bool) -> int:
         """Delete the oldest samples and diagnoses until under ``target_bytes``.
 
         Returns how many of the deleted rows had not been published yet (a real loss, counted
-        in ``counters.telemetry_dropped`` and logged); alerts are never touched.
+        in ``counters.telemetry_dropped`` and logged); alerts are never touched. With
+        ``release_space`` the freed pages go back to the filesystem; without, they stay in the
+        file for reuse (on a full disk the file could not grow back).
         """
         dropped = 0
         while self.used_bytes() > target_bytes:
-            deleted = 0
+            deleted = unsent_here = 0
             with self.transaction() as c:
                 for table, stream in (("samples", "telemetry"), ("diagnoses", "diagnostics")):
                     ids = [
-                        row[0]
-                        for row in c.execute(f"SELECT id FROM {table} ORDER BY id LIMIT 2000")
+                        row[0] for row in c.execute(f"SELECT id FROM {table} ORDER BY id LIMIT 200")
                     ]
                     if not ids:
                         continue
                     marks = ",".join("?" * len(ids))
-                    unsent = c.execute(
+                    unsent_here += c.execute(
                         f"DELETE FROM outbox WHERE stream = ? AND ref_id IN ({marks})",
                         (stream, *ids),
                     ).rowcount
                     c.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
                     deleted += len(ids)
-                    dropped += unsent
-                if dropped:
-                    self._add_counter(c, "telemetry_dropped", dropped)
-            self.conn.execute("PRAGMA incremental_vacuum")
+                if unsent_here:
+                    self._add_counter(c, "telemetry_dropped", unsent_here)
+            dropped += unsent_here
+            if release_space:
+                self.conn.execute("PRAGMA incremental_vacuum")
             if deleted == 0:
                 break
         if dropped:
@@ -528,6 +535,114 @@ class Store:
             "SELECT data FROM diagnoses WHERE device = ? ORDER BY seq DESC LIMIT 1", (device,)
         ).fetchone()
         return json.loads(row[0]) if row else None
+
+
+_STREAM_TABLE = {"telemetry": "samples", "diagnostics": "diagnoses", "alerts": "alert_events"}
+_OUTBOX_FETCH = {
+    "telemetry": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
+    "FROM outbox o LEFT JOIN samples t ON t.id = o.ref_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "diagnostics": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
+    "FROM outbox o LEFT JOIN diagnoses t ON t.id = o.ref_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "alerts": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.*, "
+    "a.rule, a.cell, a.severity, a.message, a.value "
+    "FROM outbox o LEFT JOIN alert_events t ON t.id = o.ref_id "
+    "LEFT JOIN alerts a ON a.id = t.alert_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+}
+
+
+def _outbox_item(stream: str, row: dict[str, Any]) -> dict[str, Any]:
+    item = {"outbox_id": row["outbox_id"], "device": row["o_device"], "seq": row["o_seq"]}
+    if row["id"] is None:
+        item["data"] = None
+    elif stream == "telemetry":
+        item["data"] = sample_row_to_dict(row)
+    elif stream == "diagnostics":
+        item["data"] = {"ts_ms": row["ts_ms"], "diagnosis": json.loads(row["data"])}
+    else:
+        item["data"] = {
+            k: row[k]
+            for k in ("ts_ms", "alert_id", "transition", "actor", "note", "rule", "cell",
+                      "severity", "message", "value")
+        }  # fmt: skip
+    return item
+
+    # -- sync: outbox draining (bess_edge/sync; issue 7) ------------------------------------
+
+    def outbox_fetch(self, stream: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Unpublished rows of one stream with ``outbox.id > after_id``, oldest first.
+
+        Each row carries ``outbox_id``, ``device``, ``seq`` and the published data: the sample
+        (cells unpacked), the diagnosis (parsed) or the alert event joined with its alert.
+        ``data`` is None when the referenced row is gone (sync then just deletes the outbox row).
+        """
+        sql = _OUTBOX_FETCH[stream]
+        rows = self.db.query(sql, {"after": after_id, "limit": limit, "stream": stream})
+        return [_outbox_item(stream, row) for row in rows]
+
+    def outbox_delete(self, outbox_ids: Sequence[int], sync_ts_ms: int) -> None:
+        """Forget rows the broker acknowledged, and remember when sync last succeeded."""
+        with self.transaction() as c:
+            c.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in outbox_ids])
+            c.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('last_sync_ts_ms', ?)", (str(sync_ts_ms),)
+            )
+
+    def outbox_requeue(
+        self,
+        device: str,
+        stream: str,
+        *,
+        seq_first: int | None = None,
+        seq_last: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 100_000,
+    ) -> int:
+        """Queue already published rows again (a subscriber saw a gap); returns rows queued.
+
+        Rows still in the outbox are not queued twice. Selection is by seq range (inclusive)
+        and/or time range (``since_ms`` inclusive, ``until_ms`` exclusive).
+        """
+        table = _STREAM_TABLE[stream]
+        where, params = ["t.device = ?"], [device]
+        for clause, value in (
+            ("t.seq >= ?", seq_first),
+            ("t.seq <= ?", seq_last),
+            ("t.ts_ms >= ?", since_ms),
+            ("t.ts_ms < ?", until_ms),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        with self.transaction() as c:
+            return c.execute(
+                "INSERT INTO outbox (priority, stream, device, seq, ref_id, ts_ms) "
+                f"SELECT ?, ?, t.device, t.seq, t.id, t.ts_ms FROM {table} t "
+                f"WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM outbox o "
+                "WHERE o.stream = ? AND o.ref_id = t.id) ORDER BY t.seq LIMIT ?",
+                (STREAM_PRIORITY[stream], stream, *params, stream, limit),
+            ).rowcount
+
+    def published_heads(self) -> dict[str, dict[str, int]]:
+        """Per device and stream, the seq up to which everything has been acknowledged.
+
+        That is one less than the oldest unpublished seq, or the last seq taken when the
+        stream's outbox is empty: a subscriber missing seqs at or below it has a gap to repair.
+        """
+        heads: dict[str, dict[str, int]] = {}
+        oldest = {
+            (d, s): q
+            for d, s, q in self.conn.execute(
+                "SELECT device, stream, min(seq) FROM outbox GROUP BY device, stream"
+            )
+        }
+        for (device, stream), next_seq in self._next_seq.items():
+            head = oldest.get((device, stream), next_seq) - 1
+            heads.setdefault(device, {})[stream] = min(head, next_seq - 1)
+        return heads
 
 
 def sample_row_to_dict(row: dict[str, Any]) -> dict[str, Any]:
