@@ -78,6 +78,14 @@ MIGRATIONS: list[str] = [
     CREATE TABLE estimator_state (
         device TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, data BLOB NOT NULL);
     """,
+    # 2: acknowledgements requested by `bess-edge ack` (another process), applied by the daemon,
+    # which owns the alert state; `result` is "acknowledged" or why it was refused.
+    """
+    CREATE TABLE pending_acks (
+        id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, actor TEXT NOT NULL, note TEXT,
+        requested_ts_ms INTEGER NOT NULL, done_ts_ms INTEGER, result TEXT);
+    CREATE INDEX pending_acks_open ON pending_acks (done_ts_ms);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +138,7 @@ class Cycle:
     alerts: list[AlertTransition] = field(default_factory=list)
     status: DeviceStatus | None = None
     estimator_state: bytes | None = None
+    acks_done: list[tuple[int, str]] = field(default_factory=list)  # (pending_acks id, result)
 
 
 @dataclass(slots=True)
@@ -146,6 +155,14 @@ def unpack_cells(blob: bytes | None) -> np.ndarray:
     if not blob:
         return np.empty(0, dtype=np.float64)
     return np.frombuffer(blob, dtype=CELL_DTYPE).astype(np.float64)
+
+
+def _min_max(values: np.ndarray) -> tuple[float | None, float | None]:
+    """Min and max ignoring NaN cells (fmin/fmax skip NaN); None when there is no value."""
+    if values.size == 0:
+        return None, None
+    lo, hi = float(np.fmin.reduce(values)), float(np.fmax.reduce(values))
+    return (lo, hi) if math.isfinite(lo) else (None, None)
 
 
 def _real(value: float) -> float | None:
@@ -296,13 +313,13 @@ class Store:
                 seq = self._take_seq(r.device_id, "telemetry")
                 sample_seqs.append(seq)
                 seqs_written.add((r.device_id, "telemetry"))
-                stats = r.cell_stats()
+                v_min, v_max = _min_max(r.cell_voltage_v)
+                t_min, t_max = _min_max(r.cell_temperature_c)
                 sample_rows.append((
                     r.device_id, seq, r.ts_ms, int(r.quality),
                     _real(r.pack_voltage_v), _real(r.pack_current_a), _real(r.pack_power_w),
                     _real(r.bms_soc_pct), _real(r.bms_soh_pct),
-                    _real(stats["cell_voltage_min_v"]), _real(stats["cell_voltage_max_v"]),
-                    _real(stats["cell_temperature_min_c"]), _real(stats["cell_temperature_max_c"]),
+                    v_min, v_max, t_min, t_max,
                     r.status_flags, r.fault_flags,
                     pack_cells(r.cell_voltage_v), pack_cells(r.cell_temperature_c),
                     _json(r.extra) if r.extra else None,
@@ -335,6 +352,10 @@ class Store:
                     (s.device, s.comms, s.last_ok_ts_ms, s.last_attempt_ts_ms,
                      s.consecutive_failures, s.last_error, s.polls, s.poll_errors),
                 )  # fmt: skip
+            c.executemany(
+                "UPDATE pending_acks SET done_ts_ms = ?, result = ? WHERE id = ?",
+                [(now_ms(), result, request) for request, result in cycle.acks_done],
+            )
             if cycle.estimator_state is not None:
                 device = cycle.reading.device_id if cycle.reading else cycle.status.device  # type: ignore[union-attr]
                 c.execute(
@@ -479,6 +500,49 @@ class Store:
     def active_alerts(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM alerts WHERE state = 'active' ORDER BY id"))
 
+    def request_ack(self, alert_id: int, actor: str, note: str | None) -> int:
+        """Queue an acknowledgement for the daemon (the CLI's only write); returns its id."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO pending_acks (alert_id, actor, note, requested_ts_ms) "
+                "VALUES (?,?,?,?)",
+                (alert_id, actor, note, now_ms()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def pending_acks(self) -> list[dict[str, Any]]:
+        """Acknowledgements requested and not yet applied, oldest first."""
+        return list(
+            self.db.query("SELECT * FROM pending_acks WHERE done_ts_ms IS NULL ORDER BY id")
+        )
+
+    def ack_request(self, request_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM pending_acks WHERE id = ?", [request_id]))
+        return rows[0] if rows else None
+
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM alerts WHERE id = ?", [alert_id]))
+        return rows[0] if rows else None
+
+    def alert_history(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
+        """Alert episodes, newest first, each with its transitions (oldest first)."""
+        where = "WHERE state = 'active'" if active_only else ""
+        alerts = list(
+            self.db.query(f"SELECT * FROM alerts {where} ORDER BY id DESC LIMIT ?", [limit])
+        )
+        if alerts:
+            marks = ",".join("?" * len(alerts))
+            events: dict[int, list[dict[str, Any]]] = {}
+            for e in self.db.query(
+                "SELECT alert_id, seq, ts_ms, transition, actor, note FROM alert_events "
+                f"WHERE alert_id IN ({marks}) ORDER BY id",
+                [a["id"] for a in alerts],
+            ):
+                events.setdefault(e.pop("alert_id"), []).append(e)
+            for a in alerts:
+                a["events"] = events.get(a["id"], [])
+        return alerts
+
     def estimator_state(self, device: str) -> bytes | None:
         row = self.conn.execute(
             "SELECT data FROM estimator_state WHERE device = ?", (device,)
@@ -536,46 +600,13 @@ class Store:
         ).fetchone()
         return json.loads(row[0]) if row else None
 
-
-_STREAM_TABLE = {"telemetry": "samples", "diagnostics": "diagnoses", "alerts": "alert_events"}
-_OUTBOX_FETCH = {
-    "telemetry": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
-    "FROM outbox o LEFT JOIN samples t ON t.id = o.ref_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
-    "diagnostics": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
-    "FROM outbox o LEFT JOIN diagnoses t ON t.id = o.ref_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
-    "alerts": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.*, "
-    "a.rule, a.cell, a.severity, a.message, a.value "
-    "FROM outbox o LEFT JOIN alert_events t ON t.id = o.ref_id "
-    "LEFT JOIN alerts a ON a.id = t.alert_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
-}
-
-
-def _outbox_item(stream: str, row: dict[str, Any]) -> dict[str, Any]:
-    item = {"outbox_id": row["outbox_id"], "device": row["o_device"], "seq": row["o_seq"]}
-    if row["id"] is None:
-        item["data"] = None
-    elif stream == "telemetry":
-        item["data"] = sample_row_to_dict(row)
-    elif stream == "diagnostics":
-        item["data"] = {"ts_ms": row["ts_ms"], "diagnosis": json.loads(row["data"])}
-    else:
-        item["data"] = {
-            k: row[k]
-            for k in ("ts_ms", "alert_id", "transition", "actor", "note", "rule", "cell",
-                      "severity", "message", "value")
-        }  # fmt: skip
-    return item
-
     # -- sync: outbox draining (bess_edge/sync; issue 7) ------------------------------------
 
     def outbox_fetch(self, stream: str, after_id: int, limit: int) -> list[dict[str, Any]]:
         """Unpublished rows of one stream with ``outbox.id > after_id``, oldest first.
 
-        Each row carries ``outbox_id``, ``device``, ``seq`` and the published data: the sample
-        (cells unpacked), the diagnosis (parsed) or the alert event joined with its alert.
+        Each row carries ``outbox_id``, ``device``, ``seq`` and the published data: the samples
+        row (cell BLOBs as stored), the diagnosis (parsed) or the alert event joined with its alert.
         ``data`` is None when the referenced row is gone (sync then just deletes the outbox row).
         """
         sql = _OUTBOX_FETCH[stream]
@@ -685,3 +716,36 @@ def _statements(script: str) -> list[str]:
 
 def _is_full(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+_STREAM_TABLE = {"telemetry": "samples", "diagnostics": "diagnoses", "alerts": "alert_events"}
+_OUTBOX_FETCH = {
+    "telemetry": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
+    "FROM outbox o LEFT JOIN samples t ON t.id = o.ref_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "diagnostics": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
+    "FROM outbox o LEFT JOIN diagnoses t ON t.id = o.ref_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "alerts": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.*, "
+    "a.rule, a.cell, a.severity, a.message, a.value "
+    "FROM outbox o LEFT JOIN alert_events t ON t.id = o.ref_id "
+    "LEFT JOIN alerts a ON a.id = t.alert_id "
+    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+}
+
+
+def _outbox_item(stream: str, row: dict[str, Any]) -> dict[str, Any]:
+    item = {"outbox_id": row["outbox_id"], "device": row["o_device"], "seq": row["o_seq"]}
+    if row["id"] is None:
+        item["data"] = None
+    elif stream == "telemetry":
+        item["data"] = row  # cell BLOBs kept: the payload encoder unpacks them with numpy
+    elif stream == "diagnostics":
+        item["data"] = {"ts_ms": row["ts_ms"], "diagnosis": json.loads(row["data"])}
+    else:
+        item["data"] = {
+            k: row[k]
+            for k in ("ts_ms", "alert_id", "transition", "actor", "note", "rule", "cell",
+                      "severity", "message", "value")
+        }  # fmt: skip
+    return item
