@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import can
 from bess_edge.drivers.base import Driver, DriverError
 from bess_edge.drivers.can_decode import NEVER, FrameCounters, FrameDecoder
-from bess_edge.drivers.can_map import CanOptions, bind, load_dbc
+from bess_edge.drivers.can_map import CanOptions
 
 from bess_edge.model import Reading, now_ms
 
@@ -74,8 +74,7 @@ class CanDriver(Driver):
 
     def __init__(self, device: DeviceConfig, options: CanOptions) -> None:  # type: ignore[override]
         super().__init__(device, options)
-        slots = bind(load_dbc(options.dbc), options.signals)
-        self.decoder = FrameDecoder(slots, options.signal_timeout_s, options.invert_current)
+        self.decoder = FrameDecoder.for_options(options, device.id)
         self._receiver = _Receiver(self.decoder)
         self._bus: can.BusABC | None = None
         self._notifier: can.Notifier | None = None
@@ -95,9 +94,14 @@ class CanDriver(Driver):
             kwargs["channel"] = o.channel
         if o.bitrate is not None:
             kwargs["bitrate"] = o.bitrate
+        # Opening may block (slcan sleeps after opening the serial port), so it runs in a
+        # thread; if the poller's timeout cancels us meanwhile, the bus is shut down once made.
+        opening = asyncio.ensure_future(asyncio.to_thread(can.Bus, interface=o.interface, **kwargs))
         try:
-            # Opening may block (slcan sleeps after opening the serial port).
-            bus = await asyncio.to_thread(can.Bus, interface=o.interface, **kwargs)
+            bus = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_shutdown_when_opened)
+            raise
         except Exception as exc:  # python-can raises interface-specific errors
             raise DriverError(f"cannot open CAN {o.interface} {o.channel or ''}: {exc}") from exc
         self._receiver.reset()
@@ -107,7 +111,10 @@ class CanDriver(Driver):
         if self._ever_opened:
             self.counters.reopens += 1
         self._ever_opened = True
-        log.info("can: %s opened on %s %s", self.device_id, o.interface, o.channel or "")
+        log.info(
+            "CAN bus opened",
+            extra={"device": self.device_id, "interface": o.interface, "channel": o.channel},
+        )
 
     async def read(self) -> Reading:
         if self._bus is None:
@@ -137,4 +144,12 @@ class CanDriver(Driver):
             try:
                 bus.shutdown()
             except Exception as exc:  # close must not raise
-                log.warning("can: %s: error closing the bus: %r", self.device_id, exc)
+                log.warning(
+                    "error closing the CAN bus",
+                    extra={"device": self.device_id, "error": repr(exc)},
+                )
+
+
+def _shutdown_when_opened(opening: asyncio.Future[can.BusABC]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().shutdown()

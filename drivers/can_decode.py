@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from bess_edge.drivers.can_map import FLAG_FIELDS, Slot
+from bess_edge.drivers.can_map import FLAG_FIELDS, DecodeOptions, Slot, load_dbc
 
 from bess_edge.model import Quality, Reading
 
@@ -34,7 +34,8 @@ class FrameCounters:
 
     frames: int = 0  # data frames received, good or bad
     decoded: int = 0  # frames of a mapped message decoded by the DBC
-    unknown_id: int = 0  # frame ids no mapped message uses
+    unmapped: int = 0  # frames of DBC messages the mapping does not use (normal, not logged)
+    unknown_id: int = 0  # frame ids the DBC does not know
     wrong_dlc: int = 0  # a mapped message with a length other than the DBC's
     undecodable: int = 0  # cantools refused the payload (e.g. a multiplexer id not in the DBC)
     error_frames: int = 0
@@ -62,7 +63,16 @@ _CAN_ERR_BUSOFF = 0x040  # linux/can/error.h: error class bit in an error frame'
 class FrameDecoder:
     """Latest mapped values of one device, fed frame by frame, read as Readings."""
 
-    def __init__(self, slots: list[Slot], timeout_s: float, invert_current: bool = False) -> None:
+    def __init__(
+        self,
+        slots: list[Slot],
+        timeout_s: float,
+        invert_current: bool = False,
+        device_id: str = "",
+        dbc_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.device_id = device_id
+        self.dbc_ids = dbc_ids
         self.timeout_s = timeout_s
         self.invert_current = invert_current
         self.counters = FrameCounters()
@@ -104,6 +114,13 @@ class FrameDecoder:
         self._offset = np.array([s.offset for s in ordered])
         self._fields = _field_layout(ordered)
 
+    @classmethod
+    def for_options(cls, options: DecodeOptions, device_id: str) -> FrameDecoder:
+        ids = frozenset(m.frame_id for m in load_dbc(options.dbc).messages)
+        return cls(
+            options.slots(), options.signal_timeout_s, options.invert_current, device_id, ids
+        )
+
     def ingest(self, frame_id: int, data: bytes | bytearray, ts: float) -> None:
         """Decode one data frame received at ``ts`` (seconds on the caller's clock)."""
         counters = self.counters
@@ -111,8 +128,11 @@ class FrameDecoder:
         self.last_frame_ts = ts
         handler = self._handlers.get(frame_id)
         if handler is None:
-            counters.unknown_id += 1
-            self.complain("unknown_id", f"frame id 0x{frame_id:X} is not in the mapping")
+            if frame_id in self.dbc_ids:
+                counters.unmapped += 1
+            else:
+                counters.unknown_id += 1
+                self.complain("unknown_id", f"frame id 0x{frame_id:X} is not in the DBC")
             return
         message, length, plain, muxed = handler
         if len(data) != length:
@@ -178,7 +198,12 @@ class FrameDecoder:
         now = time.monotonic()
         if now - self._last_log.get(kind, NEVER) >= LOG_EVERY_S:
             self._last_log[kind] = now
-            log.warning("can: %s (%s); counters %s", detail, kind, self.counters.as_dict())
+            log.warning(
+                "bad CAN traffic (logged at most every %g s per kind)",
+                LOG_EVERY_S,
+                extra={"device": self.device_id, "kind": kind, "detail": detail}
+                | self.counters.as_dict(),
+            )
 
 
 def _single(name: str) -> Any:

@@ -89,22 +89,30 @@ class FlagBitsMapping(_Table):
 Mapping = str | SignalMapping | CellArrayMapping | FlagBitsMapping
 
 
-class CanOptions(_Table):
-    """``[devices.options]`` of a ``driver = "can"`` device (see docs/can.md)."""
+class DecodeOptions(_Table):
+    """What turns frames into a Reading: the DBC and the mapping (shared by can and replay)."""
 
-    interface: str = "socketcan"  # any python-can interface name
-    channel: str | None = None  # "can0", "/dev/ttyACM0", "socket://127.0.0.1:5000", ...
-    bitrate: int | None = Field(500_000, gt=0)
-    bus_options: dict[str, Any] = {}  # passed on to can.Bus (e.g. tty_baudrate for slcan)
     dbc: str  # a path, or the file name of a DBC shipped in dbc/
     signals: dict[str, Mapping] = Field(min_length=1)
     signal_timeout_s: float = Field(5.0, gt=0)  # older → STALE; a silent bus this long → error
     invert_current: bool = False  # for BMSs that report discharge as positive
 
     @model_validator(mode="after")
-    def _signals_exist_in_dbc(self) -> CanOptions:
+    def _signals_exist_in_dbc(self) -> DecodeOptions:
         bind(load_dbc(self.dbc), self.signals)
         return self
+
+    def slots(self) -> list[Slot]:
+        return bind(load_dbc(self.dbc), self.signals)
+
+
+class CanOptions(DecodeOptions):
+    """``[devices.options]`` of a ``driver = "can"`` device (see docs/can.md)."""
+
+    interface: str = "socketcan"  # any python-can interface name
+    channel: str | None = None  # "can0", "/dev/ttyACM0", "socket://127.0.0.1:5000", ...
+    bitrate: int | None = Field(500_000, gt=0)
+    bus_options: dict[str, Any] = {}  # passed on to can.Bus (e.g. sleep_after_open for slcan)
 
 
 def resolve_dbc(name: str) -> Path:
