@@ -96,7 +96,11 @@ class ModbusDriver(Driver):
         self._conn = await acquire(
             self.options.endpoint(), self.options.request_timeout_s, self.options.retries
         )
-        await self._describe()
+        try:
+            await self._describe()
+        except BaseException:
+            await self.close()
+            raise
 
     async def _describe(self) -> None:
         """Learn what to poll: here, from the map (read once; SunSpec discovers instead)."""
@@ -132,7 +136,8 @@ class ModbusDriver(Driver):
             await conn.ensure_connected()
             return await read_image(conn.client, self.options.unit_id, blocks, size)
 
-    async def _poll(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
+    async def poll_values(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
+        """One poll's decoded values by field name, and the problems met (for read and probe)."""
         if self._decoder is None:
             await self.open()
         got = await self._read(self._blocks, self._size)
@@ -143,7 +148,7 @@ class ModbusDriver(Driver):
 
     async def read(self) -> Reading:
         ts_ms = now_ms()
-        decoded, problems = await self._poll()
+        decoded, problems = await self.poll_values()
         kwargs, extra = reading_fields(decoded.values)
         reading = Reading(device_id=self.device_id, ts_ms=ts_ms, extra=extra, **kwargs)
         for quality, note in problems:

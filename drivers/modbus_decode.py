@@ -203,7 +203,11 @@ class Decoder:
         checks = (
             (unread, Quality.MISSING, "not readable"),
             (not_available & readable, Quality.MISSING, "reported as not available"),
-            (bad_sf & readable, Quality.DECODE_ERROR, "has no usable scale factor"),
+            (
+                bad_sf & readable & ~not_available,
+                Quality.DECODE_ERROR,
+                "has no usable scale factor",
+            ),
             (out_of_range, Quality.OUT_OF_RANGE, "outside the plausible range"),
         )
         for mask, quality, why in checks:

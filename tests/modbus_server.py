@@ -112,6 +112,72 @@ def encode(value: float | int | str, type_: str, word_order: str = "big") -> lis
     return ModbusClientMixin.convert_to_registers(value, kinds[type_], word_order=order)
 
 
+# Registers a SunSpec device sends for a point it does not implement (SunSpec Information Model
+# Specification); spelled out here, apart from the driver's own table, so the tests check it.
+_UNIMPLEMENTED = {"u16": 0xFFFF, "s16": -0x8000, "u32": 0xFFFF_FFFF, "s32": -0x8000_0000}
+_SUNSPEC_TYPES = {
+    "uint16": "u16",
+    "enum16": "u16",
+    "bitfield16": "u16",
+    "count": "u16",
+    "acc16": "u16",
+    "int16": "s16",
+    "sunssf": "s16",
+    "pad": "s16",
+    "uint32": "u32",
+    "enum32": "u32",
+    "bitfield32": "u32",
+    "acc32": "u32",
+    "int32": "s32",
+    "float32": "f32",
+    "string": "string",
+}
+
+
+def sunspec_model(
+    model_id: int, values: dict[str, Any], groups: list[dict[str, Any]] = ()
+) -> list[int]:
+    """One model's registers, laid out from pysunspec2's official JSON definition.
+
+    ``values`` are raw point values by name (scale factors included, e.g. ``"SoC_SF": -1``);
+    ``groups`` holds one dict per instance of the model's repeating group. A point not given
+    gets the "not implemented" pattern of its type.
+    """
+    from importlib import resources
+
+    path = resources.files("sunspec2") / "models" / "json" / f"model_{model_id}.json"
+    top = json.loads(path.read_text())["group"]
+    regs: list[int] = []
+
+    def put(points: list[dict[str, Any]], given: dict[str, Any]) -> None:
+        for point in points:
+            kind, size = _SUNSPEC_TYPES[point["type"]], int(point.get("size", 1))
+            value = given.get(point["name"])
+            if point["name"] == "ID":
+                value = model_id
+            if kind == "string":
+                text = (value or "").encode()[: 2 * size].ljust(2 * size, b"\0")
+                regs.extend(int.from_bytes(text[i : i + 2], "big") for i in range(0, 2 * size, 2))
+            elif kind == "f32":
+                regs.extend(encode(float("nan") if value is None else value, "f32"))
+            else:
+                regs.extend(encode(_UNIMPLEMENTED[kind] if value is None else value, kind))
+
+    put(top["points"], values)
+    for instance in groups:
+        put(top["groups"][0]["points"], instance)
+    regs[1] = len(regs) - 2  # L: registers after ID and L
+    return regs
+
+
+def sunspec_image(models: list[list[int]], base: int = 40000) -> list[list[Any]]:
+    """A holding-register run: the "SunS" marker, the models, and the end marker."""
+    regs = [0x5375, 0x6E53]
+    for model in models:
+        regs += model
+    return [[base, [*regs, 0xFFFF, 0]]]
+
+
 class ServerProcess:
     """The server script in a child process; ``port`` is the TCP port it bound."""
 
