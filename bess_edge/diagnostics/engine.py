@@ -1,68 +1,433 @@
 """The per-device diagnostics pipeline the daemon calls once per poll.
 
-Walking-skeleton version: coulomb-counted SOC seeded from the rested OCV. The estimators of
-issue 3 (EKF SOC, R0, SOH, cycles, balance, thermal, anomalies) plug in here.
+Order matters: data quality first (whatever it masks, no estimator sees), then the string SOC
+filter (it owns the current-offset estimate every other integral uses), the cells' filters and
+resistance, then the slower views (capacity, cycles, balance, thermal, anomalies), which read
+the estimates of this same poll.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.model import Reading
+from bess_edge.diagnostics import persist
+from bess_edge.diagnostics.anomaly import AnomalyDetector
+from bess_edge.diagnostics.balance import BalanceTracker
+from bess_edge.diagnostics.capacity import CapacityEstimator, fade_projection
+from bess_edge.diagnostics.cycles import CycleLife
+from bess_edge.diagnostics.diagnosis import Diagnosis
+from bess_edge.diagnostics.numeric import finite_mean, finite_median
+from bess_edge.diagnostics.quality import CleanInputs, QualityMonitor, check_soc_agreement
+from bess_edge.diagnostics.resistance import (
+    ResistanceEstimator,
+    resistance_soh_pct,
+    temperature_factor,
+)
+from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
+from bess_edge.diagnostics.soc import SocFilter
+from bess_edge.diagnostics.thermal import ThermalMonitor, sensor_of_cell
+from bess_edge.model import FloatArray, Reading
+
+__all__ = ["Diagnosis", "Diagnostician"]
+
+log = logging.getLogger(__name__)
+
+# At rest: below 1 % of 1C after the offset is removed (a BMS's own idle threshold is similar).
+REST_C = 0.01
+# Settled: the RC relaxation has died down so the terminal voltage is the OCV within a few mV;
+# 30 min is the shortest rest of the usual OCV-SOC test procedures (USABC manual, §3.3).
+REST_SETTLE_S = 1800.0
+# A gap longer than this between polls is not integrated (the current during it is unknown);
+# the SOC variance grows by GAP_SOC_SIGMA_PCT_PER_H instead (self-discharge and unknown use).
+MAX_GAP_S = 600.0
+GAP_SOC_SIGMA_PCT_PER_H = 2.0
+# Initial SOC uncertainty [%]: read from a voltage that may not be relaxed, or given unverified.
+INITIAL_SOC_SIGMA_PCT = 10.0
+UNVERIFIED_SOC_SIGMA_PCT = 30.0
 
 
-@dataclass(slots=True)
-class Diagnosis:
-    """What the daemon concluded about one device at one poll (SI units, SOC/SOH in %)."""
+@dataclass
+class _Cells:
+    """Everything sized by the number of cells, rebuilt if the string changes shape."""
 
-    device_id: str
-    ts_ms: int
-    soc_pct: float = math.nan
-    soc_uncertainty_pct: float = math.nan
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: NaN becomes None, numpy arrays become lists."""
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return None if not math.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    count: int
+    sensors: int
+    soc: SocFilter
+    resistance: ResistanceEstimator
+    anomaly: AnomalyDetector
+    balance: BalanceTracker
+    thermal: ThermalMonitor
+    sensor_index: np.ndarray  # the temperature sensor of each cell
 
 
 class Diagnostician:
-    """Holds one device's estimator state between polls."""
+    """Holds one device's estimator state between polls and turns Readings into Diagnoses."""
 
-    def __init__(self, device_id: str, chemistry: Chemistry, capacity_ah: float) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        chemistry: Chemistry,
+        capacity_ah: float,
+        *,
+        initial_soc_pct: float | None = None,
+    ) -> None:
         self.device_id = device_id
         self.chemistry = chemistry
-        self.capacity_ah = capacity_ah
-        self._soc_pct = math.nan
+        self.nominal_capacity_ah = float(capacity_ah)
+        self.initial_soc_pct = initial_soc_pct
+        self.quality = QualityMonitor(chemistry, capacity_ah)
+        self.string_soc = SocFilter(chemistry, 1, estimate_bias=True)
+        self.capacity = CapacityEstimator(chemistry, capacity_ah)
+        self.cycles = CycleLife(chemistry, capacity_ah)
+        self.cells = self._build_cells(0, 0)
+        self.series_cells = 0  # learned from the first reading
+        self.rest_s = 0.0
         self._last_ts_ms: int | None = None
+        self._last: CleanInputs | None = None
+        self._last_current_a = 0.0
+
+    def _build_cells(self, count: int, sensors: int) -> _Cells:
+        chem, cap = self.chemistry, self.nominal_capacity_ah
+        return _Cells(
+            count=count,
+            sensors=sensors,
+            soc=SocFilter(chem, count, estimate_bias=False),
+            resistance=ResistanceEstimator(chem, cap, count),
+            anomaly=AnomalyDetector(chem, cap, count),
+            balance=BalanceTracker(count),
+            thermal=ThermalMonitor(chem, cap, sensors),
+            sensor_index=sensor_of_cell(count, sensors),
+        )
+
+    @property
+    def capacity_ah(self) -> float:
+        """The capacity the filters count with [Ah]: estimated once known, rated before."""
+        q = self.capacity.capacity_ah
+        return q if math.isfinite(q) else self.nominal_capacity_ah
 
     def update(self, reading: Reading) -> Diagnosis:
-        cells = reading.cell_voltage_v[np.isfinite(reading.cell_voltage_v)]
-        current = reading.pack_current_a if math.isfinite(reading.pack_current_a) else 0.0
-        if math.isnan(self._soc_pct) and cells.size:
-            self._soc_pct = float(self.chemistry.soc_from_ocv(float(np.median(cells))))
-        elif self._last_ts_ms is not None and not math.isnan(self._soc_pct):
-            dt_s = (reading.ts_ms - self._last_ts_ms) / 1000.0
-            self._soc_pct += 100.0 * current * dt_s / 3600.0 / self.capacity_ah
-            self._soc_pct = min(max(self._soc_pct, 0.0), 100.0)
-        self._last_ts_ms = reading.ts_ms
-        return Diagnosis(device_id=self.device_id, ts_ms=reading.ts_ms, soc_pct=self._soc_pct)
+        """Diagnose one poll. Never raises: bad data is flagged, a failure is logged and
+        reported in ``diagnostics_error`` so one broken estimator cannot stop the daemon."""
+        try:
+            return self._update(reading)
+        except Exception as exc:
+            log.exception("diagnostics failed for %s", self.device_id)
+            ts_ms = reading.ts_ms if isinstance(reading.ts_ms, int) else 0
+            return Diagnosis(self.device_id, ts_ms, diagnostics_error=repr(exc))
+
+    def _update(self, reading: Reading) -> Diagnosis:
+        inputs = self.quality.clean(reading)
+        dt_s = self._advance_clock(reading.ts_ms)
+        cells = inputs.cell_voltage_v
+        if cells.size != self.cells.count or inputs.temperature_c.size != self.cells.sensors:
+            if self.cells.count or self.cells.sensors:
+                log.warning(
+                    "%s: string changed from %d cells/%d sensors to %d/%d; cell state reset",
+                    self.device_id, self.cells.count, self.cells.sensors,
+                    cells.size, inputs.temperature_c.size,
+                )  # fmt: skip
+            self.cells = self._build_cells(cells.size, inputs.temperature_c.size)
+            self._last = None
+        current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
+        self._last_current_a = current
+
+        string_v = self._string_cell_voltage(inputs)
+        cell_temps = inputs.temperature_c[self.cells.sensor_index]
+        mean_temp = finite_mean(inputs.temperature_c)
+        mean_temp = mean_temp if math.isfinite(mean_temp) else 25.0
+        r0_25 = self.cells.resistance.r0_or_preset_ohm()
+        self._step_soc(dt_s, current, string_v, inputs, r0_25, cell_temps, mean_temp)
+        bias = self.string_soc.bias_a
+        corrected = current - bias
+        self._step_resistance(dt_s, inputs, cell_temps, mean_temp)
+
+        diagnosis = Diagnosis(self.device_id, reading.ts_ms)
+        self._track_rest(dt_s, corrected, reading.ts_ms)
+        self._capacity_and_cycles(dt_s, corrected, string_v, diagnosis)
+        self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
+        self._safety(dt_s, inputs, current, diagnosis)
+        soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
+        if self.string_soc.initialised:
+            diagnosis.soc_pct, diagnosis.soc_uncertainty_pct = soc, sigma
+            diagnosis.current_offset_a = bias
+            check_soc_agreement(reading, soc, sigma)
+        diagnosis.rest_s = self.rest_s
+        diagnosis.quality_flags = reading.quality.names()
+        self._last = inputs
+        return diagnosis
+
+    def _advance_clock(self, ts_ms: int) -> float:
+        last, self._last_ts_ms = self._last_ts_ms, ts_ms
+        if last is None:
+            return 0.0
+        dt_s = (ts_ms - last) / 1000.0
+        if dt_s > MAX_GAP_S and self.string_soc.initialised:
+            grow = (GAP_SOC_SIGMA_PCT_PER_H * dt_s / 3600.0) ** 2
+            self.string_soc.p[:, 0, 0] += grow
+            self.cells.soc.p[:, 0, 0] += grow
+        return dt_s if 0.0 < dt_s <= MAX_GAP_S else 0.0
+
+    def _string_cell_voltage(self, inputs: CleanInputs) -> float:
+        """The string's average cell voltage [V]: mean of the cells, or pack / series count."""
+        cells = inputs.cell_voltage_v
+        mean = finite_mean(cells)
+        if math.isfinite(mean):
+            self.series_cells = cells.size
+            return mean
+        pack = inputs.pack_voltage_v
+        if not math.isfinite(pack):
+            return math.nan
+        if self.series_cells == 0:
+            # No cell voltages at all: infer the series count once from the nominal voltage.
+            self.series_cells = max(1, round(pack / self.chemistry.nominal_voltage_v))
+        return pack / self.series_cells
+
+    def _step_soc(
+        self,
+        dt_s: float,
+        current: float,
+        string_v: float,
+        inputs: CleanInputs,
+        r0_25: FloatArray,
+        cell_temps: FloatArray,
+        mean_temp: float,
+    ) -> None:
+        chem = self.chemistry
+        r1 = chem.r1_ohm_ah / self.nominal_capacity_ah
+        tf = float(temperature_factor(chem, mean_temp))
+        if not self.string_soc.initialised:
+            if not math.isfinite(string_v):
+                return
+            self._initialise_soc(string_v, current, inputs, r0_25)
+        self.string_soc.step(
+            current, dt_s, np.array([string_v]), r0_25[:1] * tf, np.array([r1 * tf]),
+            self.capacity_ah,
+        )  # fmt: skip
+        if self.cells.count:
+            tf_cells = temperature_factor(chem, cell_temps)
+            self.cells.soc.step(
+                current - self.string_soc.bias_a, dt_s, inputs.cell_voltage_v,
+                r0_25[1:] * tf_cells, r1 * tf_cells, self.capacity_ah,
+            )  # fmt: skip
+
+    def _initialise_soc(
+        self, string_v: float, current: float, inputs: CleanInputs, r0_25: FloatArray
+    ) -> None:
+        chem = self.chemistry
+        if self.initial_soc_pct is not None:
+            soc = np.array([float(self.initial_soc_pct)])
+            sigma = np.array([UNVERIFIED_SOC_SIGMA_PCT])
+            cell_soc = np.full(self.cells.count, float(self.initial_soc_pct))
+        else:
+            soc = chem.soc_from_ocv(np.array([string_v - r0_25[0] * current]))
+            cell_ocv = (
+                np.where(np.isfinite(inputs.cell_voltage_v), inputs.cell_voltage_v, string_v)
+                - r0_25[1:] * current
+            )
+            cell_soc = chem.soc_from_ocv(cell_ocv)
+            flat = self.string_soc.in_flat_region(soc)
+            sigma = np.where(flat, UNVERIFIED_SOC_SIGMA_PCT, INITIAL_SOC_SIGMA_PCT)
+        self.string_soc.reset(soc, sigma, self.nominal_capacity_ah)
+        self.cells.soc.reset(
+            cell_soc, np.full(self.cells.count, sigma[0]), self.nominal_capacity_ah
+        )
+
+    def _step_resistance(
+        self, dt_s: float, inputs: CleanInputs, cell_temps: FloatArray, mean_temp: float
+    ) -> None:
+        last = self._last
+        if last is None or not math.isfinite(inputs.current_a) or self.series_cells == 0:
+            return
+        d_pack = inputs.pack_voltage_v - last.pack_voltage_v
+        d_cells = inputs.cell_voltage_v - last.cell_voltage_v
+        if not math.isfinite(d_pack) and self.cells.count:
+            d_pack = float(np.sum(d_cells)) if np.isfinite(d_cells).all() else math.nan
+        self.cells.resistance.update(
+            inputs.current_a - last.current_a,
+            dt_s,
+            np.concatenate([[d_pack], d_cells]),
+            np.concatenate([[self.series_cells], np.ones(self.cells.count)]),
+            np.concatenate([[mean_temp], cell_temps]),
+        )
+
+    def _track_rest(self, dt_s: float, corrected: float, ts_ms: int) -> None:
+        resting = abs(corrected) < REST_C * self.capacity_ah
+        if resting:
+            if self.rest_s == 0.0:
+                self.cells.anomaly.start_rest()
+            self.rest_s += max(dt_s, 1e-3)
+        elif self.rest_s > 0.0:
+            self.rest_s = 0.0
+            if self.capacity.end_rest(ts_ms / 1000.0, self.cycles.equivalent_full_cycles):
+                log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
+
+    @property
+    def settled(self) -> bool:
+        return self.rest_s >= REST_SETTLE_S
+
+    def _capacity_and_cycles(
+        self, dt_s: float, corrected: float, string_v: float, d: Diagnosis
+    ) -> None:
+        bias_sigma = (
+            math.sqrt(max(float(self.string_soc.p[0, 2, 2]), 0.0))
+            if (self.string_soc.initialised)
+            else 0.0
+        )
+        self.capacity.integrate(corrected, dt_s, bias_sigma)
+        soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else math.nan
+        if self.settled and math.isfinite(soc):
+            slope = float(self.string_soc.ocv_slope_v_per_pct(np.array([soc]))[0])
+            self.capacity.observe_rest(string_v, slope)
+        self.cycles.update(soc, corrected, dt_s)
+        cap = self.capacity
+        d.capacity_ah, d.capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
+        d.soh_pct = 100.0 * cap.capacity_ah / self.nominal_capacity_ah
+        fade = fade_projection(
+            cap.history, self.nominal_capacity_ah, self.chemistry.end_of_life_soh_pct
+        )
+        d.capacity_fade_pct_per_year = fade["fade_pct_per_year"]
+        d.eol_projected_ts_ms, d.eol_projected_efc = fade["eol_ts_ms"], fade["eol_efc"]
+        life = self.cycles.summary()
+        d.equivalent_full_cycles = self.cycles.equivalent_full_cycles
+        d.life_used_pct, d.remaining_cycles = life["life_used_pct"], life["remaining_cycles"]
+        d.dod_histogram = life["dod_histogram"]
+        r0 = self.cells.resistance.r0_25c_ohm
+        d.r0_ohm = float(r0[0]) * self.series_cells if self.series_cells else math.nan
+        d.soh_resistance_pct = resistance_soh_pct(
+            float(r0[0]), self.chemistry.r0_ohm(self.nominal_capacity_ah)
+        )
+
+    def _cell_views(
+        self,
+        dt_s: float,
+        inputs: CleanInputs,
+        corrected: float,
+        cell_temps: FloatArray,
+        d: Diagnosis,
+    ) -> None:
+        c = self.cells
+        if c.count == 0:
+            return
+        v = inputs.cell_voltage_v
+        deviation = v - finite_median(v)
+        r0 = c.resistance.r0_25c_ohm[1:]
+        r0_ratio = r0 / finite_median(r0)
+        soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else 50.0
+        slope = float(self.string_soc.ocv_slope_v_per_pct(np.array([soc]))[0])
+        anomaly = c.anomaly.update(
+            dt_s, deviation, corrected, self.settled, slope, r0_ratio,
+            c.resistance.steps[1:],
+        )  # fmt: skip
+        cell_soc = c.soc.soc_pct if c.soc.initialised else np.full(c.count, np.nan)
+        balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio)
+        d.cell_spread_v, d.cell_soc_spread_pct = balance.spread_v, balance.soc_spread_pct
+        d.imbalance_trend_pct_per_day = balance.trend_pct_per_day
+        d.weak_cells, d.balancing_recommendation = balance.weak_cells, balance.recommendation
+        d.anomalous_cells, d.anomaly_reasons = anomaly.cells, anomaly.reasons
+        d.cell_soc_pct, d.cell_deviation_v, d.cell_zscore = (
+            cell_soc.copy(),
+            deviation,
+            anomaly.zscore,
+        )
+        d.cell_r0_ohm, d.cell_self_discharge_a = r0, anomaly.leak_a
+        d.cell_r0_mean_ohm = finite_mean(r0)
+
+    def _safety(self, dt_s: float, inputs: CleanInputs, current: float, d: Diagnosis) -> None:
+        c = self.cells
+        temps = inputs.temperature_c
+        findings = check_limits(
+            self.chemistry, self.nominal_capacity_ah, inputs.cell_voltage_v, temps, current
+        )
+        if c.sensors:
+            v = inputs.cell_voltage_v
+            block_dev = _block_mean(v - finite_median(v), c.sensor_index, c.sensors)
+            thermal = c.thermal.update(dt_s, temps, block_dev, current)
+            findings += thermal.findings
+            d.thermal_runaway_score = float(np.max(thermal.precursor_score))
+            d.temperature_rate_max_k_per_min = float(np.max(thermal.rate_k_per_min))
+        if _any(temps):
+            d.temperature_max_c = float(np.nanmax(temps))
+            d.temperature_min_c = float(np.nanmin(temps))
+            d.temperature_spread_c = d.temperature_max_c - d.temperature_min_c
+        level = max((lvl for lvl, _ in findings), default=0)
+        d.thermal_risk_level, d.thermal_risk = level, RISK_LEVELS[level]
+        d.thermal_risk_reasons = [why for lvl, why in sorted(findings, reverse=True) if lvl]
+
+    def export_state(self) -> bytes:
+        """Everything learned so far (SOC filters, offset, capacity, cycles, baselines)."""
+        c = self.cells
+        header = {
+            "device_id": self.device_id,
+            "chemistry": self.chemistry.name,
+            "capacity_ah": self.nominal_capacity_ah,
+            "cells": c.count,
+            "sensors": c.sensors,
+        }
+        parts: dict[str, dict[str, Any]] = {
+            "engine": {
+                "scalars": np.array([self.series_cells, self.rest_s]),
+                "initialised": np.array([self.string_soc.initialised, c.soc.initialised]),
+            },
+            "string_soc": self.string_soc.state(),
+            "capacity": self.capacity.state(),
+            "cycles": self.cycles.state(),
+            "cell_soc": c.soc.state(),
+            "resistance": c.resistance.state(),
+            "anomaly": c.anomaly.state(),
+            "balance": c.balance.state(),
+            "thermal": c.thermal.state(),
+        }
+        return persist.pack(header, parts)
+
+    def restore_state(self, data: bytes) -> None:
+        """Resume from :meth:`export_state`; a blob that does not fit is ignored with a warning."""
+        try:
+            header, parts = persist.unpack(data)
+            if header.get("chemistry") != self.chemistry.name:
+                raise ValueError(f"state is for chemistry {header.get('chemistry')!r}")
+            cells = self._build_cells(int(header["cells"]), int(header["sensors"]))
+            string_soc = SocFilter(self.chemistry, 1, estimate_bias=True)
+            capacity = CapacityEstimator(self.chemistry, self.nominal_capacity_ah)
+            cycles = CycleLife(self.chemistry, self.nominal_capacity_ah)
+            string_soc.load(parts["string_soc"])
+            capacity.load(parts["capacity"])
+            cycles.load(parts["cycles"])
+            cells.soc.load(parts["cell_soc"])
+            cells.resistance.load(parts["resistance"])
+            cells.anomaly.load(parts["anomaly"])
+            cells.balance.load(parts["balance"])
+            cells.thermal.load(parts["thermal"])
+            series, rest_s = (float(v) for v in parts["engine"]["scalars"])
+            string_init, cells_init = (bool(v) for v in parts["engine"]["initialised"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("%s: ignoring saved diagnostics state: %s", self.device_id, exc)
+            return
+        string_soc.initialised, cells.soc.initialised = string_init, cells_init
+        self.string_soc, self.capacity, self.cycles, self.cells = (
+            string_soc,
+            capacity,
+            cycles,
+            cells,
+        )
+        self.series_cells, self.rest_s = int(series), rest_s
+        self._last = None
+        self._last_ts_ms = None
+
+
+def _any(values: FloatArray) -> bool:
+    return bool(values.size) and bool(np.isfinite(values).any())
+
+
+def _block_mean(values: FloatArray, block: np.ndarray, blocks: int) -> FloatArray:
+    """Mean of ``values`` per block index, ignoring NaN (NaN for an all-NaN block)."""
+    ok = np.isfinite(values)
+    total = np.bincount(block[ok], weights=values[ok], minlength=blocks)
+    count = np.bincount(block[ok], minlength=blocks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)

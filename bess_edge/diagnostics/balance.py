@@ -1,0 +1,98 @@
+"""Cell balance: how far apart the cells of a string are, which are weak, what to do about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.trend import EwTrend
+from bess_edge.model import FloatArray
+
+# A cell whose voltage sits 3.5 robust sigmas below its string (Iglewicz & Hoaglin's outlier
+# bound), smoothed over ~10 min so a single noisy poll does not count, is weak; so is a cell
+# with 1.5x the string's median R0 (half-way to the usual doubling end-of-life criterion).
+WEAK_Z = -3.5
+WEAK_Z_SMOOTH_S = 600.0
+WEAK_R0_RATIO = 1.5
+# SOC spread [%-points] beyond which a string needs balancing: passive balancers move ~1-2 % of
+# capacity per day (tens of mA bleed on a 100+ Ah cell), so 5 % is days of normal balancing and
+# 20 % more than they can recover in a reasonable time.
+BALANCE_SPREAD_PCT = 5.0
+SERVICE_SPREAD_PCT = 20.0
+TREND_TIME_CONSTANT_S = 7 * 86_400.0
+
+
+@dataclass
+class BalanceResult:
+    spread_v: float
+    soc_spread_pct: float
+    trend_pct_per_day: float
+    weak_cells: list[int] = field(default_factory=list)
+    recommendation: str = "none"
+
+
+def balancing_recommendation(cell_soc_pct: FloatArray) -> str:
+    """What an operator should do about the SOC spread [%] of a string's cells."""
+    finite = cell_soc_pct[np.isfinite(cell_soc_pct)]
+    if finite.size < 2:
+        return "none"
+    spread = float(finite.max() - finite.min())
+    median = float(np.median(finite))
+    high = np.flatnonzero(finite_or(cell_soc_pct, -1e9) > median + BALANCE_SPREAD_PCT / 2)
+    if spread > SERVICE_SPREAD_PCT:
+        return f"service balance: SOC spread {spread:.1f} % is beyond passive balancing"
+    if spread > BALANCE_SPREAD_PCT:
+        ids = ", ".join(str(int(i)) for i in high[:10])
+        return f"balance at top of charge: bleed cells [{ids}] (SOC spread {spread:.1f} %)"
+    return "none"
+
+
+class BalanceTracker:
+    """Smoothed per-cell standing and the trend of the string's SOC spread."""
+
+    def __init__(self, cells: int) -> None:
+        self.z_smooth = np.zeros(cells)
+        self.spread = EwTrend(1, TREND_TIME_CONSTANT_S)
+
+    def update(
+        self,
+        dt_s: float,
+        cell_voltage_v: FloatArray,
+        zscore: FloatArray,
+        cell_soc_pct: FloatArray,
+        r0_ratio: FloatArray,
+    ) -> BalanceResult:
+        """One poll: cell voltages [V], their robust z-scores, the cells' SOC [%] and R0 ratios."""
+        finite_v = cell_voltage_v[np.isfinite(cell_voltage_v)]
+        spread_v = float(np.ptp(finite_v)) if finite_v.size else float("nan")
+        finite_soc = cell_soc_pct[np.isfinite(cell_soc_pct)]
+        soc_spread = float(np.ptp(finite_soc)) if finite_soc.size else float("nan")
+        self.spread.add(dt_s, np.array([soc_spread]))
+        alpha = 1 - np.exp(-max(dt_s, 0.0) / WEAK_Z_SMOOTH_S)
+        self.z_smooth = np.where(
+            np.isfinite(zscore), self.z_smooth + alpha * (zscore - self.z_smooth), self.z_smooth
+        )
+        weak = (self.z_smooth < WEAK_Z) | (finite_or(r0_ratio) > WEAK_R0_RATIO)
+        return BalanceResult(
+            spread_v=spread_v,
+            soc_spread_pct=soc_spread,
+            trend_pct_per_day=float(self.spread.slope_per_h[0]) * 24.0,
+            weak_cells=[int(i) for i in np.flatnonzero(weak)],
+            recommendation=balancing_recommendation(cell_soc_pct),
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "z_smooth": self.z_smooth,
+            **{f"trend_{k}": v for k, v in self.spread.state().items()},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        z = np.asarray(state["z_smooth"], dtype=np.float64)
+        if z.shape != self.z_smooth.shape:
+            raise ValueError(f"balance state for {z.size} cells, string has {self.z_smooth.size}")
+        self.z_smooth = z
+        self.spread.load({k[6:]: v for k, v in state.items() if k.startswith("trend_")})

@@ -1,0 +1,95 @@
+"""The Diagnosis: what the daemon concluded about one device at one poll.
+
+Alert rules read these fields by name (``metric = "thermal_risk_level"``), the store keeps them
+with the sample, sync publishes ``to_dict()``. Units are in the names; ``docs/diagnostics.md``
+says what each field estimates and from what evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bess_edge.model import FloatArray
+
+NAN = math.nan
+
+
+def _cells() -> FloatArray:
+    return np.empty(0)
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    """One device at one poll (SI units; SOC, SOH and life in percent)."""
+
+    device_id: str
+    ts_ms: int
+    # State of charge (EKF on a 1-RC model, string average cell).
+    soc_pct: float = NAN
+    soc_uncertainty_pct: float = NAN
+    current_offset_a: float = NAN  # estimated current-sensor offset, already removed
+    # Capacity and health.
+    capacity_ah: float = NAN  # estimated, NaN until two rested SOC points were seen
+    capacity_uncertainty_ah: float = NAN
+    soh_pct: float = NAN  # capacity-based: estimated / rated capacity
+    soh_resistance_pct: float = NAN  # 100 at the preset R0, 80 at double it
+    r0_ohm: float = NAN  # string ohmic resistance at 25 °C (sum over series cells)
+    cell_r0_mean_ohm: float = NAN  # mean cell R0 at 25 °C
+    capacity_fade_pct_per_year: float = NAN
+    eol_projected_ts_ms: float = NAN  # when SOH reaches the chemistry's end of life
+    eol_projected_efc: float = NAN
+    # Cycles and life.
+    equivalent_full_cycles: float = 0.0
+    life_used_pct: float = 0.0
+    remaining_cycles: float = NAN
+    dod_histogram: FloatArray = field(default_factory=_cells)  # cycles per 10 % DoD bin
+    # Balance.
+    cell_spread_v: float = NAN
+    cell_soc_spread_pct: float = NAN
+    imbalance_trend_pct_per_day: float = NAN
+    weak_cells: list[int] = field(default_factory=list)
+    balancing_recommendation: str = "none"
+    # Safety and thermal.
+    temperature_max_c: float = NAN
+    temperature_min_c: float = NAN
+    temperature_spread_c: float = NAN
+    temperature_rate_max_k_per_min: float = NAN
+    thermal_runaway_score: float = 0.0  # 0..1 precursor score of the worst sensor
+    thermal_risk: str = "normal"  # normal / elevated / high / critical
+    thermal_risk_level: int = 0  # 0..3, the same scale
+    thermal_risk_reasons: list[str] = field(default_factory=list)
+    # Anomalies.
+    anomalous_cells: list[int] = field(default_factory=list)
+    anomaly_reasons: list[str] = field(default_factory=list)
+    # Data quality of this poll.
+    quality_flags: list[str] = field(default_factory=list)
+    rest_s: float = 0.0  # how long the string has been at rest
+    # Per cell (index = position in the string).
+    cell_soc_pct: FloatArray = field(default_factory=_cells)
+    cell_deviation_v: FloatArray = field(default_factory=_cells)
+    cell_zscore: FloatArray = field(default_factory=_cells)
+    cell_r0_ohm: FloatArray = field(default_factory=_cells)
+    cell_self_discharge_a: FloatArray = field(default_factory=_cells)
+    diagnostics_error: str | None = None  # set only if an estimator failed on this poll
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes None, numpy arrays become lists."""
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

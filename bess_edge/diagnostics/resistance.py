@@ -1,0 +1,104 @@
+"""Ohmic resistance R0 from the voltage response to current steps, per cell and per string.
+
+Between two polls a second apart the open-circuit voltage and the RC pair barely move, so a
+change of current ΔI shows up as ΔV ≈ R0·ΔI (the "direct current internal resistance" of the
+HPPC test, USABC/INL Battery Test Manual, INL/EXT-15-34184, §3.3). Each step that passes the
+validity gates updates a recursive least-squares fit of ΔV = R0·ΔI with forgetting; the samples
+are normalised to 25 °C first with the chemistry's Arrhenius-like factor, so a cold morning
+does not read as ageing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.model import FloatArray
+
+# Gates: a step must be at least 2 % of 1C (well above the current sensor's noise), the two
+# samples at most 2 s apart (over 2 s the RC pair adds < 5 % of R1·ΔI for τ ≥ 40 s).
+MIN_STEP_C = 0.02
+MAX_STEP_DT_S = 2.0
+# A plausible step estimate lies within 0.2x..10x of the preset; outside, it is a glitch.
+PLAUSIBLE_RATIO = (0.2, 10.0)
+# Forgetting per accepted step: a memory of about 200 steps (days of normal operation).
+FORGETTING = 0.995
+
+
+def temperature_factor(chemistry: Chemistry, temperature_c: FloatArray | float) -> FloatArray:
+    """R(T)/R(25 °C) from the chemistry's exponential law; 1 where the temperature is unknown."""
+    t = finite_or(np.asarray(temperature_c, dtype=np.float64), 25.0)
+    return np.exp(chemistry.r_temp_coeff_per_c * (25.0 - t))
+
+
+class ResistanceEstimator:
+    """Recursive least squares of ΔV = R0·ΔI for the string (column 0) and each cell."""
+
+    def __init__(self, chemistry: Chemistry, capacity_ah: float, cells: int) -> None:
+        self.chemistry = chemistry
+        self.capacity_ah = capacity_ah
+        self.nominal_cell_r0_ohm = chemistry.r0_ohm(capacity_ah)
+        self.sxx = np.zeros(cells + 1)
+        self.sxy = np.zeros(cells + 1)
+        self.steps = np.zeros(cells + 1)
+
+    def update(
+        self,
+        delta_current_a: float,
+        dt_s: float,
+        delta_voltage_v: FloatArray,
+        series_cells: FloatArray,
+        temperature_c: FloatArray,
+    ) -> None:
+        """Use one poll-to-poll step: ΔI [A] and ΔV [V] of the string (index 0) and each cell.
+
+        ``series_cells`` is how many cells each column spans (the string: all of them), so the
+        string value is per cell and comparable with the preset; NaN ΔV columns are skipped.
+        """
+        if not (np.isfinite(delta_current_a) and 0 < dt_s <= MAX_STEP_DT_S):
+            return
+        if abs(delta_current_a) < MIN_STEP_C * self.capacity_ah:
+            return
+        dv25 = delta_voltage_v / series_cells / temperature_factor(self.chemistry, temperature_c)
+        ratio = dv25 / delta_current_a / self.nominal_cell_r0_ohm
+        ok = np.isfinite(ratio) & (ratio > PLAUSIBLE_RATIO[0]) & (ratio < PLAUSIBLE_RATIO[1])
+        forget = np.where(ok, FORGETTING, 1.0)
+        self.sxx = forget * self.sxx + np.where(ok, delta_current_a**2, 0.0)
+        self.sxy = forget * self.sxy + np.where(ok, dv25 * delta_current_a, 0.0)
+        self.steps = self.steps + ok
+
+    @property
+    def r0_25c_ohm(self) -> FloatArray:
+        """Per-cell R0 at 25 °C [Ω]: string average (index 0) then each cell; NaN before a step."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sxx > 0, self.sxy / self.sxx, np.nan)
+
+    def r0_or_preset_ohm(self) -> FloatArray:
+        """R0 at 25 °C [Ω] per column, the preset where no step has been seen yet."""
+        r0 = self.r0_25c_ohm
+        return np.where(np.isfinite(r0), r0, self.nominal_cell_r0_ohm)
+
+    def state(self) -> dict[str, Any]:
+        return {"sxx": self.sxx, "sxy": self.sxy, "steps": self.steps}
+
+    def load(self, state: dict[str, Any]) -> None:
+        for name in ("sxx", "sxy", "steps"):
+            value = np.asarray(state[name], dtype=np.float64)
+            if value.shape != self.sxx.shape:
+                raise ValueError(f"resistance field {name} has shape {value.shape}")
+            setattr(self, name, value)
+
+
+def resistance_soh_pct(r0_ohm: float, nominal_r0_ohm: float) -> float:
+    """Resistance-based SOH [%]: 100 at the preset's R0, 80 (end of life) at double it.
+
+    Doubling of the DC resistance is the usual power-fade end-of-life criterion (e.g. IEC
+    62660-1 and the USABC manual); mapping it onto the capacity scale makes both SOHs read
+    alike: a falling number with end of life at 80 %.
+    """
+    if not (np.isfinite(r0_ohm) and nominal_r0_ohm > 0):
+        return float("nan")
+    return float(100.0 - 20.0 * (r0_ohm / nominal_r0_ohm - 1.0))

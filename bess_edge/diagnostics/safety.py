@@ -1,0 +1,65 @@
+"""Operating limits per chemistry and the risk scale every safety finding is graded on.
+
+A finding is ``(level, reason)``; the device's risk is the highest level found, with all the
+reasons. Levels: 0 normal, 1 elevated (watch it), 2 high (a limit is crossed, act), 3 critical
+(runaway conditions: isolate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.model import FloatArray
+
+RISK_LEVELS = ("normal", "elevated", "high", "critical")
+Finding = tuple[int, str]
+
+# Margin [K] before a temperature limit at which the risk becomes elevated: the ~10 K a lumped
+# cell can gain within minutes under a fault, so an operator has time to act.
+TEMPERATURE_WARNING_MARGIN_C = 10.0
+# Beyond a voltage limit by this much [V] a Li cell is in abuse territory (plating, gassing).
+VOLTAGE_ABUSE_MARGIN_V = 0.1
+
+
+def temperature_limit_c(chemistry: Chemistry, current_a: float) -> tuple[float, float]:
+    """(min, max) allowed cell temperature [°C]: charge limits while charging, else discharge."""
+    if np.isfinite(current_a) and current_a > 0:
+        return chemistry.charge_temp_min_c, chemistry.charge_temp_max_c
+    return chemistry.discharge_temp_min_c, chemistry.discharge_temp_max_c
+
+
+def check_limits(
+    chemistry: Chemistry,
+    capacity_ah: float,
+    cell_voltage_v: FloatArray,
+    temperature_c: FloatArray,
+    current_a: float,
+) -> list[Finding]:
+    """Voltage, current and temperature limits of the chemistry preset, graded by severity."""
+    findings: list[Finding] = []
+    v = cell_voltage_v[np.isfinite(cell_voltage_v)]
+    if v.size:
+        v_max, v_min = float(v.max()), float(v.min())
+        if v_max > chemistry.cell_voltage_max_v:
+            level = 3 if v_max > chemistry.cell_voltage_max_v + VOLTAGE_ABUSE_MARGIN_V else 2
+            findings.append((level, f"over-voltage: cell at {v_max:.3f} V"))
+        if v_min < chemistry.cell_voltage_min_v:
+            findings.append((2, f"under-voltage: cell at {v_min:.3f} V"))
+    if np.isfinite(current_a):
+        limit_c = chemistry.max_charge_c_rate if current_a > 0 else chemistry.max_discharge_c_rate
+        if abs(current_a) > limit_c * capacity_ah:
+            findings.append((1, f"over-current: {current_a:.1f} A beyond {limit_c:g}C"))
+    t = temperature_c[np.isfinite(temperature_c)]
+    if t.size:
+        t_lo, t_hi = temperature_limit_c(chemistry, current_a)
+        hottest, coldest = float(t.max()), float(t.min())
+        if hottest >= chemistry.self_heating_onset_c:
+            findings.append((3, f"self-heating region: {hottest:.1f} °C"))
+        elif hottest >= t_hi:
+            findings.append((2, f"over-temperature: {hottest:.1f} °C ≥ {t_hi:g} °C"))
+        elif hottest >= t_hi - TEMPERATURE_WARNING_MARGIN_C:
+            findings.append((1, f"approaching temperature limit: {hottest:.1f} °C"))
+        if coldest < t_lo:
+            findings.append((2 if current_a > 0 else 1, f"under-temperature: {coldest:.1f} °C"))
+    return findings

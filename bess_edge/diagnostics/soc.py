@@ -1,0 +1,159 @@
+"""State of charge: an extended Kalman filter on a 1-RC equivalent circuit, vectorised.
+
+One filter instance runs many channels at once (the string's average cell, or every cell), each
+with the state ``[SOC %, V_RC V]`` and, for the string, the current-sensor offset ``b`` [A]:
+
+    SOC' = SOC + 100 η dt (I - b) / (3600 Q)          coulomb counting, offset-corrected
+    V_RC' = a V_RC + R1 (1 - a)(I - b),  a = e^(-dt/τ)  the RC pair (Plett, J. Power Sources
+                                                         134 (2004) 262, "EKF for BMS", part 2)
+    b' = b                                             a slow random walk
+    V = OCV(SOC) + V_RC + R0 (I - b)                   the measurement
+
+The voltage corrects SOC in proportion to the OCV slope, so a flat curve corrects nothing by
+itself; where the chemistry marks a plateau (LFP 20-90 %) the voltage update is skipped, the
+filter coulomb-counts, and its variance grows honestly until a knee is reached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.model import FloatArray
+
+# Measurement model error [V]: OCV table and 1-RC model mismatch (a few mV at rest for a fitted
+# table, Plett 2004 part 3) plus a share of the ohmic drop that the RC pair does not capture.
+OCV_MODEL_ERROR_V = 0.004
+LOAD_MODEL_ERROR_FRACTION = 0.3
+# Spread of the current measurement [fraction of 1C]: LEM-class hall sensors, ~0.5 % FS.
+CURRENT_NOISE_C = 0.005
+# Offset random walk [fraction of 1C per sqrt(s)]: drifts over hours, not seconds.
+BIAS_WALK_C_PER_SQRT_S = 2e-6
+INITIAL_BIAS_SIGMA_C = 0.01
+# Unmodelled SOC drift (efficiency, capacity error) [% per sqrt(s)].
+SOC_WALK_PCT_PER_SQRT_S = 0.002
+
+
+class SocFilter:
+    """A bank of EKFs, one per channel, advanced together with numpy (no loop over cells)."""
+
+    def __init__(self, chemistry: Chemistry, channels: int, estimate_bias: bool) -> None:
+        self.chemistry = chemistry
+        self.states = 3 if estimate_bias else 2
+        self.x: FloatArray = np.zeros((channels, self.states))
+        self.p: FloatArray = np.zeros((channels, self.states, self.states))
+        self.initialised = False
+        soc = np.asarray(chemistry.ocv_soc_pct)
+        self._slope_soc = soc
+        self._slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
+        self._flat = chemistry.ocv_flat_regions_pct
+
+    @property
+    def channels(self) -> int:
+        return int(self.x.shape[0])
+
+    def reset(self, soc_pct: FloatArray, soc_sigma_pct: FloatArray, capacity_ah: float) -> None:
+        """Start from a SOC guess [%] with its standard deviation [%]; V_RC and offset zero."""
+        self.x[:] = 0.0
+        self.x[:, 0] = np.clip(soc_pct, 0.0, 100.0)
+        self.p[:] = 0.0
+        self.p[:, 0, 0] = np.asarray(soc_sigma_pct) ** 2
+        self.p[:, 1, 1] = 0.01**2  # an unknown relaxation voltage of up to ~10 mV
+        if self.states == 3:
+            self.p[:, 2, 2] = (INITIAL_BIAS_SIGMA_C * capacity_ah) ** 2
+        self.initialised = True
+
+    @property
+    def soc_pct(self) -> FloatArray:
+        return self.x[:, 0]
+
+    @property
+    def soc_sigma_pct(self) -> FloatArray:
+        return np.sqrt(np.maximum(self.p[:, 0, 0], 0.0))
+
+    @property
+    def bias_a(self) -> float:
+        """The estimated current-sensor offset [A] (reads high by this much), 0 if not estimated."""
+        return float(self.x[0, 2]) if self.states == 3 and self.channels else 0.0
+
+    def ocv_slope_v_per_pct(self, soc_pct: FloatArray) -> FloatArray:
+        """dOCV/dSOC [V/%] of the chemistry's table at each SOC (the observability of SOC)."""
+        idx = np.searchsorted(self._slope_soc, soc_pct, side="right") - 1
+        return self._slopes[np.clip(idx, 0, self._slopes.size - 1)]
+
+    def in_flat_region(self, soc_pct: FloatArray) -> FloatArray:
+        """True where the chemistry says voltage cannot tell SOC (LFP plateau)."""
+        flat = np.zeros(np.shape(soc_pct), dtype=bool)
+        for lo, hi in self._flat:
+            flat |= (soc_pct > lo) & (soc_pct < hi)
+        return flat
+
+    def step(
+        self,
+        current_a: float,
+        dt_s: float,
+        voltage_v: FloatArray,
+        r0_ohm: FloatArray,
+        r1_ohm: FloatArray,
+        capacity_ah: FloatArray | float,
+    ) -> None:
+        """Predict over ``dt_s`` with the measured current [A], then correct with each channel's
+        terminal voltage [V] (NaN: no correction for that channel).
+
+        ``current_a`` is the raw sensor value; the string filter removes its own offset estimate,
+        a cell filter is given the already corrected current.
+        """
+        chem = self.chemistry
+        n = self.channels
+        cap = np.broadcast_to(np.asarray(capacity_ah, dtype=np.float64), (n,))
+        bias = self.x[:, 2] if self.states == 3 else 0.0
+        i_corr = current_a - bias
+        eta = np.where(i_corr > 0, chem.coulombic_efficiency, 1.0)
+        k = 100.0 * eta * dt_s / (3600.0 * cap)
+        a = np.exp(-dt_s / chem.tau1_s)
+        self.x[:, 0] += k * i_corr
+        self.x[:, 1] = a * self.x[:, 1] + r1_ohm * (1 - a) * i_corr
+
+        jac = np.zeros((n, self.states, self.states))
+        jac[:, 0, 0] = 1.0
+        jac[:, 1, 1] = a
+        sigma_i = CURRENT_NOISE_C * cap
+        noise = np.zeros((n, self.states, self.states))
+        noise[:, 0, 0] = (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
+        noise[:, 1, 1] = (r1_ohm * (1 - a) * sigma_i) ** 2
+        if self.states == 3:
+            jac[:, 0, 2] = -k
+            jac[:, 1, 2] = -r1_ohm * (1 - a)
+            jac[:, 2, 2] = 1.0
+            noise[:, 2, 2] = (BIAS_WALK_C_PER_SQRT_S * cap) ** 2 * dt_s
+        self.p = jac @ self.p @ jac.transpose(0, 2, 1) + noise
+
+        soc = np.clip(self.x[:, 0], 0.0, 100.0)
+        predicted = chem.ocv(soc) + self.x[:, 1] + r0_ohm * i_corr
+        h = np.zeros((n, self.states))
+        h[:, 0] = self.ocv_slope_v_per_pct(soc)
+        h[:, 1] = 1.0
+        if self.states == 3:
+            h[:, 2] = -r0_ohm
+        model_error = OCV_MODEL_ERROR_V + LOAD_MODEL_ERROR_FRACTION * np.abs(r0_ohm * i_corr)
+        use = np.isfinite(voltage_v) & ~self.in_flat_region(soc)
+        ph = np.einsum("nij,nj->ni", self.p, h)
+        s = np.einsum("ni,ni->n", h, ph) + model_error**2
+        gain = np.where(use[:, None], ph / s[:, None], 0.0)
+        innovation = np.where(use, voltage_v - predicted, 0.0)
+        self.x += gain * innovation[:, None]
+        self.p -= gain[:, :, None] * ph[:, None, :]
+        self.p = 0.5 * (self.p + self.p.transpose(0, 2, 1))
+        self.x[:, 0] = np.clip(self.x[:, 0], 0.0, 100.0)
+
+    def state(self) -> dict[str, Any]:
+        return {"x": self.x, "p": self.p}
+
+    def load(self, state: dict[str, Any]) -> None:
+        x, p = np.asarray(state["x"]), np.asarray(state["p"])
+        if x.ndim != 2 or x.shape[1] != self.states or p.shape != (*x.shape, self.states):
+            raise ValueError(f"SOC filter state of shape {x.shape} does not fit")
+        self.x, self.p = x.astype(np.float64), p.astype(np.float64)
+        self.initialised = bool(x.shape[0])

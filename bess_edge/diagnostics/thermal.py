@@ -1,0 +1,130 @@
+"""Thermal state of a string: temperature rates and a thermal-runaway precursor score.
+
+Runaway announces itself before the limits are crossed (Feng et al., "Thermal runaway mechanism
+of lithium ion battery for electric vehicles: A review", Energy Storage Materials 10 (2018) 246):
+a cell warms with no current to explain it (an internal short or side reactions), it gets hotter
+than its neighbours, and its voltage sags while it heats (the short discharges it). Each sign is
+scored 0..1 per temperature sensor; the weighted sum is the precursor score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.safety import Finding
+from bess_edge.diagnostics.trend import EwTrend
+from bess_edge.model import FloatArray
+
+# Heating faster than the string median by this much [K/min] scores 1. A stationary cell at
+# ≤1C warms by well under 1 K/min (lumped model of the presets); 2 K/min is a fault.
+EXCESS_RATE_FULL_K_PER_MIN = 2.0
+LOW_CURRENT_C = 0.1  # "at rest or nearly": heating here has no electrical cause
+HOT_SPOT_START_K = 2.0  # hotter than its neighbours' mean by more than this starts to score
+HOT_SPOT_FULL_K = 12.0
+VOLTAGE_SAG_FULL_V_PER_MIN = 0.005  # a cell sagging 5 mV/min faster than its string
+WEIGHTS = (0.45, 0.35, 0.2)  # rate, hot spot, voltage sag
+# Rates are fitted over about two minutes: fast enough for runaway, slow enough for 0.1 K steps.
+RATE_TIME_CONSTANT_S = 120.0
+SCORE_LEVELS = ((0.6, 2), (0.25, 1))
+
+
+def sensor_of_cell(cells: int, sensors: int) -> np.ndarray:
+    """Index of the temperature sensor nearest each cell, sensors spread evenly along the string
+    (the first ``cells % sensors`` sensors cover one cell more, as ``numpy.array_split``)."""
+    if sensors == 0 or cells == 0:
+        return np.zeros(cells, dtype=np.intp)
+    small, extra = divmod(cells, sensors)
+    i = np.arange(cells)
+    split = extra * (small + 1)
+    with np.errstate(divide="ignore"):
+        rest = extra + (i - split) // max(small, 1)
+    return np.where(i < split, i // (small + 1), rest).astype(np.intp)
+
+
+def neighbour_excess_c(temperature_c: FloatArray) -> FloatArray:
+    """How much hotter [K] each sensor reads than its two neighbours' mean along the string."""
+    t = np.asarray(temperature_c, dtype=np.float64)
+    if t.size < 2:
+        return np.zeros(t.size)
+    left = np.concatenate([[np.nan], t[:-1]])
+    right = np.concatenate([t[1:], [np.nan]])
+    pair = np.vstack([left, right])
+    count = np.isfinite(pair).sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(count > 0, np.nansum(pair, axis=0) / np.maximum(count, 1), np.nan)
+    return t - mean
+
+
+@dataclass
+class ThermalResult:
+    """Per-sensor rates and scores of one poll, and the findings they raise."""
+
+    rate_k_per_min: FloatArray
+    precursor_score: FloatArray
+    findings: list[Finding] = field(default_factory=list)
+
+
+class ThermalMonitor:
+    """Tracks each sensor's temperature slope and its block's voltage sag."""
+
+    def __init__(self, chemistry: Chemistry, capacity_ah: float, sensors: int) -> None:
+        self.chemistry = chemistry
+        self.capacity_ah = capacity_ah
+        self.temperature = EwTrend(sensors, RATE_TIME_CONSTANT_S)
+        self.sag = EwTrend(sensors, RATE_TIME_CONSTANT_S)
+
+    def update(
+        self,
+        dt_s: float,
+        temperature_c: FloatArray,
+        block_deviation_v: FloatArray,
+        current_a: float,
+    ) -> ThermalResult:
+        """One poll: sensor temperatures [°C], each sensor's cells' voltage deviation from the
+        string median [V], and the pack current [A]."""
+        self.temperature.add(dt_s, temperature_c)
+        self.sag.add(dt_s, block_deviation_v)
+        rate = finite_or(self.temperature.slope_per_h) / 60.0
+        sag = finite_or(self.sag.slope_per_h) / 60.0
+        excess_rate = rate - (np.median(rate) if rate.size else 0.0)
+        low_current = not np.isfinite(current_a) or abs(current_a) < (
+            LOW_CURRENT_C * self.capacity_ah
+        )
+        s_rate = np.clip(excess_rate / EXCESS_RATE_FULL_K_PER_MIN, 0.0, 1.0)
+        if not low_current:
+            s_rate = 0.5 * s_rate  # load explains part of any heating
+        hot = finite_or(neighbour_excess_c(temperature_c))
+        s_hot = np.clip((hot - HOT_SPOT_START_K) / (HOT_SPOT_FULL_K - HOT_SPOT_START_K), 0, 1)
+        s_sag = np.where(rate > 0.1, np.clip(-sag / VOLTAGE_SAG_FULL_V_PER_MIN, 0.0, 1.0), 0.0)
+        score = WEIGHTS[0] * s_rate + WEIGHTS[1] * s_hot + WEIGHTS[2] * s_sag
+        result = ThermalResult(rate, score)
+        if score.size:
+            worst = int(np.argmax(score))
+            for threshold, level in SCORE_LEVELS:
+                if score[worst] >= threshold:
+                    result.findings.append(
+                        (
+                            level,
+                            f"runaway precursor at sensor {worst}: score {score[worst]:.2f} "
+                            f"(+{excess_rate[worst]:.2f} K/min vs string, "
+                            f"{hot[worst]:+.1f} K vs neighbours, "
+                            f"sag {sag[worst] * 1e3:.1f} mV/min)",
+                        )
+                    )
+                    break
+        return result
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **{f"t_{k}": v for k, v in self.temperature.state().items()},
+            **{f"v_{k}": v for k, v in self.sag.state().items()},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.temperature.load({k[2:]: v for k, v in state.items() if k.startswith("t_")})
+        self.sag.load({k[2:]: v for k, v in state.items() if k.startswith("v_")})

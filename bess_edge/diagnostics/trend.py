@@ -1,0 +1,92 @@
+"""Exponentially weighted least-squares slopes, vectorised over cells.
+
+Used wherever a diagnosis is a *rate*: a cell's voltage drifting away from its string during a
+rest (self-discharge), a string's imbalance growing over days. Old samples fade with a time
+constant, so the slope follows slow changes; sums are kept relative to the latest sample's time,
+so precision does not erode over months of seconds.
+
+Optionally the data come in *segments* (rest periods) whose levels differ for reasons the slope
+must ignore: :meth:`EwTrend.new_segment` keeps only each segment's within-segment information
+(the pooled within-group regression of analysis of covariance).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.model import FloatArray
+
+_FIELDS = ("s0", "st", "stt", "sy", "sty", "pxx", "pxy")
+
+
+class EwTrend:
+    """Weighted slope of ``y`` against time, per column, with exponential forgetting."""
+
+    def __init__(self, columns: int, time_constant_s: float) -> None:
+        self.time_constant_s = time_constant_s
+        for name in _FIELDS:
+            setattr(self, name, np.zeros(columns))
+
+    def add(self, dt_s: float, y: FloatArray, weight: FloatArray | float = 1.0) -> None:
+        """Add samples ``y`` taken ``dt_s`` after the previous ones (NaN entries are skipped)."""
+        decay = np.exp(-max(dt_s, 0.0) / self.time_constant_s)
+        dt_h = max(dt_s, 0.0) / 3600.0
+        # Move the time origin to the new sample: t_old' = t_old - dt.
+        self.stt = decay * (self.stt - 2 * dt_h * self.st + dt_h**2 * self.s0)
+        self.sty = decay * (self.sty - dt_h * self.sy)
+        self.st = decay * (self.st - dt_h * self.s0)
+        self.s0 = decay * self.s0
+        self.sy = decay * self.sy
+        self.pxx = decay * self.pxx
+        self.pxy = decay * self.pxy
+        w = np.where(np.isfinite(y), weight, 0.0)
+        self.s0 = self.s0 + w
+        self.sy = self.sy + w * finite_or(y)
+        # The new sample sits at t = 0, so it adds nothing to st, stt or sty.
+
+    def new_segment(self) -> None:
+        """Close the current segment: keep its slope information, forget its level."""
+        sxx, sxy = self._centred()
+        self.pxx = self.pxx + sxx
+        self.pxy = self.pxy + sxy
+        for name in ("s0", "st", "stt", "sy", "sty"):
+            setattr(self, name, np.zeros_like(self.s0))
+
+    def _centred(self) -> tuple[FloatArray, FloatArray]:
+        safe = np.where(self.s0 > 0, self.s0, 1.0)
+        sxx = np.where(self.s0 > 0, self.stt - self.st**2 / safe, 0.0)
+        sxy = np.where(self.s0 > 0, self.sty - self.st * self.sy / safe, 0.0)
+        return np.maximum(sxx, 0.0), sxy
+
+    @property
+    def time_spread_h2(self) -> FloatArray:
+        """Weighted spread of sample times [h²]: how much evidence the slope rests on."""
+        return self.pxx + self._centred()[0]
+
+    @property
+    def slope_per_h(self) -> FloatArray:
+        """The fitted slope [unit of y per hour]; NaN where there is no spread in time yet."""
+        sxx, sxy = self._centred()
+        den = self.pxx + sxx
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 1e-12, (self.pxy + sxy) / den, np.nan)
+
+    @property
+    def mean(self) -> FloatArray:
+        """The weighted mean of the current segment's ``y``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.s0 > 0, self.sy / self.s0, np.nan)
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def load(self, state: dict[str, Any]) -> None:
+        size = self.s0.size
+        for name in _FIELDS:
+            value = np.asarray(state[name], dtype=np.float64)
+            if value.shape != (size,):
+                raise ValueError(f"trend field {name} has shape {value.shape}, expected {size}")
+            setattr(self, name, value)
