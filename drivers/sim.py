@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import numpy as np
@@ -245,6 +246,16 @@ class SimulatedString:
             cell_voltage_v=cell_v,
             cell_temperature_c=temps,
         )
+
+    def readings(
+        self, duration_s: float, poll_s: float, device_id: str = "sim", start_ms: int = 0
+    ) -> Iterator[Reading]:
+        """Poll the string every ``poll_s`` simulated seconds for ``duration_s``, faster than
+        real time: hours of operation in seconds, for tests and benchmarks."""
+        polls = int(duration_s // poll_s)
+        for k in range(1, polls + 1):
+            self.advance(poll_s)
+            yield self.measure(start_ms + round(k * poll_s * 1000), device_id)
 
     def active_dropout(self) -> CommsDropoutFault | None:
         for f in self.options.faults:
