@@ -39,6 +39,9 @@ Without --config the mapping comes from the shipped config/can-*.toml that uses 
 """
 
 
+_NO_NOISE = {"voltage_noise_v": 0.0, "current_noise_a": 0.0, "temperature_noise_c": 0.0}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "simulate",
@@ -75,7 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--current", type=float, default=-20.0, metavar="A", help="constant current, > 0 charging"
     )
     can_parser.add_argument(
-        "--time-scale", type=float, default=1.0, help="simulated seconds per wall-clock second"
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="simulated seconds per wall-clock second (0 freezes the state)",
+    )
+    can_parser.add_argument(
+        "--no-noise",
+        action="store_true",
+        help="no sensor noise: with --time-scale 0 every cycle after the first sends the same "
+        "state, so a receiver can be checked value by value",
     )
     can_parser.set_defaults(func=simulate_can)
 
@@ -94,6 +106,7 @@ def simulate_can(args: argparse.Namespace) -> int:
             profile=args.profile,
             current_a=args.current,
             seed=args.seed,
+            **(_NO_NOISE if args.no_noise else {}),
         ),
         device.chemistry_preset(),
         device.capacity_ah,
