@@ -18,12 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bess_edge import metrics
 from bess_edge.alerts import AlertEngine
 from bess_edge.config import ConfigError, Settings, load_config
 from bess_edge.drivers.base import Driver, driver_class
+from bess_edge.http import HttpEndpoint
 from bess_edge.model import Reading, now_ms
+from bess_edge.notify import notify
 from bess_edge.pipeline import DevicePipeline
 from bess_edge.poller import DevicePoller
+from bess_edge.service import ServiceNotifier, warn_about_exposed_secrets
 from bess_edge.store import CommitResult, Cycle, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,8 @@ class Daemon:
         self.started_mono = time.monotonic()
         self.telemetry_dropped = 0
         self._dropped_since_housekeeping = 0
+        self.last_drop_mono: float | None = None  # when unsent telemetry was last dropped
+        self.polled: set[str] = set()  # devices polled at least once since start (READY=1)
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -86,6 +92,8 @@ class Daemon:
             worker.shutdown()
             raise
         self._install_signal_handlers()
+        warn_about_exposed_secrets(self.config_path, s)
+        http = await self._start_http()
         tasks = [asyncio.create_task(p.run(), name=f"poll:{d}") for d, p in self.pollers.items()]
         background = [
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
@@ -93,6 +101,8 @@ class Daemon:
         ]
         if s.mqtt.enabled:
             background.append(asyncio.create_task(self._sync(), name="sync"))
+        notifier = ServiceNotifier(self, [*tasks, *background])
+        background.append(asyncio.create_task(notifier.run(), name="sd_notify"))
         log.info(
             "bess-edge running",
             extra={
@@ -103,7 +113,10 @@ class Daemon:
             },
         )
         await self.stop.wait()
+        notify("STOPPING=1")
         log.info("stopping: finishing polls in flight")
+        if http is not None:
+            await http.close()
         grace = max((d.timeout_s for d in s.devices), default=1.0) * 2 + 5
         _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
         for task in (*pending, *background):
@@ -118,6 +131,22 @@ class Daemon:
         worker.shutdown()
         log.info("stopped")
         return 0
+
+    async def _start_http(self) -> HttpEndpoint | None:
+        """/health and /metrics when enabled; a busy port is logged, never fatal to collection."""
+        cfg = self.settings.http
+        if not cfg.enabled:
+            return None
+        endpoint = HttpEndpoint(self)
+        try:
+            await endpoint.start(cfg.host, cfg.port)
+        except OSError as exc:
+            log.error(
+                "http endpoint not started",
+                extra={"address": f"{cfg.host}:{cfg.port}", "error": str(exc)},
+            )
+            return None
+        return endpoint
 
     def _build_drivers(self, store: Store) -> list[Driver]:
         drivers = []
@@ -141,7 +170,12 @@ class Daemon:
         return drivers
 
     def _reading_handler(self, pipeline: DevicePipeline) -> Callable[[Reading], Any]:
+        device_id = pipeline.device.id
+        poll_duration = metrics.POLL_DURATION.labels(device_id)
+
         async def handle(reading: Reading) -> None:
+            poll_duration.observe(self.pollers[device_id].last_poll_duration_s)
+            self.polled.add(device_id)
             if pipeline.status.polls == 0:
                 log.info(
                     "first reading",
@@ -153,6 +187,7 @@ class Daemon:
 
     def _failure_handler(self, pipeline: DevicePipeline) -> Callable[[str, int, bool], Any]:
         async def handle(error: str, ts_ms: int, lost: bool) -> None:
+            self.polled.add(pipeline.device.id)
             await self._commit([pipeline.on_failure(error, ts_ms, lost)])
 
         return handle
@@ -167,7 +202,11 @@ class Daemon:
         except Exception as exc:
             log.exception("store write failed: cycle not written", extra={"error": repr(exc)})
             return None
+        for cycle in cycles:
+            if cycle.reading is not None:
+                metrics.SAMPLES_WRITTEN.labels(cycle.reading.device_id).inc()
         if result.dropped_telemetry:
+            self.last_drop_mono = time.monotonic()
             self.telemetry_dropped += result.dropped_telemetry
             self._dropped_since_housekeeping += result.dropped_telemetry
         return result
@@ -183,6 +222,8 @@ class Daemon:
                 log.exception("housekeeping failed")
                 continue
             self.telemetry_dropped += dropped
+            if dropped:
+                self.last_drop_mono = time.monotonic()
             dropping = bool(dropped or self._dropped_since_housekeeping)
             self._dropped_since_housekeeping = 0
             transitions = self.alerts.buffer_dropping(dropping, self.telemetry_dropped, now_ms())
