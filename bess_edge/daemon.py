@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from bess_edge import metrics
 from bess_edge.alerts import AlertEngine
+from bess_edge.alerts.requests import ACK_POLL_INTERVAL_S, apply_ack_requests
 from bess_edge.config import ConfigError, Settings, load_config
 from bess_edge.drivers.base import Driver, driver_class
 from bess_edge.http import HttpEndpoint
@@ -35,6 +37,11 @@ T = TypeVar("T")
 
 HOUSEKEEPING_INTERVAL_S = 60.0  # cap enforcement, retention purge, buffer alert
 SUMMARY_INTERVAL_S = 60.0  # one status line per device in the log
+
+
+def pid_path(db_path: Path) -> Path:
+    """Where the running daemon writes its pid (``bess-edge reload`` signals it)."""
+    return db_path.with_name(db_path.name + ".pid")
 
 
 class StartupError(Exception):
@@ -92,12 +99,15 @@ class Daemon:
             worker.shutdown()
             raise
         self._install_signal_handlers()
+        pid_file = pid_path(s.storage.path)
+        pid_file.write_text(f"{os.getpid()}\n")
         warn_about_exposed_secrets(self.config_path, s)
         http = await self._start_http()
         tasks = [asyncio.create_task(p.run(), name=f"poll:{d}") for d, p in self.pollers.items()]
         background = [
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._summaries(), name="summaries"),
+            asyncio.create_task(self._ack_requests(), name="acks"),
         ]
         if s.mqtt.enabled:
             background.append(asyncio.create_task(self._sync(), name="sync"))
@@ -129,6 +139,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(driver.close(), 2.0)
         worker.shutdown()
+        pid_file.unlink(missing_ok=True)
         log.info("stopped")
         return 0
 
@@ -229,6 +240,19 @@ class Daemon:
             transitions = self.alerts.buffer_dropping(dropping, self.telemetry_dropped, now_ms())
             if transitions:
                 await self._commit([Cycle(alerts=transitions)])
+
+    async def _ack_requests(self) -> None:
+        """Apply acknowledgements queued by ``bess-edge ack`` (this process owns alert state)."""
+        store = self.worker.store
+        while True:
+            try:
+                requests = await self.worker.call(store.pending_acks)
+            except Exception:
+                log.exception("reading acknowledgement requests failed")
+                requests = []
+            if requests:
+                await self._commit([apply_ack_requests(self.alerts, requests, now_ms())])
+            await asyncio.sleep(ACK_POLL_INTERVAL_S)
 
     async def _summaries(self) -> None:
         while True:
