@@ -57,7 +57,9 @@ class StuckSensorFault(_Fault):
 class CommsDropoutFault(_Fault):
     kind: Literal["comms_dropout"]
     duration_s: float = Field(gt=0)
-    mode: Literal["error", "hang", "garbage"] = "error"
+    # "block": the read blocks the whole event loop (a synchronous call without a timeout, the
+    # classic driver bug) until the drop-out ends; what the systemd watchdog exists to catch.
+    mode: Literal["error", "hang", "garbage", "block"] = "error"
 
 
 Fault = Annotated[
@@ -286,6 +288,10 @@ class SimDriver(Driver):
                 await asyncio.sleep(3600)  # the poll task's timeout must cut this short
             elif dropout.mode == "error":
                 raise DriverError("simulated communication drop-out")
+            elif dropout.mode == "block":
+                remaining_s = dropout.at_s + dropout.duration_s - self.string.t_s
+                time.sleep(remaining_s / self.options.time_scale)
+                raise DriverError("simulated blocking call returned late")
             else:
                 return self._garbage()
         return self.string.measure(now_ms(), self.device_id)
