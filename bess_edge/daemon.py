@@ -220,6 +220,10 @@ class Daemon:
             self.last_drop_mono = time.monotonic()
             self.telemetry_dropped += result.dropped_telemetry
             self._dropped_since_housekeeping += result.dropped_telemetry
+            # Raised at once, not at the next housekeeping: the operator must know data is going.
+            transitions = self.alerts.buffer_dropping(True, self.telemetry_dropped, now_ms())
+            if transitions:
+                await self._commit([Cycle(alerts=transitions)])
         return result
 
     async def _housekeeping(self) -> None:
@@ -235,6 +239,7 @@ class Daemon:
             self.telemetry_dropped += dropped
             if dropped:
                 self.last_drop_mono = time.monotonic()
+            # Cleared after a whole housekeeping interval without a drop.
             dropping = bool(dropped or self._dropped_since_housekeeping)
             self._dropped_since_housekeeping = 0
             transitions = self.alerts.buffer_dropping(dropping, self.telemetry_dropped, now_ms())

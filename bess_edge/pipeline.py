@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 # Estimator state is saved this often (and at shutdown): a crash loses at most this many polls
 # of learning, while SQLite is not rewritten with a large blob every second.
 STATE_SAVE_EVERY_POLLS = 60
+# Per-cell diagnosis arrays (cell_zscore, cell_r0_ohm, ...) are kept once per this many polls;
+# the headline values every poll. For a 1,000-cell rack the arrays are ~80 kB of JSON a poll:
+# every poll would fill the buffer (and the uplink) with numbers that change slowly.
+CELL_ARRAYS_EVERY_POLLS = 60
 
 
 class DevicePipeline:
@@ -57,6 +61,12 @@ class DevicePipeline:
         try:
             diagnosis = self.diagnostician.update(reading)
             diagnosis_dict = diagnosis.to_dict()
+            if self.status.polls % CELL_ARRAYS_EVERY_POLLS:
+                diagnosis_dict = {
+                    k: v
+                    for k, v in diagnosis_dict.items()
+                    if not (k.startswith("cell_") and isinstance(v, list))
+                }
         except Exception as exc:  # a diagnostics bug must never stop data collection
             log.exception("diagnostics failed", extra={"device": self.device.id})
             reading.quality_notes.append(f"diagnostics failed: {exc!r}")

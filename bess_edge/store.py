@@ -429,12 +429,20 @@ class Store:
         file for reuse (on a full disk the file could not grow back).
         """
         dropped = 0
-        while self.used_bytes() > target_bytes:
+        while (used := self.used_bytes()) > target_bytes:
             deleted = unsent_here = 0
+            # Delete the share of rows that should free the excess (plus one), so a small cap
+            # with large rows does not empty the buffer in one step.
+            share = (used - target_bytes) / used
             with self.transaction() as c:
                 for table, stream in (("samples", "telemetry"), ("diagnoses", "diagnostics")):
+                    rows = c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    limit = min(int(rows * share) + 1, 5000)
                     ids = [
-                        row[0] for row in c.execute(f"SELECT id FROM {table} ORDER BY id LIMIT 200")
+                        row[0]
+                        for row in c.execute(
+                            f"SELECT id FROM {table} ORDER BY id LIMIT ?", (limit,)
+                        )
                     ]
                     if not ids:
                         continue
