@@ -10,6 +10,7 @@ another device: each device has its own task and every await on the driver is bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -62,10 +63,8 @@ class DevicePoller:
                 next_due = max(next_due + self.device.poll_interval_s, now)
             else:
                 next_due = now + self.backoff_s()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=max(next_due - now, 0))
-            except TimeoutError:
-                pass
         await self._close()
 
     async def poll_once(self) -> bool:

@@ -98,7 +98,7 @@ class SimOptions(BaseModel):
 
 
 class SimulatedString:
-    """The physics of N series cells; advance it with :meth:`advance`, read it with :meth:`measure`."""
+    """The physics of N series cells: :meth:`advance` integrates, :meth:`measure` reads."""
 
     def __init__(self, options: SimOptions, chemistry: Chemistry, capacity_ah: float) -> None:
         self.options = options
@@ -159,7 +159,7 @@ class SimulatedString:
 
     def advance(self, dt_s: float) -> None:
         """Integrate the string over ``dt_s`` simulated seconds (sub-steps of at most 1 s)."""
-        steps = max(1, min(int(math.ceil(dt_s)), 600))
+        steps = max(1, min(math.ceil(dt_s), 600))
         for _ in range(steps):
             self._step(dt_s / steps)
 

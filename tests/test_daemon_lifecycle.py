@@ -57,7 +57,8 @@ def test_kill_9_loses_no_committed_sample_and_sequence_continues(make_config, da
     seen: list[int] = []
     for _ in range(3):
         proc = daemon(config)
-        wait_until(lambda: len(sample_seqs(db)) >= len(seen) + 20)
+        wanted = len(seen) + 20
+        wait_until(lambda wanted=wanted: len(sample_seqs(db)) >= wanted)
         # Read what is committed, then kill at once: everything read must survive.
         committed = sample_seqs(db)
         proc.kill9()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from conftest import read_db, sim_device, wait_until
@@ -25,7 +26,7 @@ def test_hanging_erroring_and_garbage_devices_do_not_delay_a_healthy_one(
     time.sleep(5.0)
     rows = read_db(db, "SELECT ts_ms FROM samples WHERE device = 'healthy' ORDER BY seq")
     stamps = [r[0] for r in rows]
-    gaps_s = [(b - a) / 1000 for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps_s = [(b - a) / 1000 for a, b in itertools.pairwise(stamps)]
     print(
         f"healthy device: {len(stamps)} polls, max gap {max(gaps_s):.3f} s, "
         f"mean {sum(gaps_s) / len(gaps_s):.3f} s (interval 0.2 s)"
