@@ -82,6 +82,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await server.serve_forever(background=True)
         bound = 0
     print(f"READY {bound}", flush=True)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nobody reads the pipe from here on
     await server.serving
 
 
