@@ -59,11 +59,11 @@ class Chemistry:
 
     def ocv(self, soc_pct: FloatArray | float) -> FloatArray:
         """Open-circuit voltage [V] at a state of charge [%] (linear interpolation, clipped)."""
-        return np.interp(soc_pct, self.ocv_soc_pct, self.ocv_v)
+        return np.asarray(np.interp(soc_pct, self.ocv_soc_pct, self.ocv_v))
 
     def soc_from_ocv(self, ocv_v: FloatArray | float) -> FloatArray:
         """State of charge [%] for a rested cell voltage [V]; ambiguous on flat plateaus."""
-        return np.interp(ocv_v, self.ocv_v, self.ocv_soc_pct)
+        return np.asarray(np.interp(ocv_v, self.ocv_v, self.ocv_soc_pct))
 
     def docv_dsoc(self, soc_pct: FloatArray | float) -> FloatArray:
         """Slope of the OCV curve [V per % SOC], the observability of SOC from voltage."""
@@ -85,7 +85,9 @@ class Chemistry:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown chemistry field(s): {', '.join(sorted(unknown))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
+        }
         return dataclasses.replace(self, **values)
 
 

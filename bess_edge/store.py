@@ -583,7 +583,8 @@ class Store:
         self, device: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> Iterable[dict[str, Any]]:
         """Samples of a device in time order, cell arrays unpacked to lists of floats."""
-        where, params = ["device = ?"], [device]
+        where: list[str] = ["device = ?"]
+        params: list[Any] = [device]
         if since_ms is not None:
             where.append("ts_ms >= ?")
             params.append(since_ms)
