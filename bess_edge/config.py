@@ -83,6 +83,9 @@ class MqttConfig(Section):
     max_inflight: int = Field(32, ge=1, le=65535)
     max_message_bytes: int = Field(256 * 1024, ge=1024)
     reconnect_max_s: float = Field(60.0, gt=0)
+    # Cap on the bytes/s of backlog (telemetry, diagnostics) catch-up on a thin or metered
+    # uplink; alerts are never limited. Unset: as fast as the broker acknowledges.
+    backlog_max_bytes_s: float | None = Field(None, gt=0)
 
 
 class LoggingConfig(Section):
