@@ -1,0 +1,104 @@
+"""Inbound commands on ``<prefix>/<site>/cmd/<verb>``: validated, executed, answered.
+
+A command is a small JSON object; anything else (not JSON, wrong types, unknown keys or verbs,
+more than :data:`MAX_COMMAND_BYTES`) is answered with ``ok: false`` and an error, and never
+executed. Validation is pydantic with ``extra="forbid"`` and strict types, so ``"alert_id": "7"``
+is refused rather than guessed at. Trust comes from the broker: only an authenticated connection
+should be allowed to publish to ``cmd/#`` (see docs/mqtt.md, broker ACLs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MAX_COMMAND_BYTES = 4096
+MAX_REPUBLISH_ROWS = 200_000  # one command re-queues at most this many rows (a day at 1 Hz: 86k)
+
+Text = Annotated[str, Field(max_length=256)]
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+Stream = Literal["telemetry", "diagnostics", "alerts"]
+Seq = Annotated[int, Field(ge=1)]
+TimeMs = Annotated[int, Field(ge=0)]
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Text | None = None  # echoed in the reply, for correlation over MQTT 3.1.1
+
+
+class Ping(Command):
+    pass
+
+
+class Ack(Command):
+    alert_id: Annotated[int, Field(ge=1)]
+    actor: Text = "mqtt"
+    note: Text | None = None
+
+
+class Republish(Command):
+    """Re-send a device's stream(s) by seq range (inclusive) and/or time range [since, until)."""
+
+    device: DeviceId
+    stream: Stream | None = None  # None: every stream of the device (needs a time range)
+    seq_first: Seq | None = None
+    seq_last: Seq | None = None
+    since_ms: TimeMs | None = None
+    until_ms: TimeMs | None = None
+
+    @model_validator(mode="after")
+    def _a_range(self) -> Republish:
+        by_seq = self.seq_first is not None or self.seq_last is not None
+        by_time = self.since_ms is not None or self.until_ms is not None
+        if not (by_seq or by_time):
+            raise ValueError("give seq_first/seq_last or since_ms/until_ms")
+        if by_seq and self.stream is None:
+            raise ValueError("a seq range needs a stream (seqs are per stream)")
+        if self.seq_first and self.seq_last and self.seq_last < self.seq_first:
+            raise ValueError("seq_last must be >= seq_first")
+        if self.since_ms and self.until_ms and self.until_ms <= self.since_ms:
+            raise ValueError("until_ms must be > since_ms")
+        return self
+
+
+VERBS: dict[str, type[Command]] = {"ping": Ping, "ack": Ack, "republish": Republish}
+
+
+class CommandError(Exception):
+    """A command that is refused; the message goes into the error reply."""
+
+
+def parse(verb: str, payload: bytes) -> Command:
+    """The validated command, or CommandError saying what is wrong with it."""
+    model = VERBS.get(verb)
+    if model is None:
+        raise CommandError(f"unknown verb {verb[:64]!r}; known: {', '.join(sorted(VERBS))}")
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"payload of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
+    try:
+        raw = json.loads(payload) if payload.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CommandError("payload must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CommandError(problems) from None
+
+
+def request_id(payload: bytes) -> str | None:
+    """The ``id`` of a command even when the rest is invalid, so the error can be correlated."""
+    try:
+        raw = json.loads(payload[:MAX_COMMAND_BYTES])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value[:256] if isinstance(value, str) else None

@@ -1,0 +1,166 @@
+"""Draining the SQLite outbox over MQTT: alerts first, bounded in-flight, delete after PUBACK.
+
+Per stream a cursor (the last outbox id handed out) and a short queue of built messages; each
+fill of the in-flight window first looks for new alerts, then diagnostics, then telemetry, so a
+live alert waits for at most one window of backlog messages. Outbox rows are deleted only in
+:meth:`Drainer.flush_acks`, after the broker's PUBACK (DESIGN invariant 1). Messages paho has not
+seen acknowledged stay in its queue across reconnects and are re-sent by it; after a restart of
+the daemon the cursors start from zero and every row still in the outbox is sent again, so
+delivery is at-least-once and the subscriber de-duplicates by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from bess_edge.model import now_ms
+from bess_edge.sync.payload import CONTENT_TYPE, STREAMS, Encoder, Message
+
+if TYPE_CHECKING:
+    from bess_edge.daemon import StoreWorker
+    from bess_edge.sync.client import MqttLink
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.1  # how often an idle drainer looks for new rows: an alert's extra latency
+MAX_FETCH_ROWS = 5000
+
+
+class TokenBucket:
+    """Bytes per second for backlog (non-alert) messages; ``None`` rate means unlimited."""
+
+    def __init__(self, rate_bytes_s: float | None) -> None:
+        self.rate = rate_bytes_s
+        self.tokens = rate_bytes_s or 0.0
+        self.stamp = time.monotonic()
+
+    def take(self, size: int) -> bool:
+        if self.rate is None:
+            return True
+        now = time.monotonic()
+        # One second of burst: enough for one large message at any sensible rate.
+        self.tokens = min(max(self.rate, size), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < size:
+            return False
+        self.tokens -= size
+        return True
+
+
+class Drainer:
+    def __init__(
+        self,
+        worker: StoreWorker,
+        encoder: Encoder,
+        max_inflight: int,
+        backlog_bytes_s: float | None = None,
+    ) -> None:
+        self.worker = worker
+        self.encoder = encoder
+        self.max_inflight = max_inflight
+        self.bucket = TokenBucket(backlog_bytes_s)
+        self.cursor = dict.fromkeys(STREAMS, 0)
+        self.queued: dict[str, deque[Message]] = {s: deque() for s in STREAMS}
+        self.rows_per_message = dict.fromkeys(STREAMS, 64.0)
+        self.inflight: dict[int, Message] = {}
+        self.acked_ids: list[int] = []
+        self.wake = asyncio.Event()
+        self.alerts_checked = 0.0
+        self.messages_acked = 0
+        self.items_acked = 0
+        self.bytes_acked = 0
+
+    # -- events -----------------------------------------------------------------------------
+
+    def on_puback(self, mid: int, ok: bool, reason: str) -> bool:
+        """A PUBACK from the broker; False if ``mid`` is not one of ours."""
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            return False
+        if ok:
+            self.acked_ids.extend(message.outbox_ids)
+            self.messages_acked += 1
+            self.items_acked += len(message.outbox_ids)
+            self.bytes_acked += len(message.payload)
+        else:
+            # e.g. 0x97 quota exceeded, 0x95 packet too large: kept, tried again later.
+            log.warning(
+                "broker refused a message; it stays in the outbox",
+                extra={"topic": message.topic, "reason": reason, "bytes": len(message.payload)},
+            )
+            self.queued[message.stream].appendleft(message)
+        self.wake.set()
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, link: MqttLink, stop: asyncio.Event) -> None:
+        """Publish until the connection drops or ``stop`` is set."""
+        while link.connected.is_set() and not stop.is_set():
+            self.wake.clear()
+            await self.flush_acks()
+            await self.fill(link)
+            await _first_of(self.wake, link.disconnected, stop, timeout_s=IDLE_POLL_S)
+        await self.flush_acks()
+
+    async def flush_acks(self) -> None:
+        if self.acked_ids:
+            ids, self.acked_ids = self.acked_ids, []
+            await self.worker.call(self.worker.store.outbox_delete, ids, now_ms())
+
+    async def fill(self, link: MqttLink) -> None:
+        content_type = CONTENT_TYPE[self.encoder.encoding]
+        # At most once per IDLE_POLL_S: a PUBACK wakes this loop, thousands of times a second.
+        if not self.queued["alerts"] and time.monotonic() - self.alerts_checked >= IDLE_POLL_S:
+            self.alerts_checked = time.monotonic()
+            await self._fetch("alerts", 0)
+        while len(self.inflight) < self.max_inflight and link.connected.is_set():
+            message = await self._next()
+            if message is None:
+                return
+            if message.stream != "alerts" and not self.bucket.take(len(message.payload)):
+                self.queued[message.stream].appendleft(message)
+                return
+            mid = link.publish(message.topic, message.payload, content_type=content_type)
+            self.inflight[mid] = message
+
+    async def _next(self) -> Message | None:
+        for stream in STREAMS:
+            queue = self.queued[stream]
+            if not queue and stream != "alerts":
+                await self._fetch(stream, self.max_inflight - len(self.inflight))
+            if queue:
+                return queue.popleft()
+        return None
+
+    async def _fetch(self, stream: str, free_slots: int) -> None:
+        limit = int(min(MAX_FETCH_ROWS, max(64, free_slots * self.rows_per_message[stream])))
+        rows = await self.worker.call(
+            self.worker.store.outbox_fetch, stream, self.cursor[stream], limit
+        )
+        if not rows:
+            return
+        self.cursor[stream] = rows[-1]["outbox_id"]
+        orphans = [r["outbox_id"] for r in rows if r["data"] is None]
+        if orphans:  # the data row was dropped by the storage cap: nothing left to send
+            self.acked_ids.extend(orphans)
+        messages = list(self.encoder.messages(stream, rows))
+        if messages:
+            self.rows_per_message[stream] = max(1.0, (len(rows) - len(orphans)) / len(messages))
+        self.queued[stream].extend(messages)
+
+
+async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:
+    """Return when any event is set or after ``timeout_s``."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

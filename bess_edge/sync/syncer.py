@@ -1,0 +1,263 @@
+"""The sync task: keep a broker connection, drain the outbox, answer commands.
+
+``await Syncer(settings, worker, alerts).run(stop)`` never raises: an unreachable broker, a DNS
+or TLS failure is logged (at most once a minute while it lasts) and retried with capped back-off
+and jitter while the data stays in SQLite. On a clean stop it publishes the retained ``offline``
+state; a crash leaves that to the broker through the last will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from bess_edge.model import now_ms
+from bess_edge.store import SITE_DEVICE, Cycle
+from bess_edge.sync import commands
+from bess_edge.sync.client import FIRST_RETRY_S, Backoff, Inbound, MqttLink, RateLimitedLog
+from bess_edge.sync.outbox import Drainer
+from bess_edge.sync.payload import (
+    REPLY_SCHEMA,
+    STATE_SCHEMA,
+    STREAMS,
+    Encoder,
+    command_topic,
+    dumps,
+    reply_topic,
+    state_topic,
+)
+
+if TYPE_CHECKING:
+    from bess_edge.alerts import AlertEngine
+    from bess_edge.config import Settings
+    from bess_edge.daemon import StoreWorker
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_WAIT_S = 2.0  # for the PUBACK of the offline state on a clean stop
+COMMAND_QUEUE = 64  # commands waiting beyond this are refused (a flood must not eat memory)
+
+
+class Syncer:
+    def __init__(self, settings: Settings, worker: StoreWorker, alerts: AlertEngine) -> None:
+        self.settings = settings
+        self.cfg = cfg = settings.mqtt
+        self.site = settings.site.id
+        self.worker = worker
+        self.alerts = alerts
+        self.client_id = cfg.client_id or f"bess-edge-{self.site}"
+        self.devices = {d.id for d in settings.devices} | {SITE_DEVICE}
+        self.cmd_prefix = command_topic(cfg.topic_prefix, self.site, "")
+        self.link = MqttLink(
+            cfg,
+            self.client_id,
+            will=(self._state_topic(), self._state("offline", "connection lost")),
+            on_message=self._on_message,
+            on_puback=self._on_puback,
+        )
+        self.drainer = Drainer(
+            worker,
+            Encoder(cfg.topic_prefix, self.site, cfg.encoding, cfg.max_message_bytes),
+            cfg.max_inflight,
+            cfg.backlog_max_bytes_s,
+        )
+        self.commands: asyncio.Queue[Inbound] = asyncio.Queue(COMMAND_QUEUE)
+        self._waiters: dict[int, asyncio.Future[bool]] = {}
+
+    def _state_topic(self) -> str:
+        return state_topic(self.cfg.topic_prefix, self.site)
+
+    def _state(self, state: str, reason: str) -> bytes:
+        doc = {
+            "schema": STATE_SCHEMA,
+            "site": self.site,
+            "state": state,
+            "reason": reason,
+            "ts_ms": now_ms(),
+            "client_id": self.client_id,
+        }
+        return dumps(doc)
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        worker = asyncio.create_task(self._command_worker(), name="sync:commands")
+        try:
+            await self._connect_loop(stop)
+            await self._clean_stop()
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+        except Exception:  # a bug here must not take the daemon down: data stays buffered
+            log.exception("sync stopped by an unexpected error; data stays buffered")
+            self._abort()
+        finally:
+            worker.cancel()
+
+    async def _connect_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        backoff = Backoff(FIRST_RETRY_S, cfg.reconnect_max_s)
+        failures = RateLimitedLog()
+        broker = f"{cfg.host}:{cfg.port}"
+        while not stop.is_set():
+            ok, why = await self.link.connect()
+            if not ok:
+                failures.failure(why, broker=broker, client_id=self.client_id)
+                await _sleep_unless(stop, backoff.next_delay_s())
+                continue
+            backoff.reset()
+            failures.success()
+            log.info(
+                "mqtt connected",
+                extra={"broker": broker, "client_id": self.client_id, "protocol": cfg.protocol,
+                       "tls": cfg.tls.enabled, "encoding": cfg.encoding},
+            )  # fmt: skip
+            self.link.subscribe(self.cmd_prefix + "#")
+            self.link.publish(self._state_topic(), self._state("online", "connected"), retain=True)
+            try:
+                await self.drainer.run(self.link, stop)
+            except Exception:
+                log.exception("sync error; reconnecting")
+            if not stop.is_set():
+                await self.link.close_socket()
+                await _sleep_unless(stop, backoff.next_delay_s())
+
+    async def _clean_stop(self) -> None:
+        if not self.link.connected.is_set():
+            await self.link.close_socket()
+            return
+        loop = asyncio.get_running_loop()
+        offline = self._state("offline", "shutdown")
+        mid = self.link.publish(self._state_topic(), offline, retain=True)
+        self._waiters[mid] = done = loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, SHUTDOWN_WAIT_S)
+        await self.drainer.flush_acks()
+        await self.link.close_socket()
+        log.info("mqtt disconnected", extra={"messages_acked": self.drainer.messages_acked})
+
+    def _abort(self) -> None:
+        """Cancelled: best effort without awaiting (announce offline, close the socket)."""
+        client = self.link.client
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            if self.link.connected.is_set():
+                self.link.publish(
+                    self._state_topic(), self._state("offline", "shutdown"), retain=True
+                )
+            client.disconnect()
+            client.loop_stop()
+
+    def _on_puback(self, mid: int, ok: bool, reason: str) -> None:
+        if self.drainer.on_puback(mid, ok, reason):
+            return
+        waiter = self._waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _on_message(self, inbound: Inbound) -> None:
+        if not inbound.topic.startswith(self.cmd_prefix):
+            return
+        verb = inbound.topic[len(self.cmd_prefix) :]
+        if verb == "reply" or verb.endswith("/reply"):
+            return  # a reply (ours or another site's tool's): not a command
+        try:
+            self.commands.put_nowait(inbound)
+        except asyncio.QueueFull:
+            log.warning("mqtt command refused: too many waiting", extra={"topic": inbound.topic})
+
+    async def _command_worker(self) -> None:
+        while True:
+            inbound = await self.commands.get()
+            try:
+                await self._handle(inbound)
+            except Exception:
+                log.exception("mqtt command handler failed", extra={"topic": inbound.topic})
+
+    async def _handle(self, inbound: Inbound) -> None:
+        verb = inbound.topic[len(self.cmd_prefix) :]
+        reply: dict[str, Any] = {
+            "schema": REPLY_SCHEMA,
+            "site": self.site,
+            "verb": verb[:64],
+            "id": commands.request_id(inbound.payload),
+        }
+        try:
+            command = commands.parse(verb, inbound.payload)
+            reply["result"] = await self._execute(command)
+            reply["ok"] = True
+            log.info("mqtt command done", extra={"verb": verb, "id": reply["id"],
+                                                 "result": reply["result"]})  # fmt: skip
+        except commands.CommandError as exc:
+            reply["ok"], reply["error"] = False, str(exc)[:1024]
+            log.warning("mqtt command refused", extra={"verb": verb[:64], "id": reply["id"],
+                                                       "error": reply["error"]})  # fmt: skip
+        reply["ts_ms"] = now_ms()
+        if self.link.connected.is_set():
+            topic = inbound.response_topic or reply_topic(self.cfg.topic_prefix, self.site, verb)
+            self.link.publish(topic, dumps(reply), correlation_data=inbound.correlation_data)
+
+    async def _execute(self, command: commands.Command) -> dict[str, Any]:
+        store = self.worker.store
+        if isinstance(command, commands.Ping):
+            heads = await self.worker.call(store.published_heads)
+            depth = await self.worker.call(store.outbox_depth)
+            last = await self.worker.call(store.meta, "last_sync_ts_ms")
+            return {
+                "pong": True,
+                "published_heads": heads,
+                "outbox": depth,
+                "last_sync_ts_ms": int(last) if last else None,
+            }
+        if isinstance(command, commands.Ack):
+            return await self._acknowledge(command)
+        assert isinstance(command, commands.Republish)
+        return await self._republish(command)
+
+    async def _acknowledge(self, command: commands.Ack) -> dict[str, Any]:
+        acknowledge = getattr(self.alerts, "acknowledge", None)
+        if acknowledge is None:
+            raise commands.CommandError("acknowledging alerts is not available in this build")
+        try:
+            transitions = acknowledge(command.alert_id, command.actor, command.note, now_ms())
+        except KeyError:
+            raise commands.CommandError(f"no active alert with id {command.alert_id}") from None
+        except ValueError as exc:
+            raise commands.CommandError(str(exc)) from None
+        if transitions:
+            await self.worker.call(self.worker.store.commit_cycles, [Cycle(alerts=transitions)])
+        return {"alert_id": command.alert_id, "transitions": [t.transition for t in transitions]}
+
+    async def _republish(self, command: commands.Republish) -> dict[str, Any]:
+        if command.device not in self.devices:
+            raise commands.CommandError(f"unknown device {command.device!r}")
+        remaining = commands.MAX_REPUBLISH_ROWS
+        requeued: dict[str, int] = {}
+        for stream in [command.stream] if command.stream else list(STREAMS):
+            count = await self.worker.call(
+                partial(
+                    self.worker.store.outbox_requeue,
+                    command.device,
+                    stream,
+                    seq_first=command.seq_first,
+                    seq_last=command.seq_last,
+                    since_ms=command.since_ms,
+                    until_ms=command.until_ms,
+                    limit=remaining,
+                )
+            )
+            requeued[stream] = count
+            remaining -= count
+        self.drainer.wake.set()
+        return {"device": command.device, "requeued": requeued, "truncated": remaining <= 0}
+
+
+async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
