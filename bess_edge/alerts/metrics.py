@@ -20,36 +20,24 @@ from bess_edge.model import FloatArray, Reading
 CELL_ARRAYS = ("cell_voltage_v", "cell_temperature_c")
 # Reading fields that are integers a rule may test (``quality > 0``: any data-quality flag).
 READING_INTS = ("quality", "fault_flags", "status_flags", "cell_count")
-# The diagnostics' thermal-risk words, in order; a rule (and the built-in precursor alert)
-# compares the level number, so ``thermal_risk_level >= 2`` means "high or worse".
-RISK_LEVELS = {
-    **dict.fromkeys(("none", "low", "normal"), 0),
-    **dict.fromkeys(("elevated", "medium"), 1),
-    "high": 2,
-    "critical": 3,
-}
+# The diagnostics' thermal-risk words (Diagnosis.thermal_risk) as numbers, so that a rule can
+# compare them: ``metric = "thermal_risk", above = 1.5`` means "high or worse".
+RISK_LEVELS = {"normal": 0, "elevated": 1, "high": 2, "critical": 3}
 
 
 def known_metrics() -> set[str]:
     """Every metric name this build can resolve without a driver's ``extra`` values."""
-    diagnosis_fields = {f.name for f in dataclasses.fields(Diagnosis)} - {"device_id", "values"}
-    return {
-        *CELL_ARRAYS,
-        *READING_INTS,
-        *Reading(device_id="-").scalars(),
-        *diagnosis_fields,
-        "thermal_risk_level",
-    }
+    diagnosis_fields = {f.name for f in dataclasses.fields(Diagnosis)} - {"device_id", "ts_ms"}
+    return {*CELL_ARRAYS, *READING_INTS, *Reading(device_id="-").scalars(), *diagnosis_fields}
 
 
 class MetricSource:
-    """One cycle's values, looked up by name; derived dicts are built once per cycle."""
+    """One cycle's values, looked up by name; the Reading's scalars are built once per cycle."""
 
     def __init__(self, reading: Reading, diagnosis: Diagnosis | Any | None) -> None:
         self.reading = reading
         self.diagnosis = diagnosis
         self._scalars: dict[str, Any] | None = None
-        self._diagnosis_dict: dict[str, Any] | None = None
 
     def get(self, metric: str) -> float | FloatArray | None:
         """The value(s) of ``metric`` this cycle, or None when absent or not a number."""
@@ -63,23 +51,7 @@ class MetricSource:
             self._scalars = r.scalars()
         if metric in self._scalars:
             return _number(self._scalars[metric])
-        value = self._from_diagnosis(metric)
-        if value is None and metric == "thermal_risk_level":
-            value = self._from_diagnosis("thermal_risk")
-        return _number(value)
-
-    def _from_diagnosis(self, metric: str) -> Any:
-        d = self.diagnosis
-        if d is None:
-            return None
-        if hasattr(d, metric):
-            return getattr(d, metric)
-        values = getattr(d, "values", None)
-        if isinstance(values, dict) and metric in values:
-            return values[metric]
-        if self._diagnosis_dict is None:
-            self._diagnosis_dict = d.to_dict() if hasattr(d, "to_dict") else {}
-        return self._diagnosis_dict.get(metric)
+        return _number(getattr(self.diagnosis, metric, None))
 
 
 def _number(value: Any) -> float | FloatArray | None:
@@ -92,13 +64,7 @@ def _number(value: Any) -> float | FloatArray | None:
     if isinstance(value, bool | int | float | np.number):
         number = float(value)
         return None if math.isnan(number) else number
-    if isinstance(value, list | tuple | np.ndarray):
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-        if array.ndim != 1 or not np.isfinite(array).any():
-            return None
-        return array
-    level = getattr(value, "value", None)  # an enum (e.g. a ThermalRisk IntEnum or StrEnum)
-    return _number(level) if level is not None and level is not value else None
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "fiu":
+        array = value.astype(np.float64, copy=False)  # per cell (cell_soc_pct, cell_zscore, ...)
+        return array if np.isfinite(array).any() else None
+    return None  # lists of cell indices, reasons, ...: not a level to compare
