@@ -58,7 +58,7 @@ class HttpEndpoint:
             return (200 if snapshot.healthy else 503), "application/json", body
         if route == "/metrics":
             snapshot = await health.check(self.daemon)
-            return 200, metrics.CONTENT_TYPE_LATEST, metrics.exposition(snapshot)
+            return 200, metrics.CONTENT_TYPE, metrics.exposition(snapshot)
         return 404, "text/plain", b"try /health or /metrics\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -32,7 +32,12 @@ from bess_edge.model import CommsState
 if TYPE_CHECKING:
     from bess_edge.health import Health
 
-__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "exposition"]
+__all__ = ["CONTENT_TYPE", "REGISTRY", "exposition"]
+
+# The classic text format, which generate_latest writes by default: every Prometheus version and
+# every other scraper (Telegraf, VictoriaMetrics, ...) reads it. (prometheus_client >= 0.22 names
+# 1.0.0 as its latest, which older scrapers reject.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # process_resident_memory_bytes, cpu seconds, open fds
