@@ -176,7 +176,8 @@ class CycleLife:
         return self.throughput_ah / (2.0 * self.nominal_capacity_ah)
 
     def summary(self) -> dict[str, Any]:
-        """Damage so far (closed cycles + the open residue), the DoD histogram, cycles left."""
+        """Damage so far (closed cycles + the open residue), the DoD histogram, and the
+        equivalent full cycles left until end of life at the duty seen so far."""
         residue = self.counter.residue_cycles()
         damage = self.closed_damage + cycle_damage(self.chemistry, residue)
         histogram = self.closed_histogram + dod_histogram(residue)
@@ -185,7 +186,9 @@ class CycleLife:
             # Cycles left at the duty seen so far: damage per EFC extrapolated (Miner's rule).
             remaining = max(0.0, 1.0 - damage) * efc / damage
         else:
-            remaining = float(self.chemistry.cycle_life(self.chemistry.dod_ref))
+            # Nothing cycled yet: the preset's rated life, in EFC at its reference depth.
+            chem = self.chemistry
+            remaining = float(chem.cycle_life(chem.dod_ref)) * chem.dod_ref
         return {
             "life_used_pct": 100.0 * damage,
             "dod_histogram": histogram,

@@ -22,7 +22,7 @@ from bess_edge.diagnostics.balance import BalanceTracker
 from bess_edge.diagnostics.capacity import CapacityEstimator, fade_projection
 from bess_edge.diagnostics.cycles import CycleLife
 from bess_edge.diagnostics.diagnosis import Diagnosis
-from bess_edge.diagnostics.numeric import finite_mean, finite_median
+from bess_edge.diagnostics.numeric import finite_max, finite_mean, finite_median
 from bess_edge.diagnostics.quality import CleanInputs, QualityMonitor, check_soc_agreement
 from bess_edge.diagnostics.resistance import (
     ResistanceEstimator,
@@ -350,7 +350,7 @@ class Diagnostician:
             thermal = c.thermal.update(dt_s, temps, block_dev, current)
             findings += thermal.findings
             d.thermal_runaway_score = float(np.max(thermal.precursor_score))
-            d.temperature_rate_max_k_per_min = float(np.max(thermal.rate_k_per_min))
+            d.temperature_rate_max_k_per_min = finite_max(thermal.rate_k_per_min)
         if _any(temps):
             d.temperature_max_c = float(np.nanmax(temps))
             d.temperature_min_c = float(np.nanmin(temps))

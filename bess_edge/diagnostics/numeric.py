@@ -28,3 +28,9 @@ def finite_mean(values: FloatArray) -> float:
     """Mean of the finite entries; NaN if there are none."""
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+def finite_max(values: FloatArray) -> float:
+    """Largest finite entry; NaN if there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else math.nan

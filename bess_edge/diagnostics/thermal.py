@@ -77,6 +77,7 @@ class ThermalMonitor:
         self.capacity_ah = capacity_ah
         self.temperature = EwTrend(sensors, RATE_TIME_CONSTANT_S)
         self.sag = EwTrend(sensors, RATE_TIME_CONSTANT_S)
+        self.observed_s = 0.0  # rates mean nothing until a time constant of data is in
 
     def update(
         self,
@@ -89,6 +90,10 @@ class ThermalMonitor:
         string median [V], and the pack current [A]."""
         self.temperature.add(dt_s, temperature_c)
         self.sag.add(dt_s, block_deviation_v)
+        self.observed_s += max(dt_s, 0.0)
+        if self.observed_s < RATE_TIME_CONSTANT_S:
+            nothing = np.zeros(np.shape(temperature_c))
+            return ThermalResult(np.full(nothing.shape, np.nan), nothing)
         rate = finite_or(self.temperature.slope_per_h) / 60.0
         sag = finite_or(self.sag.slope_per_h) / 60.0
         excess_rate = rate - (np.median(rate) if rate.size else 0.0)
@@ -121,10 +126,12 @@ class ThermalMonitor:
 
     def state(self) -> dict[str, Any]:
         return {
+            "observed_s": np.array([self.observed_s]),
             **{f"t_{k}": v for k, v in self.temperature.state().items()},
             **{f"v_{k}": v for k, v in self.sag.state().items()},
         }
 
     def load(self, state: dict[str, Any]) -> None:
+        self.observed_s = float(state["observed_s"][0])
         self.temperature.load({k[2:]: v for k, v in state.items() if k.startswith("t_")})
         self.sag.load({k[2:]: v for k, v in state.items() if k.startswith("v_")})

@@ -1,0 +1,55 @@
+"""Safety and thermal: risk rises on the way to a limit, not once it is crossed."""
+
+import numpy as np
+import pytest
+from bess_edge.drivers.sim import SimOptions, SimulatedString
+
+from bess_edge.chemistry import LFP, NMC
+from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.safety import check_limits
+from bess_edge.diagnostics.thermal import neighbour_excess_c
+
+
+# Idle: heat with no current to explain it. Daily: the heater starts while the string charges.
+@pytest.mark.parametrize(("profile", "fault_at_s"), [("idle", 900.0), ("daily", 1500.0)])
+def test_overheating_cell_raises_thermal_risk_before_the_hard_limit_is_crossed(profile, fault_at_s):
+    heater = {"kind": "over_temperature", "cell": 7, "heat_w": 80.0, "at_s": fault_at_s}
+    options = SimOptions(cells=16, profile=profile, day_length_s=4 * 3600, seed=5, faults=[heater])
+    sim = SimulatedString(options, NMC, 100.0)
+    diag = Diagnostician("string", NMC, 100.0)
+    limit_c = NMC.discharge_temp_max_c
+    raised_at_c = None
+    for reading in sim.readings(duration_s=4 * 3600, poll_s=5.0):
+        d = diag.update(reading)
+        hottest = float(sim.temperature_c.max())
+        if reading.ts_ms < fault_at_s * 1000:
+            assert d.thermal_risk_level == 0, d.thermal_risk_reasons
+        if d.thermal_risk_level >= 1 and raised_at_c is None:
+            raised_at_c = hottest
+            reasons = d.thermal_risk_reasons
+        if hottest >= limit_c:
+            break
+    print(f"{profile}: risk raised at {raised_at_c} °C ({reasons}); limit {limit_c} °C")
+    assert hottest >= limit_c, "the fault should have driven the cell past the limit"
+    assert raised_at_c is not None and raised_at_c < limit_c - 10.0
+    assert d.thermal_risk_level >= 2
+    assert any("sensor 7" in r or "over-temperature" in r for r in d.thermal_risk_reasons)
+
+
+def test_risk_names_the_level_and_the_reason_for_an_over_voltage():
+    findings = check_limits(LFP, 280.0, np.array([3.3, 3.3, 3.80]), np.array([25.0]), 10.0)
+    assert findings == [(3, "over-voltage: cell at 3.800 V")]
+
+
+def test_charging_below_freezing_is_a_high_risk_but_discharging_is_not():
+    cold = np.array([-5.0, -4.0])
+    charging = check_limits(NMC, 100.0, np.array([3.7]), cold, +20.0)
+    discharging = check_limits(NMC, 100.0, np.array([3.7]), cold, -20.0)
+    assert max(level for level, _ in charging) == 2
+    assert discharging == []
+
+
+def test_neighbour_excess_finds_the_hot_spot():
+    excess = neighbour_excess_c(np.array([25.0, 25.5, 33.0, 25.2, np.nan]))
+    assert excess[2] == pytest.approx(33.0 - 25.35)
+    assert excess[4] != excess[4]  # NaN sensor stays unknown
