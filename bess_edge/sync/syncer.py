@@ -192,8 +192,9 @@ class Syncer:
             command = commands.parse(verb, inbound.payload)
             reply["result"] = await self._execute(command)
             reply["ok"] = True
-            log.info("mqtt command done", extra={"verb": verb, "id": reply["id"],
-                                                 "result": reply["result"]})  # fmt: skip
+            level = logging.DEBUG if verb == "ping" else logging.INFO  # consumers ping each second
+            log.log(level, "mqtt command done", extra={"verb": verb, "id": reply["id"],
+                                                       "result": reply["result"]})  # fmt: skip
         except commands.CommandError as exc:
             reply["ok"], reply["error"] = False, str(exc)[:1024]
             log.warning("mqtt command refused", extra={"verb": verb[:64], "id": reply["id"],
