@@ -63,7 +63,7 @@ class _Receiver(can.Listener):
             self.failure = exc
         # This is the Notifier's thread, not the event loop: back off a failing interface
         # instead of spinning until the poller closes it.
-        time.sleep(min(0.01 * self._errors_in_row, 0.5))
+        time.sleep(min(0.001 * self._errors_in_row, 0.1))
 
 
 class CanDriver(Driver):
