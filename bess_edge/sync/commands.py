@@ -10,6 +10,7 @@ should be allowed to publish to ``cmd/#`` (see docs/mqtt.md, broker ACLs).
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -95,10 +96,20 @@ def parse(verb: str, payload: bytes) -> Command:
 
 
 def request_id(payload: bytes) -> str | None:
-    """The ``id`` of a command even when the rest is invalid, so the error can be correlated."""
-    try:
-        raw = json.loads(payload[:MAX_COMMAND_BYTES])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    value = raw.get("id") if isinstance(raw, dict) else None
-    return value[:256] if isinstance(value, str) else None
+    """The ``id`` of a command even when the rest is invalid, so the error can be correlated.
+
+    An oversized payload is not parsed: the id is looked for near its start.
+    """
+    if len(payload) <= MAX_COMMAND_BYTES:
+        try:
+            raw = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raw = None
+        if isinstance(raw, dict):
+            value = raw.get("id")
+            return value[:256] if isinstance(value, str) else None
+    match = _ID_NEAR_START.search(payload[:MAX_COMMAND_BYTES])
+    return match[1].decode(errors="replace") if match else None
+
+
+_ID_NEAR_START = re.compile(rb'"id"\s*:\s*"([^"\\]{0,256})"')

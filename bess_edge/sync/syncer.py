@@ -149,6 +149,7 @@ class Syncer:
                 self.link.publish(
                     self._state_topic(), self._state("offline", "shutdown"), retain=True
                 )
+            self.link.connected.clear()
             client.disconnect()
             client.loop_stop()
 
