@@ -9,9 +9,11 @@ what the gateway committed to SQLite, and the outbox is empty.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -345,13 +347,16 @@ def _make_cert(name: str, ca: str, cwd: Path, san: str | None = None) -> None:
 def test_mutual_tls_connects_and_a_wrong_certificate_is_refused_with_a_clear_log_line(
     make_config, daemon, tmp_path
 ):
-    pki = tmp_path / "pki"
-    pki.mkdir()
+    # mosquitto started as root drops to its own user, which cannot enter pytest's 0700 tmp dir.
+    pki = Path(tempfile.mkdtemp(prefix="bess-edge-pki-"))
+    pki.chmod(0o755)
     _make_ca("site-ca", pki)
     _make_ca("rogue-ca", pki)
     _make_cert("broker", "site-ca", pki, san="IP:127.0.0.1,DNS:localhost")
     _make_cert("gateway", "site-ca", pki)
     _make_cert("intruder", "rogue-ca", pki)
+    for key in pki.glob("*.key"):
+        key.chmod(0o644)  # throwaway keys, readable by the broker's user
     broker = Mosquitto(
         tmp_path,
         extra_conf=f"cafile {pki / 'site-ca.crt'}\ncertfile {pki / 'broker.crt'}\n"
@@ -391,6 +396,7 @@ def test_mutual_tls_connects_and_a_wrong_certificate_is_refused_with_a_clear_log
         wary.stop()
     finally:
         broker.kill()
+        shutil.rmtree(pki, ignore_errors=True)
 
 
 def test_password_is_never_logged(make_config, daemon, tmp_path):

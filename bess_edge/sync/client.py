@@ -253,6 +253,8 @@ class MqttLink:
 
     def _lost(self, why: str) -> None:
         if self._connack is not None and not self._connack.done():
+            if "alert" in why.lower():  # a TLS alert from the broker during the handshake
+                why = f"TLS: the broker refused our client certificate or TLS settings: {why}"
             self._connack.set_result((False, f"connection closed before CONNACK: {why}"))
         if self.connected.is_set():
             log.warning("mqtt connection lost; data stays buffered", extra={"error": why})
