@@ -9,6 +9,7 @@ broker state and backlog are reported for a human or an alert rule to judge.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ class DeviceHealth:
     last_reading_age_s: float | None
     last_poll_duration_s: float
     last_error: str | None
+    frame_counters: dict[str, int] | None = None  # drivers that count frames (CAN)
 
 
 @dataclass(slots=True)
@@ -113,9 +115,18 @@ def device_health(daemon: Daemon) -> list[DeviceHealth]:
                 else None,
                 last_poll_duration_s=round(daemon.pollers[device_id].last_poll_duration_s, 6),
                 last_error=s.last_error,
+                frame_counters=_frame_counters(daemon.pollers[device_id].driver),
             )
         )
     return out
+
+
+def _frame_counters(driver: object) -> dict[str, int] | None:
+    """A driver's own receive counters (the CAN driver's ``counters`` dataclass), if it has any."""
+    counters = getattr(driver, "counters", None)
+    if counters is None or not dataclasses.is_dataclass(counters):
+        return None
+    return {k: v for k, v in dataclasses.asdict(counters).items() if isinstance(v, int)}
 
 
 def _mqtt_state(daemon: Daemon) -> str:

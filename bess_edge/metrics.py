@@ -3,12 +3,11 @@
 Two kinds, on purpose:
 
 * **Events** are counted where they happen, with the module-level objects below, e.g.
-  ``metrics.MQTT_PUBLISHED.labels("telemetry").inc(n)`` in sync or
-  ``metrics.CAN_FRAMES_DROPPED.labels(device, "unknown_id").inc()`` in the CAN driver.
+  ``metrics.MQTT_PUBLISHED.labels("telemetry").inc(n)`` in sync.
   They cost a lock and an add; nothing else needs to know about them.
-* **State** (comms state, buffer rows and bytes, active alerts, last sync) is read at scrape time
-  from a :class:`~bess_edge.health.Health` snapshot, so it is never stale and the hot path
-  pays nothing for it (see :func:`exposition`).
+* **State** (comms state, buffer rows and bytes, active alerts, last sync, a driver's own frame
+  counters) is read at scrape time from a :class:`~bess_edge.health.Health` snapshot, so it is
+  never stale and the hot path pays nothing for it (see :func:`exposition`).
 
 A registry of our own, not prometheus_client's global one: tests and tools that import bess-edge
 twice never collide, and only what we chose (plus the process's memory, CPU and fds) is exposed.
@@ -79,22 +78,11 @@ MQTT_BACKLOG_AGE = Gauge(
     registry=REGISTRY,
 )
 
-# -- CAN driver (drivers/can.py) ---------------------------------------------------------------
-CAN_FRAMES_DECODED = Counter(
-    "bess_edge_can_frames_decoded",
-    "CAN frames decoded into signals",
-    ["device"],
-    registry=REGISTRY,
-)
-CAN_FRAMES_DROPPED = Counter(
-    "bess_edge_can_frames_dropped",
-    "CAN frames not used, by reason (unknown_id, decode_error, overrun, ...)",
-    ["device", "reason"],
-    registry=REGISTRY,
-)
-
 SEVERITIES = ("info", "warning", "critical")
 STREAMS = ("alerts", "diagnostics", "telemetry")
+# A CAN driver's FrameCounters fields (drivers/can_decode.py): frames it could not use, by reason.
+# Its other fields (frames, unmapped, error_frames, bus_off, ...) are bus events.
+CAN_DROP_REASONS = ("unknown_id", "wrong_dlc", "undecodable")
 
 
 def site_families(health: Health) -> Iterator[Metric]:
@@ -131,6 +119,7 @@ def site_families(health: Health) -> Iterator[Metric]:
             last_ok.add_metric([d.id], d.last_reading_age_s)
         last_duration.add_metric([d.id], d.last_poll_duration_s)
     yield from (polls, errors, comms, last_ok, last_duration)
+    yield from _frame_families(health)
 
     rows = GaugeMetricFamily(
         "bess_edge_buffer_unsent_rows", "Outbox rows not yet published", labels=["stream"]
@@ -164,6 +153,32 @@ def site_families(health: Health) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "bess_edge_healthy", "1 when /health answers 200", value=1.0 if health.healthy else 0.0
     )
+
+
+def _frame_families(health: Health) -> Iterator[Metric]:
+    """CAN frame counters, read from the drivers that keep them (no code in the receive path)."""
+    decoded = CounterMetricFamily(
+        "bess_edge_can_frames_decoded", "CAN frames decoded by the DBC", labels=["device"]
+    )
+    dropped = CounterMetricFamily(
+        "bess_edge_can_frames_dropped",
+        "CAN frames not used, by reason",
+        labels=["device", "reason"],
+    )
+    events = CounterMetricFamily(
+        "bess_edge_can_events",
+        "Other CAN receive counters: frames, unmapped, error_frames, bus_off, bus_errors, reopens",
+        labels=["device", "event"],
+    )
+    for d in health.devices:
+        for name, value in (d.frame_counters or {}).items():
+            if name == "decoded":
+                decoded.add_metric([d.id], value)
+            elif name in CAN_DROP_REASONS:
+                dropped.add_metric([d.id, name], value)
+            else:
+                events.add_metric([d.id, name], value)
+    yield from (decoded, dropped, events)
 
 
 class _Scrape:
