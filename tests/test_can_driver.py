@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.can import CanDriver
+from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_encode import FrameEncoder
+from bess_edge.drivers.can_map import CanOptions, Slot
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.config import ConfigError, load_config
@@ -335,3 +338,54 @@ def test_unknown_dbc_name_lists_the_shipped_ones(make_config, channel):
     with pytest.raises(ConfigError, match=r"pylontech_lv\.dbc") as err:
         load_config(make_config([device]))
     assert "devices[0].options" in str(err.value)
+
+
+FOXBMS_DBC = REPO.parent / "shared" / "thirdparty" / "foxbms" / "foxbms.dbc"
+
+
+@pytest.mark.parametrize("config", ["can-rack.toml", "can-pylontech.toml", "can-foxbms.toml"])
+def test_decoded_values_equal_cantools_message_decode_on_random_payloads(config):
+    """The decoder runs cantools' compiled codec on the mapped signals only; whatever the
+    payload, each value must be what ``Message.decode`` gives, through the mapping."""
+    device = tomllib.loads((REPO / "config" / config).read_text())["devices"][0]
+    if config == "can-foxbms.toml":
+        if not FOXBMS_DBC.is_file():
+            pytest.skip(f"foxBMS DBC not found at {FOXBMS_DBC}")
+        device["options"]["dbc"] = str(FOXBMS_DBC)
+    options = CanOptions.model_validate(device["options"])
+    decoder = FrameDecoder.for_options(options, "dev")
+    rng = np.random.default_rng(17)
+    checked = 0
+    messages = {slot.message.frame_id: slot.message for slot in options.slots()}
+    for message in messages.values():
+        slots = [s for s in decoder.slots if s.message is message]
+        for _ in range(200):
+            payload = bytes(rng.integers(0, 256, message.length).tolist())
+            try:
+                expected = message.decode(payload, decode_choices=False)
+            except Exception:  # a multiplexer id the DBC does not define
+                before = decoder.counters.undecodable
+                decoder.ingest(message.frame_id, payload, 0.0)
+                assert decoder.counters.undecodable == before + 1
+                continue
+            decoder.ingest(message.frame_id, payload, 0.0)
+            reading = decoder.reading("dev", 0.0, 0)
+            for slot in slots:
+                if slot.signal.name in expected:
+                    want = expected[slot.signal.name]
+                    assert mapped_value(reading, slot, options.invert_current) == pytest.approx(
+                        want * slot.factor + slot.offset if slot.kind != "bit" else want != 0
+                    ), slot
+                    checked += 1
+    assert checked > 1000
+
+
+def mapped_value(reading: Reading, slot: Slot, invert_current: bool) -> float:
+    value = getattr(reading, slot.field, reading.extra.get(slot.field))
+    if slot.kind == "array":
+        return float(value[slot.index])
+    if slot.kind == "bit":
+        return bool((value >> slot.index) & 1)
+    if invert_current and slot.field in ("pack_current_a", "pack_power_w"):
+        return -value
+    return value
