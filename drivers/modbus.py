@@ -38,7 +38,7 @@ from bess_edge.drivers.register_map import (
 )
 from pydantic import model_validator
 
-from bess_edge.model import Quality, Reading, now_ms
+from bess_edge.model import FloatArray, Quality, Reading, now_ms
 
 
 class ModbusOptions(ConnectionOptions):
@@ -54,20 +54,33 @@ class ModbusOptions(ConnectionOptions):
         return self
 
 
-def reading_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-    """Decoded map values -> (Reading keyword arguments, extra values)."""
-    kwargs: dict[str, Any] = {}
-    extra: dict[str, float] = {}
-    for name, value in values.items():
-        if name.startswith("extra."):
-            extra[name.removeprefix("extra.")] = float(value[0])
-        elif name in FLAG_TARGETS:
-            kwargs[name] = int(value[0]) if math.isfinite(value[0]) else 0
-        elif TARGETS[name].array:
-            kwargs[name] = value
-        else:
-            kwargs[name] = float(value[0])
-    return kwargs, extra
+class ReadingLayout:
+    """Where each decoded field goes in a Reading, worked out once per map, not once per poll."""
+
+    def __init__(self, slices: list[tuple[Field, slice]]) -> None:
+        self.scalars: list[tuple[str, int]] = []
+        self.flags: list[tuple[str, int]] = []
+        self.arrays: list[tuple[str, slice]] = []
+        self.extras: list[tuple[str, int]] = []
+        for f, s in slices:
+            if f.name.startswith("extra."):
+                self.extras.append((f.name.removeprefix("extra."), s.start))
+            elif f.name in FLAG_TARGETS:
+                self.flags.append((f.name, s.start))
+            elif TARGETS[f.name].array:
+                self.arrays.append((f.name, s))
+            else:
+                self.scalars.append((f.name, s.start))
+
+    def reading(self, device_id: str, ts_ms: int, flat: FloatArray) -> Reading:
+        values = flat.tolist()  # Python floats: cheaper to pick one by one than numpy scalars
+        kwargs: dict[str, Any] = {name: values[i] for name, i in self.scalars}
+        for name, i in self.flags:
+            kwargs[name] = int(values[i]) if math.isfinite(values[i]) else 0
+        for name, s in self.arrays:
+            kwargs[name] = flat[s]
+        extra = {name: values[i] for name, i in self.extras}
+        return Reading(device_id=device_id, ts_ms=ts_ms, extra=extra, **kwargs)
 
 
 class ModbusDriver(Driver):
@@ -75,6 +88,7 @@ class ModbusDriver(Driver):
 
     Options = ModbusOptions
     options: ConnectionOptions
+    _layout: ReadingLayout  # set by _describe, before the first read
 
     def __init__(self, device, options) -> None:  # type: ignore[no-untyped-def]
         super().__init__(device, options)
@@ -111,6 +125,8 @@ class ModbusDriver(Driver):
         self.info = await self._read_info(register_map)
         header = register_map.header
         self._use_fields(register_map.fields, header.max_registers, header.max_gap)
+        assert self._decoder is not None
+        self._layout = ReadingLayout(self._decoder.slices)
 
     async def _read_info(self, register_map: RegisterMap) -> dict[str, str]:
         if not register_map.info:
@@ -149,8 +165,7 @@ class ModbusDriver(Driver):
     async def read(self) -> Reading:
         ts_ms = now_ms()
         decoded, problems = await self.poll_values()
-        kwargs, extra = reading_fields(decoded.values)
-        reading = Reading(device_id=self.device_id, ts_ms=ts_ms, extra=extra, **kwargs)
+        reading = self._layout.reading(self.device_id, ts_ms, decoded.flat)
         for quality, note in problems:
             reading.flag(quality, note)
         return reading
