@@ -10,6 +10,8 @@ missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v socat >/dev/null || missing+=(socat)
 command -v openssl >/dev/null || missing+=(openssl)
+# systemd-analyze checks the unit (verify, security score); only the tools, no init change.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get" >&2
