@@ -250,7 +250,15 @@ def test_malformed_commands_get_error_replies_and_the_daemon_keeps_running(
         pong = by_id["still-alive"]
         assert pong["ok"] and pong["result"]["pong"] is True
         assert "rack-1" in pong["result"]["published_heads"]
-        # A valid re-publish request is executed and answered.
+
+        # A valid re-publish request is executed and answered, once seqs 1-3 were published.
+        def published() -> int:
+            raw.send(cmd + "ping", json.dumps({"id": "heads"}).encode())
+            time.sleep(0.2)
+            pongs = [r for r in raw.replies() if r["id"] == "heads"]
+            return pongs and pongs[-1]["result"]["published_heads"]["rack-1"]["telemetry"] >= 3
+
+        wait_until(published, timeout=10)
         raw.send(cmd + "republish", json.dumps(
             {"id": "again", "device": "rack-1", "stream": "telemetry", "seq_first": 1,
              "seq_last": 3}).encode())  # fmt: skip
@@ -383,7 +391,7 @@ def test_mutual_tls_connects_and_a_wrong_certificate_is_refused_with_a_clear_log
         intruder = daemon(make_config(mqtt=tls("intruder"), name="intruder.toml"))
         intruder.wait_for_log("mqtt connection failed", timeout=20)
         line = next(x for x in intruder.log().splitlines() if "mqtt connection failed" in x)
-        assert any(w in line.lower() for w in ("certificate", "unknown ca", "alert")), line
+        assert "trust our client certificate" in line, line
         assert "mqtt connected" not in intruder.log()
         assert intruder.alive()
         intruder.stop()

@@ -253,8 +253,10 @@ class MqttLink:
 
     def _lost(self, why: str) -> None:
         if self._connack is not None and not self._connack.done():
-            if "alert" in why.lower():  # a TLS alert from the broker during the handshake
-                why = f"TLS: the broker refused our client certificate or TLS settings: {why}"
+            if self.cfg.tls.enabled:
+                # TLS 1.3 checks the client certificate after our side of the handshake: a
+                # refusal shows up as an alert, or just EOF, on the first read.
+                why = f"TLS: broker ended the session (does it trust our client certificate?) {why}"
             self._connack.set_result((False, f"connection closed before CONNACK: {why}"))
         if self.connected.is_set():
             log.warning("mqtt connection lost; data stays buffered", extra={"error": why})
