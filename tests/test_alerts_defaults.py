@@ -3,6 +3,7 @@ string and loud on a hot cell."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,14 @@ def test_default_rules_name_the_overheating_cell():
         ("cell-temperature-high", "raised", 7),
         ("cell-overtemperature", "raised", 7),
     ]
+
+
+def test_every_toml_example_in_the_alerts_doc_is_a_valid_config(tmp_path: Path):
+    doc = (Path(__file__).parent.parent / "docs" / "alerts.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, flags=re.DOTALL)
+    assert len(blocks) == 4
+    for i, block in enumerate(blocks):
+        top, _, rules = block.partition("[[thresholds]]")
+        text = top + SITE + ("[[thresholds]]" + rules if rules else "")
+        settings = load_config(write(tmp_path / f"doc-{i}.toml", text))
+        assert settings.thresholds
