@@ -110,3 +110,14 @@ def test_bad_map_in_a_device_is_reported_by_the_config_loader(tmp_path: Path) ->
 def test_shipped_modbus_example_config_is_valid() -> None:
     settings = load_config(REPO / "config" / "modbus-example.toml")
     assert {d.driver for d in settings.devices} >= {"modbus", "sunspec"}
+
+
+def test_the_map_example_in_the_docs_loads(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "modbus.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "docs-example.toml"
+    path.write_text(example)
+    register_map = load_map(str(path))
+    names = {f.name for f in register_map.fields}
+    assert {"pack_voltage_v", "cell_voltage_v", "extra.cycle_count"} <= names
+    assert [f.name for f in register_map.info] == ["info.serial_number"]
