@@ -48,11 +48,8 @@ class _Receiver(can.Listener):
         self._errors_in_row = 0
 
     def on_message_received(self, msg: can.Message) -> None:
-        if msg.is_error_frame:
-            self.decoder.error_frame(msg.arbitration_id)
-        elif not msg.is_remote_frame:
-            self._errors_in_row = 0
-            self.decoder.ingest(msg.arbitration_id, msg.data, time.monotonic())
+        self._errors_in_row = 0
+        self.decoder.feed(msg, time.monotonic())
 
     def on_error(self, exc: Exception) -> None:
         """An exception from ``bus.recv`` (a garbled slcan line, a vanished adapter)."""

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from operator import itemgetter
 from typing import Any
 
+import can
 import numpy as np
 from bess_edge.drivers.can_map import FLAG_FIELDS, DecodeOptions, Slot, load_dbc
 from cantools.database.can import Message, Signal
@@ -153,6 +154,13 @@ class FrameDecoder:
         return cls(
             options.slots(), options.signal_timeout_s, options.invert_current, device_id, ids
         )
+
+    def feed(self, msg: can.Message, ts: float) -> None:
+        """One python-can message: a data frame is decoded, an error frame counted."""
+        if msg.is_error_frame:
+            self.error_frame(msg.arbitration_id)
+        elif not msg.is_remote_frame:
+            self.ingest(msg.arbitration_id, msg.data, ts)
 
     def ingest(self, frame_id: int, data: bytes | bytearray, ts: float) -> None:
         """Decode one data frame received at ``ts`` (seconds on the caller's clock)."""

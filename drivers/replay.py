@@ -74,10 +74,7 @@ class CapturePlayer:
             due.append(self.reading_at(self.next_due))
             self.next_due += self.interval_s
         self.last_ts = ts
-        if msg.is_error_frame:
-            self.decoder.error_frame(msg.arbitration_id)
-        elif not msg.is_remote_frame:
-            self.decoder.ingest(msg.arbitration_id, msg.data, ts)
+        self.decoder.feed(msg, ts)
         return due
 
     def reading_at(self, ts: float) -> Reading:
@@ -141,10 +138,7 @@ class ReplayDriver(Driver):
                 self._pending = msg
                 break
             self._pending = None
-            if msg.is_error_frame:
-                self.decoder.error_frame(msg.arbitration_id)
-            elif not msg.is_remote_frame:
-                self.decoder.ingest(msg.arbitration_id, msg.data, msg.timestamp)
+            self.decoder.feed(msg, msg.timestamp)
         silent_s = capture_now - self.decoder.last_frame_ts
         if silent_s > self.decoder.timeout_s:
             raise DriverError(f"no frame in the capture for {silent_s:.1f} s")
