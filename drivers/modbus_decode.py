@@ -224,15 +224,17 @@ class Decoder:
                 readable = np.ones(self.size, dtype=np.bool_)
             unread = ~readable
             not_available &= readable
-            checks = (
+            checks: list[tuple[BoolArray, Quality, str, bool]] = [
                 (unread, Quality.MISSING, "not readable", False),
                 (not_available, Quality.MISSING, "reported as not available", True),
                 (out_of_range & readable & ~not_available, Quality.OUT_OF_RANGE,
                  "outside the plausible range", False),
-            )  # fmt: skip
+            ]  # fmt: skip
             if bad_sf is not None:
                 sf_problem = bad_sf & readable & ~not_available
-                checks += ((sf_problem, Quality.DECODE_ERROR, "has no usable scale factor", False),)
+                checks.append(
+                    (sf_problem, Quality.DECODE_ERROR, "has no usable scale factor", False)
+                )
             for mask, quality, why, optional_ok in checks:
                 if mask.any():
                     problems.extend(self._notes(mask, value, quality, why, optional_ok))

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 
 import numpy as np
 import pytest
-from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.modbus_transport import _CONNECTIONS
 from modbus_server import ServerProcess, pty_pair
-from test_modbus_tcp import CELLS_MV, generic_16s_image, make_driver
+from test_modbus_tcp import CELLS_MV, generic_16s_image, make_driver, seconds_to_fail_once_frozen
 
 from bess_edge.model import Quality
 
@@ -89,20 +87,5 @@ def test_two_devices_on_one_bus_share_the_port_and_take_turns(rtu_bus: str) -> N
 def test_silent_rtu_device_raises_within_the_timeout() -> None:
     image = {"units": {"1": {"holding": generic_16s_image()}}}
     with pty_pair() as (server_end, client_end), ServerProcess(image, rtu=server_end) as server:
-        driver = make_driver(rtu_options(client_end))
-
-        async def scenario() -> float:
-            await driver.open()
-            await driver.read()
-            server.pause()
-            started = time.monotonic()
-            try:
-                with pytest.raises(DriverError):
-                    await driver.read()
-                return time.monotonic() - started
-            finally:
-                server.resume()
-                await driver.close()
-
-        elapsed = asyncio.run(scenario())
+        elapsed = seconds_to_fail_once_frozen(make_driver(rtu_options(client_end)), server)
     assert elapsed < 3.0  # 0.5 s timeout; generous margin for a loaded box

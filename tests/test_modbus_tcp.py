@@ -195,22 +195,28 @@ def test_garbage_values_are_flagged_not_fatal() -> None:
     assert any("cell_voltage_v" in n and "1 of 16" in n for n in reading.quality_notes)
 
 
-def test_server_stops_answering_raises_within_the_timeout(generic_server: ServerProcess) -> None:
+def seconds_to_fail_once_frozen(driver: ModbusDriver, server: ServerProcess) -> float:
+    """Poll once, freeze the server (SIGSTOP), and time how long the next poll takes to fail."""
+
     async def scenario() -> float:
-        driver = make_driver(tcp_options(generic_server.port, request_timeout_s=0.3))
         await driver.open()
         assert (await driver.read()).quality == Quality.OK
-        generic_server.pause()
+        server.pause()
         started = time.monotonic()
         try:
             with pytest.raises(DriverError):
                 await driver.read()
             return time.monotonic() - started
         finally:
-            generic_server.resume()
+            server.resume()
             await driver.close()
 
-    elapsed = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_server_stops_answering_raises_within_the_timeout(generic_server: ServerProcess) -> None:
+    driver = make_driver(tcp_options(generic_server.port, request_timeout_s=0.3))
+    elapsed = seconds_to_fail_once_frozen(driver, generic_server)
     assert elapsed < 3.0  # 0.3 s timeout; generous margin for a loaded box
 
 

@@ -11,6 +11,7 @@ import pytest
 from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.sunspec import SunSpecDriver, SunSpecOptions
 from modbus_server import ServerProcess, sunspec_image, sunspec_model
+from test_modbus_tcp import poll_once
 
 from bess_edge.config import DeviceConfig
 from bess_edge.model import Quality
@@ -68,14 +69,6 @@ def make_driver(port: int, **options: object) -> SunSpecDriver:
             **options}  # fmt: skip
     device = DeviceConfig(id="ess", driver="sunspec", options=opts)
     return SunSpecDriver(device, SunSpecOptions.model_validate(opts))
-
-
-async def poll_once(driver: SunSpecDriver):  # type: ignore[no-untyped-def]
-    await driver.open()
-    try:
-        return await driver.read()
-    finally:
-        await driver.close()
 
 
 def test_image_puts_802_soc_where_the_specification_does() -> None:
