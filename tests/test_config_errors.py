@@ -137,7 +137,8 @@ def test_run_refuses_a_bad_config_with_exit_2(tmp_path: Path):
 
 def test_check_config_accepts_the_shipped_configs():
     config_dir = Path(__file__).resolve().parent.parent / "config"
-    shipped = sorted(config_dir.glob("*.toml"))
+    # thresholds-*.toml are rule files for include_thresholds (tests/test_alerts_defaults.py).
+    shipped = sorted(p for p in config_dir.glob("*.toml") if not p.name.startswith("thresholds-"))
     assert shipped
     for path in shipped:
         result = subprocess.run(
