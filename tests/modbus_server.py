@@ -9,8 +9,11 @@ Run as a script it serves the image in a JSON file over Modbus TCP or RTU and pr
 The image: ``{"units": {"1": {"holding": [[address, [u16, ...]], ...], "input": [...]}},
 "exceptions": [[unit, "holding", address, code], ...]}``. Addresses not in the image answer
 ILLEGAL DATA ADDRESS (pymodbus does this for undefined registers); an ``exceptions`` entry makes
-any read touching that register answer the given exception code. Imported, this module gives the
-tests :class:`ServerProcess` (start, pause with SIGSTOP, resume, stop) and :func:`pty_pair`.
+any read touching that register answer the given exception code. ``{"garbage": "random"}``
+(TCP) answers every request with random bytes, ``{"garbage": "bad_crc"}`` (RTU) with a
+well-formed reply whose CRC is wrong: devices that are there but talk nonsense.
+Imported, this module gives the tests :class:`ServerProcess` (start, pause with SIGSTOP,
+resume, stop) and :func:`pty_pair`.
 """
 
 from __future__ import annotations
@@ -65,10 +68,43 @@ def _sim_devices(image: Image) -> list[Any]:
     return devices
 
 
+async def _serve_garbage(args: argparse.Namespace, kind: str) -> int:
+    """A broken device: random bytes for every TCP request, or RTU replies with a bad CRC."""
+    import random
+    import termios
+    import tty
+
+    rng = random.Random(4)
+    if args.tcp:
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(260):
+                writer.write(bytes(rng.randrange(256) for _ in range(rng.randrange(5, 40))))
+
+        host, _, port = args.tcp.rpartition(":")
+        server = await asyncio.start_server(answer, host, int(port))
+        return int(server.sockets[0].getsockname()[1])
+    fd = os.open(args.rtu, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd, termios.TCSANOW)
+
+    def reply() -> None:
+        request = os.read(fd, 256)
+        if len(request) >= 8 and kind == "bad_crc":
+            count = int.from_bytes(request[4:6], "big")
+            frame = bytes([request[0], request[1], 2 * count]) + bytes(2 * count)
+            os.write(fd, frame + b"\xde\xad")  # CRC-16/MODBUS of this frame is never 0xADDE
+
+    asyncio.get_running_loop().add_reader(fd, reply)
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
     image = json.loads(Path(args.image).read_text())
+    if image.get("garbage"):
+        print(f"READY {await _serve_garbage(args, image['garbage'])}", flush=True)
+        await asyncio.Event().wait()
     devices = _sim_devices(image)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

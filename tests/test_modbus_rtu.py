@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 
 import numpy as np
 import pytest
+from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.modbus_transport import _CONNECTIONS
 from modbus_server import ServerProcess, pty_pair
 from test_modbus_tcp import CELLS_MV, generic_16s_image, make_driver, seconds_to_fail_once_frozen
@@ -89,3 +91,17 @@ def test_silent_rtu_device_raises_within_the_timeout() -> None:
     with pty_pair() as (server_end, client_end), ServerProcess(image, rtu=server_end) as server:
         elapsed = seconds_to_fail_once_frozen(make_driver(rtu_options(client_end)), server)
     assert elapsed < 3.0  # 0.5 s timeout; generous margin for a loaded box
+
+
+def test_replies_with_bad_crc_fail_the_poll_promptly() -> None:
+    with (
+        pty_pair() as (server_end, client_end),
+        ServerProcess({"garbage": "bad_crc"}, rtu=server_end),
+    ):
+        driver = make_driver(rtu_options(client_end))
+        started = time.monotonic()
+        with pytest.raises(DriverError):
+            asyncio.run(driver.open())
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0  # 0.5 s timeout: a frame failing its CRC is dropped, never decoded
+    assert not _CONNECTIONS

@@ -273,3 +273,14 @@ def test_two_unit_ids_share_one_tcp_gateway_connection() -> None:
     assert not _CONNECTIONS
     np.testing.assert_array_equal(one.cell_voltage_v, np.array(CELLS_MV) / 1000.0)
     np.testing.assert_array_equal(two.cell_voltage_v, np.array(other) / 1000.0)
+
+
+def test_device_answering_random_bytes_fails_the_poll_promptly() -> None:
+    with ServerProcess({"garbage": "random"}) as server:
+        driver = make_driver(tcp_options(server.port, request_timeout_s=0.3))
+        started = time.monotonic()
+        with pytest.raises(DriverError):
+            asyncio.run(poll_once(driver))
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0
+    assert not _CONNECTIONS  # the failed open released its connection
