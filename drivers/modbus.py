@@ -23,6 +23,7 @@ from bess_edge.drivers.modbus_decode import (
 from bess_edge.drivers.modbus_transport import (
     Connection,
     ConnectionOptions,
+    ImageRead,
     NothingReadable,
     acquire,
     read_image,
@@ -33,7 +34,6 @@ from bess_edge.drivers.register_map import (
     TARGETS,
     Field,
     MapError,
-    RegisterMap,
     load_map,
 )
 from pydantic import model_validator
@@ -93,14 +93,12 @@ class ModbusDriver(Driver):
     def __init__(self, device, options) -> None:  # type: ignore[no-untyped-def]
         super().__init__(device, options)
         self._conn: Connection | None = None
-        self._fields: tuple[Field, ...] = ()
         self._blocks: list[Block] = []
         self._size = 0
         self._decoder: Decoder | None = None
         self.info: dict[str, str] = {}  # identity strings read at open (serial number, ...)
 
     def _use_fields(self, fields: tuple[Field, ...], max_registers: int, max_gap: int) -> None:
-        self._fields = fields
         self._blocks = plan_blocks(fields, max_registers, max_gap)
         self._size = image_size(self._blocks)
         self._decoder = Decoder(fields, self._blocks)
@@ -122,28 +120,27 @@ class ModbusDriver(Driver):
             return
         assert isinstance(self.options, ModbusOptions)
         register_map = load_map(self.options.map)
-        self.info = await self._read_info(register_map)
+        self.info = await self._read_strings(register_map.info) if register_map.info else {}
         header = register_map.header
         self._use_fields(register_map.fields, header.max_registers, header.max_gap)
         assert self._decoder is not None
         self._layout = ReadingLayout(self._decoder.slices)
 
-    async def _read_info(self, register_map: RegisterMap) -> dict[str, str]:
-        if not register_map.info:
-            return {}
-        blocks = plan_blocks(register_map.info, register_map.header.max_registers)
+    async def _read_strings(self, fields: tuple[Field, ...] | list[Field]) -> dict[str, str]:
+        """Identity strings (``info.<name>`` fields), by name; those refused are left out."""
+        blocks = plan_blocks(fields)
         try:
             got = await self._read(blocks, image_size(blocks))
         except NothingReadable:
             return {}  # identity is nice to have; the measurements are what matter
         info = {}
-        for f in register_map.info:
+        for f in fields:
             text = decode_string(got.image, got.ok, blocks, f)
             if text is not None:
                 info[f.name.removeprefix("info.")] = text
         return info
 
-    async def _read(self, blocks: list[Block], size: int):  # type: ignore[no-untyped-def]
+    async def _read(self, blocks: list[Block], size: int) -> ImageRead:
         if self._conn is None:
             await self.open()
         conn = self._conn

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.modbus import ModbusDriver
-from bess_edge.drivers.modbus_decode import Block, decode_string, image_size, plan_blocks
+from bess_edge.drivers.modbus_decode import Block
 from bess_edge.drivers.modbus_transport import ConnectionOptions, ExceptionResponse, read_block
 from bess_edge.drivers.register_map import TARGETS, Field
 from bess_edge.drivers.sunspec_models import (
@@ -196,18 +196,12 @@ class SunSpecDriver(ModbusDriver):
     async def _read_common(self, model: ModelInstance) -> dict[str, str]:
         """Model 1's identity strings (Mn, Md, Opt, Vr, SN)."""
         strings = [p for p in layout(1, model.length) if p.type == "string"]
-        fields = [
-            Field(f"info.{p.name}", "holding", model.address + p.offset, "string", p.size)
-            for p in strings
-        ]
-        blocks = plan_blocks(fields)
-        got = await self._read(blocks, image_size(blocks))
-        info = {}
-        for f in fields:
-            text = decode_string(got.image, got.ok, blocks, f)
-            if text is not None:
-                info[f.name.removeprefix("info.")] = text
-        return info
+        return await self._read_strings(
+            [
+                Field(f"info.{p.name}", "holding", model.address + p.offset, "string", p.size)
+                for p in strings
+            ]
+        )
 
     async def read(self) -> Reading:
         ts_ms = now_ms()
