@@ -149,12 +149,38 @@ MESSAGE_FIELDS: dict[str, Any] = {
 }
 
 
-class RuleAction(Section):
-    """A local command run on an alert transition: a convenience, NOT a safety function."""
+class ModbusWrite(Section):
+    """One coil or holding register written over Modbus TCP (a siren, a contactor's input)."""
 
-    command: list[str] = Field(min_length=1)  # argv (never a shell string); {placeholders} allowed
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247)
+    coil: int | None = Field(None, ge=0, le=65535)
+    holding_register: int | None = Field(None, ge=0, le=65535)
+    value: int = Field(ge=0, le=65535)  # a coil takes 0 or 1
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ModbusWrite:
+        if (self.coil is None) == (self.holding_register is None):
+            raise ValueError("give exactly one of 'coil' or 'holding_register'")
+        if self.coil is not None and self.value not in (0, 1):
+            raise ValueError(f"a coil takes 0 or 1 (got {self.value})")
+        return self
+
+
+class RuleAction(Section):
+    """A local side effect of an alert transition: a convenience, NOT a safety function."""
+
+    command: list[str] | None = Field(None, min_length=1)  # argv, never a shell string
+    modbus: ModbusWrite | None = None
     on: list[Literal["raised", "acknowledged", "cleared"]] = ["raised"]
     timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> RuleAction:
+        if self.command is None and self.modbus is None:
+            raise ValueError("give 'command' and/or 'modbus'")
+        return self
 
 
 class ThresholdRule(Section):
