@@ -282,3 +282,33 @@ def test_a_rule_action_runs_its_command_with_the_alert_filled_in(tmp_path: Path)
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert out.read_text() == "rack-1 - hot"
+
+
+def test_a_rule_action_writes_a_modbus_register_of_a_real_device():
+    from modbus_server import ServerProcess
+    from pymodbus.client import ModbusTcpClient
+
+    siren = {"units": {"1": {"holding": [[100, [0, 0]]]}}}
+    with ServerProcess(siren) as server:
+        target = {"host": "127.0.0.1", "port": server.port, "unit": 1, "holding_register": 101}
+        action = {"modbus": {**target, "value": 1}, "on": ["raised"], "timeout_s": 5}
+        engine = AlertEngine([rule(name="hot", action=action)], 0, [])
+        feed(engine, [0, 110])
+        client = ModbusTcpClient("127.0.0.1", port=server.port, timeout=5)
+        assert client.connect()
+        try:
+            deadline = time.monotonic() + 10
+            registers = [0, 0]
+            while registers != [0, 1] and time.monotonic() < deadline:
+                registers = client.read_holding_registers(100, count=2, device_id=1).registers
+                time.sleep(0.05)
+        finally:
+            client.close()
+    assert registers == [0, 1]
+
+
+def test_an_action_needs_something_to_do_and_a_coil_takes_0_or_1():
+    with pytest.raises(ValueError, match="'command' and/or 'modbus'"):
+        rule(action={"on": ["raised"]})
+    with pytest.raises(ValueError, match="a coil takes 0 or 1"):
+        rule(action={"modbus": {"host": "127.0.0.1", "coil": 3, "value": 2}})
