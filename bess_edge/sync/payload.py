@@ -118,6 +118,9 @@ class Message:
     seqs: list[int]
 
 
+Entry = tuple[int, dict[str, Any]]  # (outbox id, item)
+
+
 class Encoder:
     """Turns outbox rows into size-limited batch messages for one site and encoding."""
 
@@ -126,6 +129,8 @@ class Encoder:
         self.site = site
         self.encoding = encoding
         self.max_message_bytes = max_message_bytes
+        # Learned compressed bytes per item, per stream: sizes the next compact batch.
+        self._compact_item_bytes: dict[str, float] = {}
 
     def messages(self, stream: str, rows: Sequence[dict[str, Any]]) -> Iterator[Message]:
         """Batches in outbox order, one device per message, each at most max_message_bytes.
@@ -133,46 +138,60 @@ class Encoder:
         A single item larger than the limit still goes alone (the broker may refuse it, which
         the drainer logs): splitting one sample across messages would break the seq contract.
         """
-        by_device: dict[str, list[tuple[int, dict[str, Any], bytes]]] = {}
+        by_device: dict[str, list[Entry]] = {}
         for row in rows:
-            if row["data"] is None:
-                continue
-            item = item_from_row(stream, row["seq"], row["data"])
-            by_device.setdefault(row["device"], []).append((row["outbox_id"], item, dumps(item)))
+            if row["data"] is not None:
+                item = item_from_row(stream, row["seq"], row["data"])
+                by_device.setdefault(row["device"], []).append((row["outbox_id"], item))
+        chunks = self._compact_chunks if self.encoding == "compact" else self._json_chunks
         for device, entries in by_device.items():
-            yield from self._chunks(stream, device, entries)
+            yield from chunks(stream, device, entries)
 
-    def _chunks(
-        self, stream: str, device: str, entries: list[tuple[int, dict[str, Any], bytes]]
-    ) -> Iterator[Message]:
-        # The JSON size is a safe bound for the compact one too (deltas are never longer).
+    def _json_chunks(self, stream: str, device: str, entries: list[Entry]) -> Iterator[Message]:
         budget = self.max_message_bytes - 400  # room for the envelope
+        raws = [dumps(item) for _, item in entries]
         start, size = 0, 0
-        for i, (_, _, raw) in enumerate(entries):
+        for i, raw in enumerate(raws):
             if i > start and size + len(raw) + 1 > budget:
-                yield self._message(stream, device, entries[start:i])
+                yield self._json_message(stream, device, entries[start:i], raws[start:i])
                 start, size = i, 0
             size += len(raw) + 1
         if start < len(entries):
-            yield self._message(stream, device, entries[start:])
+            yield self._json_message(stream, device, entries[start:], raws[start:])
 
-    def _message(
-        self, stream: str, device: str, entries: list[tuple[int, dict[str, Any], bytes]]
+    def _json_message(
+        self, stream: str, device: str, entries: list[Entry], raws: list[bytes]
     ) -> Message:
-        seqs = [item["seq"] for _, item, _ in entries]
-        head = envelope(self.site, device, stream, seqs)
-        if self.encoding == "compact":
-            payload = encode_compact(head, [item for _, item, _ in entries])
-        else:
-            # Items are already serialised: splice them instead of encoding twice.
-            body = dumps(head)[:-1] + b',"items":[' + b",".join(raw for _, _, raw in entries)
-            payload = body + b"]}"
+        head = envelope(self.site, device, stream, [item["seq"] for _, item in entries])
+        # Items are already serialised (to measure them): splice instead of encoding twice.
+        payload = dumps(head)[:-1] + b',"items":[' + b",".join(raws) + b"]}"
+        return self._message(stream, device, entries, payload)
+
+    def _compact_chunks(self, stream: str, device: str, entries: list[Entry]) -> Iterator[Message]:
+        """Compressed size is only known after compressing: size each batch from the last
+        one's bytes per item, and halve a batch that still comes out too large."""
+        start = 0
+        while start < len(entries):
+            per_item = self._compact_item_bytes.get(stream, 2048.0)
+            count = max(1, int(0.9 * self.max_message_bytes / per_item))
+            while True:
+                chunk = entries[start : start + count]
+                head = envelope(self.site, device, stream, [item["seq"] for _, item in chunk])
+                payload = encode_compact(head, [item for _, item in chunk])
+                if len(payload) <= self.max_message_bytes or len(chunk) == 1:
+                    break
+                count = len(chunk) // 2
+            self._compact_item_bytes[stream] = max(1.0, len(payload) / len(chunk))
+            yield self._message(stream, device, chunk, payload)
+            start += len(chunk)
+
+    def _message(self, stream: str, device: str, entries: list[Entry], payload: bytes) -> Message:
         return Message(
             topic=data_topic(self.prefix, self.site, device, stream),
             payload=payload,
             stream=stream,
-            outbox_ids=[outbox_id for outbox_id, _, _ in entries],
-            seqs=seqs,
+            outbox_ids=[outbox_id for outbox_id, _ in entries],
+            seqs=[item["seq"] for _, item in entries],
         )
 
 
@@ -208,7 +227,7 @@ def encode_compact(head: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
                 out[delta_key] = _deltas(values, step, refs, key)
         out_items.append(out)
     doc = {**head, "encoding": COMPACT, "items": out_items}
-    return zlib.compress(dumps(doc), 9)
+    return zlib.compress(dumps(doc), 6)  # level 9: ~8 % smaller, ten times slower here
 
 
 def _deltas(
