@@ -198,6 +198,13 @@ def test_restart_rebuilds_active_episodes_without_a_duplicate_and_clears_them_la
     assert second.active[("rack-1", "r", None)].alert_id == raised.alert_id + 1
 
 
+def test_restart_keeps_the_re_raise_interval_of_an_episode_that_just_cleared():
+    cleared = [{"device": "rack-1", "rule": "r", "cell": None, "cleared_ts_ms": 1000}]
+    engine = AlertEngine([rule(min_reraise_s=10)], 5, [], cleared)
+    out = feed(engine, [110] * 12)  # t = 0..11 s: held back until 10 s after the clear at 1 s
+    assert [(t.transition, t.ts_ms, t.alert_id) for t in out] == [("raised", 11_000, 6)]
+
+
 def test_acknowledge_records_actor_and_note_once():
     engine = AlertEngine([rule(clear=90)], 0, [])
     alert_id = feed(engine, [110])[0].alert_id

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +86,15 @@ class AlertEngine:
     """Alert state of the whole site; ids are allocated here so transitions can refer to them."""
 
     def __init__(
-        self, rules: list[ThresholdRule], next_alert_id: int, active: list[dict[str, Any]]
+        self,
+        rules: list[ThresholdRule],
+        next_alert_id: int,
+        active: list[dict[str, Any]],
+        last_cleared: Sequence[dict[str, Any]] = (),
     ) -> None:
-        # ``next_alert_id`` is the highest id already used (Store.max_alert_id()).
+        # ``next_alert_id`` is the highest id already used (Store.max_alert_id()); ``active``
+        # and ``last_cleared`` are Store.active_alerts() and Store.last_cleared_alerts(), so a
+        # restart neither duplicates an episode nor re-raises sooner than min_reraise_s.
         self._next_id = next_alert_id
         self.active: dict[Key, Episode] = {}
         self._by_id: dict[int, Key] = {}
@@ -106,6 +113,9 @@ class AlertEngine:
                 )
             )
             self._timers.setdefault((a["device"], a["rule"]), {})[a["cell"]] = Timers()
+        for c in last_cleared:
+            cells = self._timers.setdefault((c["device"], c["rule"]), {})
+            cells.setdefault(c["cell"], Timers()).cleared_ms = c["cleared_ts_ms"]
         self.update_rules(rules)
 
     # -- rules ------------------------------------------------------------------------------
