@@ -92,7 +92,9 @@ class Daemon:
             synchronous=s.storage.synchronous,
         )
         self.worker = worker = StoreWorker(store)
-        self.alerts = AlertEngine(s.thresholds, store.max_alert_id(), store.active_alerts())
+        self.alerts = AlertEngine(
+            s.thresholds, store.max_alert_id(), store.active_alerts(), store.last_cleared_alerts()
+        )
         try:
             drivers = self._build_drivers(store)
         except StartupError:

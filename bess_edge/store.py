@@ -508,6 +508,15 @@ class Store:
     def active_alerts(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM alerts WHERE state = 'active' ORDER BY id"))
 
+    def last_cleared_alerts(self) -> list[dict[str, Any]]:
+        """When each (device, rule, cell) last cleared: the alert engine's re-raise clock."""
+        return list(
+            self.db.query(
+                "SELECT device, rule, cell, max(cleared_ts_ms) AS cleared_ts_ms FROM alerts "
+                "WHERE state = 'cleared' GROUP BY device, rule, cell"
+            )
+        )
+
     def request_ack(self, alert_id: int, actor: str, note: str | None) -> int:
         """Queue an acknowledgement for the daemon (the CLI's only write); returns its id."""
         with self.transaction() as c:
