@@ -80,7 +80,6 @@ def start_simulator(config: Path, channel: str, *extra: str) -> subprocess.Popen
             *("--interface", "slcan", "--channel", channel, "--period", "0.3"),
             *("--time-scale", "0", "--no-noise", "--seed", "11", "--current", "-35", *extra),
         ],
-        stderr=subprocess.PIPE,
     )
 
 
@@ -123,22 +122,66 @@ def test_simulator_frames_land_in_sqlite_through_the_daemon(
     gateway = daemon(config)
     processes.append(start_simulator(config, sim_end))
     sent = frozen_rack_state(config)
-    db = tmp_path / "bess-edge.db"
+    got = settled_sample(tmp_path / "bess-edge.db")
+    assert gateway.alive()
+    assert_sample_is(got, sent)
 
-    def latest_steady_sample() -> dict[str, Any] | None:
-        if not db.exists():
-            return None
+
+def test_daemon_keeps_decoding_through_garbage_on_the_bus(
+    pty_pair, make_config: Callable[..., Path], daemon, processes, tmp_path
+):
+    sim_end, gateway_end = pty_pair
+    config = make_config([rack_device(gateway_end)])
+    gateway = daemon(config)
+    processes.append(start_simulator(config, sim_end))
+    db = tmp_path / "bess-edge.db"
+    before = settled_sample(db)
+    rng = np.random.default_rng(3)
+    line = os.open(sim_end, os.O_WRONLY | os.O_NOCTTY)  # a second, misbehaving node
+    try:
+        for _ in range(300):
+            os.write(
+                line, b"t7A58" + bytes(rng.integers(0, 256, 8).tolist()).hex().encode() + b"\r"
+            )
+            os.write(line, b"t1103" + b"00" * 3 + b"\r")  # cell-voltage id, 3 bytes instead of 8
+            os.write(line, b"t110800FFFFFFFFFFFFFF\r")  # multiplexer id 0x00 is fine ...
+            os.write(line, b"t1108FF" + b"00" * 7 + b"\r")  # ... 0xFF is not in the DBC
+    finally:
+        os.close(line)
+    after = settled_sample(db, after_ts_ms=before["ts_ms"])
+    assert gateway.alive()
+    assert_sample_is(after, frozen_rack_state(config))
+    log = gateway.log()
+    for kind in ("unknown_id", "wrong_dlc", "undecodable"):
+        assert f'"kind": "{kind}"' in log, kind
+
+
+def settled_sample(db: Path, after_ts_ms: int = 0) -> dict[str, Any]:
+    """A sample taken a second after the simulator's state became steady (its first cycle has
+    zero current, and a poll during the second one mixes blocks of both, as a real BMS's would)."""
+    first = wait_until(lambda: steady_sample(db, after_ts_ms), timeout=40, interval=0.2)
+    return wait_until(lambda: steady_sample(db, first["ts_ms"] + 1000), timeout=20, interval=0.2)
+
+
+def steady_sample(db: Path, after_ts_ms: int) -> dict[str, Any] | None:
+    """The daemon's latest sample, if later than ``after_ts_ms`` and at the simulator's current."""
+    if not db.exists():
+        return None
+    try:
         store = Store(db, readonly=True)
         try:
             row = store.latest_sample("rack-1")
-        except Exception:  # schema not there yet
-            return None
         finally:
             store.close()
-        return row if row and row["quality"] == 0 and row["pack_current_a"] < -30 else None
+    except Exception:  # the daemon has not created the schema yet
+        return None
+    if row and row["ts_ms"] > after_ts_ms and row["quality"] == 0 and row["pack_current_a"] < -30:
+        return row
+    return None
 
-    got = wait_until(latest_steady_sample, timeout=40, interval=0.2)
-    assert gateway.alive()
+
+def assert_sample_is(got: dict[str, Any], sent: Reading) -> None:
+    """Equal within the rack DBC's resolution: 1 mV, 0.25 °C, 0.1 V, 0.1 A, 0.01 %."""
     np.testing.assert_allclose(got["cell_voltage_v"], sent.cell_voltage_v, atol=0.0005)
     np.testing.assert_allclose(got["cell_temperature_c"], sent.cell_temperature_c, atol=0.125)
     assert got["pack_voltage_v"] == pytest.approx(sent.pack_voltage_v, abs=0.05)
