@@ -136,6 +136,8 @@ class SunSpecDriver(ModbusDriver):
     def __init__(self, device, options) -> None:  # type: ignore[no-untyped-def]
         super().__init__(device, options)
         self.models: list[ModelInstance] = []
+        # Per 805 model: the field names of its cells' voltages, in cell order (found once).
+        self._cell_names: dict[str, list[str]] = {}
 
     async def _describe(self) -> None:
         if self._decoder is not None:
@@ -157,6 +159,12 @@ class SunSpecDriver(ModbusDriver):
                 raise DriverError(f"SunSpec model at {model.address}: {exc}") from None
             fields += [point_field(model, p) for p in points if p.type in NUMERIC]
         self._use_fields(tuple(fields), max_registers=125, max_gap=0)
+        self._cell_names = {
+            m.key: [f.name for f in fields if f.name.startswith(f"{m.key}.")
+                    and f.name.endswith(".CellV")]
+            for m in storage
+            if m.id == 805
+        }  # fmt: skip
 
     async def _registers(self, address: int, count: int) -> list[int]:
         assert self._conn is not None
@@ -235,7 +243,7 @@ class SunSpecDriver(ModbusDriver):
                 if math.isfinite(number):
                     extra[prefix + name] = number * sign if name in CURRENT_POINTS else number
             if model.id == 805:
-                cells = [k for k in values if k.startswith(key) and k.endswith(".CellV")]
+                cells = self._cell_names[model.key]
                 cells_v += [value(k) for k in cells]
                 cells_t += [value(k.removesuffix("CellV") + "CellTmp") for k in cells]
         return Reading(
