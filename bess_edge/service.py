@@ -1,8 +1,9 @@
 """Running under systemd: READY=1, STATUS=, WATCHDOG=1 (``Type=notify``, ``WatchdogSec=``).
 
 The watchdog ping comes from a task on the daemon's own event loop, after checking that the
-loop's vital parts still work: every poll task is alive and the store thread answers. A loop
-blocked by a driver's synchronous call, a crashed task or a hung disk therefore stops the pings,
+loop's vital parts still work: every poll task is alive and the store thread has not been stuck
+for minutes. A loop blocked by a driver's synchronous call, a crashed task or a hung disk
+therefore stops the pings,
 and systemd restarts the service (``Restart=on-failure``). A lost device or a broker outage
 does not: restarting cannot fix those, and the daemon already handles them.
 """
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 30.0  # how often STATUS= is refreshed (it queries the outbox depth)
 READY_GRACE_S = 1.0  # beyond the slowest device's timeout, before READY=1 is sent anyway
+# The store thread may legitimately be busy for a while (dropping old telemetry at the cap on a
+# slow SD card); only this long without answering counts as hung. Shorter, and a restart could
+# interrupt the very clean-up that would have ended the stall, at every start.
+STORE_STALL_LIMIT_S = 300.0
 
 
 class ServiceNotifier:
@@ -37,6 +42,8 @@ class ServiceNotifier:
         self.daemon = daemon
         self.vital_tasks = list(vital_tasks)
         self.watchdog_s = watchdog_interval_s()
+        self._probe: asyncio.Future[None] | None = None  # a no-op queued on the store thread
+        self._probe_sent_mono = 0.0
 
     async def run(self) -> None:
         await self._first_polls()
@@ -54,7 +61,7 @@ class ServiceNotifier:
         last_status = time.monotonic()
         while True:
             if self.watchdog_s:
-                problem = await self.vital_problem(timeout_s=period_s)
+                problem = self.vital_problem()
                 if problem is None:
                     notify("WATCHDOG=1")
                 else:
@@ -74,15 +81,21 @@ class ServiceNotifier:
         while not self.daemon.polled.issuperset(devices) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    async def vital_problem(self, timeout_s: float) -> str | None:
-        """Why the daemon should be restarted, or None while it is sound."""
+    def vital_problem(self) -> str | None:
+        """Why the daemon should be restarted, or None while it is sound.
+
+        Never waits: the store is probed with a no-op left queued on its thread, and found hung
+        only when that no-op has waited longer than :data:`STORE_STALL_LIMIT_S`.
+        """
         for task in self.vital_tasks:
             if task.done():
                 return f"task {task.get_name()} ended unexpectedly"
-        try:
-            await asyncio.wait_for(self.daemon.worker.call(_noop), timeout_s)
-        except TimeoutError:
-            return f"store thread did not answer within {timeout_s:g} s"
+        now = time.monotonic()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self.daemon.worker.call(_noop))
+            self._probe_sent_mono = now
+        elif now - self._probe_sent_mono > STORE_STALL_LIMIT_S:
+            return f"store thread has not answered for {now - self._probe_sent_mono:.0f} s"
         return None
 
 

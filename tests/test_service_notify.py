@@ -9,19 +9,24 @@ the daemon and is harmless in production (only a sim device configured with it d
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
 import socket
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import sim_device, wait_until
 
+from bess_edge import service
+from bess_edge.daemon import StoreWorker
 from bess_edge.notify import notify, watchdog_interval_s
+from bess_edge.store import Store
 
 WATCHDOG_USEC = 1_200_000  # pings every 0.4 s: quick to observe, with margin on a busy box
 
@@ -169,3 +174,44 @@ def test_watchdog_variables_meant_for_another_process_are_ignored(monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "0")
     monkeypatch.delenv("WATCHDOG_PID")
     assert watchdog_interval_s() is None
+
+
+def test_watchdog_withholds_pings_for_a_dead_poll_task_or_a_store_stuck_past_the_limit(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(service, "STORE_STALL_LIMIT_S", 0.3)
+    worker = StoreWorker(Store(tmp_path / "db.sqlite"))
+    release = threading.Event()
+
+    async def scenario() -> list[str | None]:
+        poll = asyncio.create_task(asyncio.sleep(3600), name="poll:rack-1")
+        notifier = service.ServiceNotifier(types.SimpleNamespace(worker=worker), [poll])
+        seen = [notifier.vital_problem()]  # sound: probe queued, answered at once
+        await asyncio.sleep(0.05)
+        seen.append(notifier.vital_problem())
+        stuck = asyncio.ensure_future(worker.call(release.wait))  # the store thread hangs
+        seen.append(notifier.vital_problem())  # busy, but not for long yet
+        started = time.monotonic()
+        while (problem := notifier.vital_problem()) is None and time.monotonic() - started < 5:
+            await asyncio.sleep(0.1)  # the ping period
+        seen.append(problem)
+        # Found after the limit, plus at most one period for the probe queued behind the hang.
+        assert 0.3 <= time.monotonic() - started < 2.0
+        release.set()
+        await stuck
+        await asyncio.sleep(0.05)
+        seen.append(notifier.vital_problem())
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+        seen.append(notifier.vital_problem())
+        return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        release.set()
+        worker.shutdown()
+    assert seen[:3] == [None, None, None]
+    assert seen[3] is not None and "store thread has not answered" in seen[3]
+    assert seen[4] is None  # answered again: pings resume
+    assert seen[5] == "task poll:rack-1 ended unexpectedly"
