@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +176,13 @@ def test_republish_requeues_published_rows_once(store):
     rows = store.outbox_fetch("telemetry", 0, 100)
     assert sorted(r["seq"] for r in rows) == list(range(1, 20))
     assert store.meta("last_sync_ts_ms") == "123"
+
+
+def test_the_examples_in_docs_mqtt_md_validate_against_the_schemas():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mqtt.md").read_text()
+    examples = re.findall(r"```json (\w+)\n(.*?)```", text, flags=re.S)
+    assert {name for name, _ in examples} >= {"telemetry", "diagnostics", "alerts", "state"}
+    validators = load_validators()
+    for name, body in examples:
+        errors = [e.message for e in validators[name].iter_errors(json.loads(body))]
+        assert errors == [], (name, errors)
