@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sqlite3
 import sys
 import time
+from typing import Any
 
 from bess_edge.cli._common import (
     EXIT_FAILURE,
@@ -46,26 +48,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _refusal(alert_id: int, alert: dict[str, Any] | None) -> str | None:
+    """Why this alert cannot be acknowledged (checked here too, to answer at once)."""
+    if alert is None:
+        return f"no alert {alert_id}"
+    if alert["state"] != "active":
+        return f"alert {alert_id} is already cleared"
+    if alert["acked_ts_ms"] is not None:
+        return f"alert {alert_id} is already acknowledged by {alert['acked_by']}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     readonly = open_store_readonly(settings)
     alert = readonly.alert(args.alert_id)
     readonly.close()
-    problem = (
-        f"no alert {args.alert_id}"
-        if alert is None
-        else f"alert {args.alert_id} is already cleared"
-        if alert["state"] != "active"
-        else f"alert {args.alert_id} is already acknowledged by {alert['acked_by']}"
-        if alert["acked_ts_ms"] is not None
-        else None
-    )
+    problem = _refusal(args.alert_id, alert)
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_FAILURE
-    store = Store(settings.storage.path)
     try:
+        store = Store(settings.storage.path)
         request = store.request_ack(args.alert_id, args.actor, args.note)
+    except sqlite3.Error as exc:
+        print(f"{settings.storage.path}: cannot queue the acknowledgement: {exc}", file=sys.stderr)
+        print("run as the daemon's user (or root), who can write its SQLite file", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
         if running_daemon_pid(settings) is None:
             print(
                 f"the daemon is not running: the acknowledgement of alert {args.alert_id} is "
