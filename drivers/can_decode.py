@@ -28,6 +28,7 @@ from bess_edge.model import Quality, Reading
 
 log = logging.getLogger(__name__)
 
+Payload = bytes | bytearray  # python-can hands over a bytearray
 LOG_EVERY_S = 10.0  # at most one log line per kind of bad frame in this interval
 NEVER = -math.inf
 
@@ -58,7 +59,7 @@ class _Plan:
     group: int  # index of its timestamp
     start: int  # its raw values occupy positions start..end-1
     end: int
-    unpack: Callable[[bytes], dict[str, Any]]  # cantools' compiled codec of these signals only
+    unpack: Callable[[Payload], dict[str, Any]]  # cantools' compiled codec of these signals only
     get: Callable[[dict[str, Any]], Any]  # their raw values, in position order
 
 
@@ -67,7 +68,7 @@ class _Selector:
     """A multiplexer signal of a message and the blocks it selects."""
 
     name: str
-    unpack: Callable[[bytes], dict[str, Any]]
+    unpack: Callable[[Payload], dict[str, Any]]
     plans: dict[int, _Plan]  # mapped blocks by multiplexer id
     valid_ids: frozenset[int]  # every id the DBC defines (others are undecodable)
 
@@ -162,7 +163,7 @@ class FrameDecoder:
         elif not msg.is_remote_frame:
             self.ingest(msg.arbitration_id, msg.data, ts)
 
-    def ingest(self, frame_id: int, data: bytes | bytearray, ts: float) -> None:
+    def ingest(self, frame_id: int, data: Payload, ts: float) -> None:
         """Decode one data frame received at ``ts`` (seconds on the caller's clock)."""
         counters = self.counters
         counters.frames += 1
@@ -242,15 +243,15 @@ class FrameDecoder:
         now = time.monotonic()
         if now - self._last_log.get(kind, NEVER) >= LOG_EVERY_S:
             self._last_log[kind] = now
+            counts: dict[str, object] = dict(self.counters.as_dict())
             log.warning(
                 "bad CAN traffic (logged at most every %g s per kind)",
                 LOG_EVERY_S,
-                extra={"device": self.device_id, "kind": kind, "detail": detail}
-                | self.counters.as_dict(),
+                extra={"device": self.device_id, "kind": kind, "detail": detail, **counts},
             )
 
 
-def _unpacker(signals: list[Signal], length: int) -> Callable[[bytes], dict[str, Any]]:
+def _unpacker(signals: list[Signal], length: int) -> Callable[[Payload], dict[str, Any]]:
     """Raw values of ``signals`` from a payload, with the formats cantools compiles for them."""
     # cantools lays out little-endian formats assuming signals sorted by start bit, as a
     # Message keeps them; a mapping lists them in its own order.
@@ -274,7 +275,9 @@ def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
 
 def _selector(message: Message, name: str, plans: dict[int, _Plan]) -> _Selector:
     signal = message.get_signal_by_name(name)
-    valid = {i for s in message.signals if s.multiplexer_signal == name for i in s.multiplexer_ids}
+    valid = {
+        i for s in message.signals if s.multiplexer_signal == name for i in s.multiplexer_ids or ()
+    }
     return _Selector(name, _unpacker([signal], message.length), plans, frozenset(valid))
 
 

@@ -79,7 +79,7 @@ def _template(message: Message, mux_id: int | None) -> dict[str, Any]:
         if signal.is_multiplexer:
             values[signal.name] = mux_id if mux_id is not None else 0
         else:
-            initial = signal.initial if signal.initial is not None else 0
+            initial = signal.initial if isinstance(signal.initial, int | float) else 0
             values[signal.name] = _clamp(signal, float(initial))
     return values
 
