@@ -201,11 +201,19 @@ async def read_block(client: ModbusBaseClient, unit_id: int, block: Block) -> li
         raise ExceptionResponse(block, int(getattr(response, "exception_code", 0)))
     registers = list(response.registers)
     if len(registers) != block.count:
-        raise DriverError(
-            f"unit {unit_id}: short read at {block.address}: "
-            f"{len(registers)} of {block.count} registers"
-        )
+        raise ShortRead(block, len(registers))
     return registers
+
+
+class ShortRead(DriverError):
+    """The device answered with fewer registers than asked: which ones are missing is unknown."""
+
+    def __init__(self, block: Block, got: int) -> None:
+        self.block = block
+        super().__init__(
+            f"{block.function} registers {block.address}..{block.address + block.count - 1}: "
+            f"short read ({got} of {block.count} registers)"
+        )
 
 
 class NothingReadable(DriverError):
@@ -229,8 +237,8 @@ async def read_image(
     stands alone, so one unimplemented register does not blank the device.
 
     A timeout or a broken connection raises at once (the device is unreachable). Exception
-    responses mark their registers unread and flag the poll ``PARTIAL``; if no register at all
-    could be read, the poll fails.
+    responses and short replies mark their registers unread and flag the poll ``PARTIAL``; if no
+    register at all could be read, the poll fails.
     """
     image = np.zeros(size, dtype=np.uint16)
     ok = np.zeros(size, dtype=np.bool_)
@@ -247,6 +255,10 @@ async def read_image(
                 continue
             refined.append(block)
             problems.append((Quality.PARTIAL, f"unit {unit_id}: {exc}"))
+            continue
+        except ShortRead as exc:
+            refined.append(block)
+            problems.append((Quality.PARTIAL | Quality.DECODE_ERROR, f"unit {unit_id}: {exc}"))
             continue
         image[block.offset : block.offset + block.count] = registers
         ok[block.offset : block.offset + block.count] = True

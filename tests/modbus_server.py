@@ -10,8 +10,9 @@ The image: ``{"units": {"1": {"holding": [[address, [u16, ...]], ...], "input": 
 "exceptions": [[unit, "holding", address, code], ...]}``. Addresses not in the image answer
 ILLEGAL DATA ADDRESS (pymodbus does this for undefined registers); an ``exceptions`` entry makes
 any read touching that register answer the given exception code. ``{"garbage": "random"}``
-(TCP) answers every request with random bytes, ``{"garbage": "bad_crc"}`` (RTU) with a
-well-formed reply whose CRC is wrong: devices that are there but talk nonsense.
+(TCP) answers every request with random bytes, ``{"garbage": "short"}`` (TCP) answers reads of
+more than 40 registers one register short, ``{"garbage": "bad_crc"}`` (RTU) with a well-formed
+reply whose CRC is wrong: devices that are there but talk nonsense.
 Imported, this module gives the tests :class:`ServerProcess` (start, pause with SIGSTOP,
 resume, stop) and :func:`pty_pair`.
 """
@@ -78,8 +79,16 @@ async def _serve_garbage(args: argparse.Namespace, kind: str) -> int:
     if args.tcp:
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while await reader.read(260):
-                writer.write(bytes(rng.randrange(256) for _ in range(rng.randrange(5, 40))))
+            while request := await reader.read(260):
+                if kind == "short" and len(request) >= 12:
+                    # MBAP header + read request; answer zeros, one register short above 40.
+                    count = int.from_bytes(request[10:12], "big")
+                    count -= count > 40
+                    pdu = bytes([request[7], 2 * count]) + bytes(2 * count)
+                    mbap = request[:4] + (len(pdu) + 1).to_bytes(2, "big") + request[6:7]
+                    writer.write(mbap + pdu)
+                else:
+                    writer.write(bytes(rng.randrange(256) for _ in range(rng.randrange(5, 40))))
 
         host, _, port = args.tcp.rpartition(":")
         server = await asyncio.start_server(answer, host, int(port))

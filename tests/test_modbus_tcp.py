@@ -284,3 +284,13 @@ def test_device_answering_random_bytes_fails_the_poll_promptly() -> None:
         elapsed = time.monotonic() - started
     assert elapsed < 3.0
     assert not _CONNECTIONS  # the failed open released its connection
+
+
+def test_short_reply_on_one_block_flags_partial_and_keeps_the_others() -> None:
+    with ServerProcess({"garbage": "short"}) as server:  # reads of > 40 registers come up short
+        driver = make_driver(tcp_options(server.port, map="rack-hv-example"))
+        reading = asyncio.run(poll_once(driver))
+    assert Quality.PARTIAL in reading.quality and Quality.DECODE_ERROR in reading.quality
+    assert any("short read (47 of 48 registers)" in n for n in reading.quality_notes)
+    assert np.isnan(reading.cell_voltage_v).all()  # the 48-cell block is unusable
+    assert reading.pack_voltage_v == 0.0 and reading.bms_soc_pct == 0.0  # the rest was read
