@@ -120,7 +120,8 @@ def simulate_can(args: argparse.Namespace) -> int:
     try:
         bus = can.Bus(interface=options.interface, **kwargs)
     except Exception as exc:  # python-can raises interface-specific errors
-        print(f"bess-edge simulate can: cannot open the bus: {exc}", file=sys.stderr)
+        where = f"{options.interface} {options.channel or ''}".strip()
+        print(f"bess-edge simulate can: cannot open {where}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     stop = threading.Event()
 
