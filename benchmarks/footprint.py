@@ -7,10 +7,10 @@ after ``--duration`` seconds (peak RSS too), against the targets (< 80 MB, < 2 s
 reference measured in the same run, a bare Python interpreter's start time and RSS and the RSS
 of merely importing the daemon's modules.
 
-sqlite-utils imports pandas whenever it is installed, and the development venv has it (a test
-dependency pulls it in) while a site's venv does not: ~30 MB and ~1 s of start-up the daemon
-never uses. So by default the daemon runs with pandas hidden, as on a site; ``--as-is`` runs it
-with whatever this venv has.
+sqlite-utils imports pandas whenever it is installed, and a development venv may have it (here
+pybamm pulls it in) while a site's venv, made with ``pip install`` of bess-edge alone, does
+not: ~30 MB and ~1 s of start-up the daemon never uses. So by default the daemon runs with
+pandas hidden, as on a site; ``--as-is`` runs it with whatever this venv has.
 
 Usage: python benchmarks/footprint.py [--duration 60] [--as-is]    (about 2.5 minutes)
 """
