@@ -28,6 +28,7 @@ from bess_edge.drivers.sunspec_models import (
     Point,
     layout,
 )
+from pydantic import Field as PydanticField
 
 from bess_edge.model import FloatArray, Quality, Reading, now_ms
 
@@ -88,7 +89,7 @@ CHARGING, DISCHARGING = 4, 3
 
 
 class SunSpecOptions(ConnectionOptions):
-    base_address: int | None = None  # skip the search and look for "SunS" here only
+    base_address: int | None = PydanticField(None, ge=0, le=0xFFFD)  # look for "SunS" only here
     # SunSpec 802 does not say which sign A and W take while charging; we read them as charge
     # positive. A device that counts discharge as positive needs ``invert_current = true``
     # (the driver flags INCONSISTENT when A disagrees with the charge status ChaSt).
