@@ -219,19 +219,19 @@ class FrameDecoder:
         stale = (now - stamps > self.timeout_s) & ~never
         reading = Reading(device_id=device_id, ts_ms=ts_ms)
         for field, kind, positions in self._fields:
+            if kind == "scalar":  # one position: plain Python is cheaper than numpy here
+                pos = int(positions[0])
+                _set_scalar(reading, field, float(value[pos]), bool(never[pos]))
+                _flag_one(reading, field, bool(never[pos]), bool(stale[pos]))
+                continue
             v, nv, st = value[positions], never[positions], stale[positions]
             if kind == "array":
                 setattr(reading, field, np.where(nv, math.nan, v))
-            elif kind == "bit":
+            else:  # bits
                 bits = (v != 0) & ~nv & ~st
                 setattr(reading, field, int(np.sum(bits.astype(np.int64) << np.arange(v.size))))
-            elif field in FLAG_FIELDS:
-                setattr(reading, field, 0 if nv[0] or math.isnan(v[0]) else int(v[0]))
-            elif hasattr(reading, field):
-                setattr(reading, field, float(v[0]))
-            else:
-                reading.extra[field] = float(v[0])
-            _flag(reading, field, nv, st)
+            if nv.any() or st.any():
+                _flag(reading, field, nv, st)
         if self.invert_current:
             reading.pack_current_a = -reading.pack_current_a
             reading.pack_power_w = -reading.pack_power_w
@@ -292,6 +292,22 @@ def _field_layout(slots: list[Slot]) -> list[tuple[str, str, np.ndarray]]:
         (field, kinds[field], np.array([pos for _, pos in sorted(pairs)], dtype=np.intp))
         for field, pairs in positions.items()
     ]
+
+
+def _set_scalar(reading: Reading, field: str, value: float, never: bool) -> None:
+    if field in FLAG_FIELDS:
+        setattr(reading, field, 0 if never or math.isnan(value) else int(value))
+    elif hasattr(reading, field):
+        setattr(reading, field, value)
+    else:
+        reading.extra[field] = value
+
+
+def _flag_one(reading: Reading, field: str, never: bool, stale: bool) -> None:
+    if never:
+        reading.flag(Quality.MISSING, f"{field}: signal never received")
+    elif stale:
+        reading.flag(Quality.STALE, f"{field}: signal not refreshed within the timeout")
 
 
 def _flag(reading: Reading, field: str, never: np.ndarray, stale: np.ndarray) -> None:
