@@ -9,6 +9,7 @@ bound to 127.0.0.1 (``[http]``); read-only, no request body is ever read.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -41,6 +42,12 @@ class HttpEndpoint:
             self._serve, host, port, limit=MAX_HEADER_BYTES, reuse_address=True
         )
         log.info("http endpoint listening", extra={"url": f"http://{host}:{port}/health"})
+        if not _is_loopback(host):
+            log.warning(
+                "http endpoint reachable from the network: it has no authentication; "
+                "bind it to 127.0.0.1 and put a TLS proxy in front",
+                extra={"host": host},
+            )
 
     async def close(self) -> None:
         if self.server is not None:
@@ -84,3 +91,12 @@ class HttpEndpoint:
             log.exception("http request failed")
         finally:
             writer.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

@@ -11,6 +11,8 @@ from typing import Any
 from conftest import free_port, sim_device, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from bess_edge.http import _is_loopback
+
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
     """Status, content type and body, from a real HTTP client."""
@@ -119,7 +121,14 @@ def test_unknown_paths_and_methods_are_refused_and_only_loopback_listens(make_co
     assert get(port, "/metrics", method="POST")[0] == 405
     assert get(port, "/health", method="HEAD")[0] in (200, 503)
     assert f"http://127.0.0.1:{port}/health" in proc.log()
+    assert "reachable from the network" not in proc.log()
     assert proc.stop() == 0
+
+
+def test_only_loopback_addresses_count_as_private():
+    # The daemon warns at start for any other (tested here, not by binding beyond loopback).
+    assert all(map(_is_loopback, ("127.0.0.1", "::1", "localhost", "127.0.0.2")))
+    assert not any(map(_is_loopback, ("0.0.0.0", "::", "192.168.1.10", "gateway.local")))
 
 
 def test_port_in_use_is_logged_and_collection_goes_on(make_config, daemon):
