@@ -212,6 +212,8 @@ def resolve(spec: MapSpec) -> RegisterMap:
             raise MapError(f"fields.{name}: not a Reading field; known: {', '.join(TARGETS)}")
     fields = [_resolve(spec.map, name, f, TARGETS[name]) for name, f in spec.fields.items()]
     fields += [_resolve(spec.map, f"extra.{n}", f, None) for n, f in spec.extra.items()]
+    if not fields:
+        raise MapError("the map has no [fields.*] or [extra.*] table: nothing to poll")
     info = [_resolve(spec.map, f"info.{n}", f, None) for n, f in spec.info.items()]
     for field in fields:
         if field.type == "string":
