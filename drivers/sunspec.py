@@ -192,7 +192,12 @@ class SunSpecDriver(ModbusDriver):
         models: list[ModelInstance] = []
         seen: dict[int, int] = {}
         while len(models) < MAX_MODELS:
-            model_id, length = await self._registers(address, 2)
+            try:
+                model_id, length = await self._registers(address, 2)
+            except ExceptionResponse:
+                if not models:
+                    raise
+                return models  # some devices refuse reads past their last model, no 0xFFFF
             if model_id == END_ID:
                 return models
             models.append(ModelInstance(model_id, address, length, seen.get(model_id, 0)))

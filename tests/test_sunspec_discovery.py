@@ -138,3 +138,14 @@ def test_current_disagreeing_with_charge_status_is_flagged_inconsistent() -> Non
     assert Quality.INCONSISTENT in reading.quality
     assert inverted.pack_current_a == pytest.approx(123.4)
     assert Quality.INCONSISTENT not in inverted.quality
+
+
+def test_chain_without_end_marker_ends_where_the_device_stops_answering() -> None:
+    image = storage_device()
+    run = image["units"]["1"]["holding"][0]
+    run[1] = run[1][:-2]  # drop the 0xFFFF end marker: the next read is an illegal address
+    with ServerProcess(image) as server:
+        driver = make_driver(server.port)
+        reading = asyncio.run(poll_once(driver))
+    assert [m.id for m in driver.models][-1] == 805
+    assert reading.bms_soc_pct == pytest.approx(87.3)
