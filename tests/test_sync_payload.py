@@ -19,7 +19,7 @@ from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
 from bess_edge.sync import commands
 from bess_edge.sync.consumer import SeqSet, load_validators
-from bess_edge.sync.payload import STREAMS, Encoder, decode
+from bess_edge.sync.payload import STREAMS, Encoder, decode, json_array
 
 
 def _reading(i: int, cells: int, rng: np.random.Generator, nan_cell: int | None = None) -> Reading:
@@ -186,3 +186,19 @@ def test_the_examples_in_docs_mqtt_md_validate_against_the_schemas():
     for name, body in examples:
         errors = [e.message for e in validators[name].iter_errors(json.loads(body))]
         assert errors == [], (name, errors)
+
+
+@pytest.mark.parametrize(
+    ("values", "decimals"),
+    [
+        (np.round(3.3 + 0.001 * np.random.default_rng(0).standard_normal(1000), 3), 4),
+        (np.random.default_rng(1).normal(0, 80, 500), 2),  # temperatures, both signs, 1-3 digits
+        (np.arange(-100, 100, dtype=np.float64), 4),  # integers: no decimal point at all
+        (np.full(100, -0.00001), 4),  # rounds to zero: no "-0"
+    ],
+)
+def test_numpy_formatted_json_arrays_parse_back_to_the_rounded_values(values, decimals):
+    text = json_array(values, decimals)
+    parsed = json.loads(text)
+    assert parsed == pytest.approx(np.round(values, decimals).tolist(), abs=10**-decimals / 2)
+    assert b"-0," not in text.replace(b" ", b"")

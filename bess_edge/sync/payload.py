@@ -15,6 +15,7 @@ container would make the payload opaque to ``mosquitto_sub | zcat``-style debugg
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import zlib
@@ -38,9 +39,8 @@ CONTENT_TYPE = {"json": "application/json", "compact": "application/x-bess-edge-
 # 1 mV like most BMS AFEs, e.g. TI BQ76952 datasheet: 1 mV LSB) and 0.1 °C.
 VOLTAGE_STEP_V = 0.001
 TEMPERATURE_STEP_C = 0.1
-# JSON keeps 0.1 mV: the store holds float32 cells, good to ~0.2 mV at 4 V.
-JSON_VOLTAGE_DECIMALS = 4
-JSON_TEMPERATURE_DECIMALS = 2
+# JSON keeps 0.1 mV and 0.01 °C at most: the store holds float32 cells, ~0.2 mV at 4 V.
+_CELL_DECIMALS = {"cell_voltage_v": 4, "cell_temperature_c": 2}
 
 _SAMPLE_SCALARS = (
     "pack_voltage_v", "pack_current_a", "pack_power_w", "bms_soc_pct", "bms_soh_pct",
@@ -79,21 +79,80 @@ def item_from_row(stream: str, seq: int, data: dict[str, Any]) -> dict[str, Any]
 
 
 def _telemetry_item(seq: int, row: dict[str, Any]) -> dict[str, Any]:
+    """The cell arrays stay numpy arrays here: :func:`dumps_item` formats them in bulk."""
     item: dict[str, Any] = {"seq": seq, "ts_ms": row["ts_ms"]}
     quality = int(row["quality"])
     item["quality"] = quality
-    item["quality_flags"] = Quality(quality).names()
+    item["quality_flags"] = list(_quality_names(quality))
     for key in _SAMPLE_SCALARS:
         item[key] = row[key]
     item["status_flags"] = row["status_flags"]
     item["fault_flags"] = row["fault_flags"]
-    item["cell_voltage_v"] = _rounded(unpack_cells(row["cell_voltage_v"]), JSON_VOLTAGE_DECIMALS)
-    item["cell_temperature_c"] = _rounded(
-        unpack_cells(row["cell_temperature_c"]), JSON_TEMPERATURE_DECIMALS
-    )
+    item["cell_voltage_v"] = unpack_cells(row["cell_voltage_v"])
+    item["cell_temperature_c"] = unpack_cells(row["cell_temperature_c"])
     item["extra"] = json.loads(row["extra"]) if row["extra"] else {}
     item["quality_notes"] = json.loads(row["quality_notes"]) if row["quality_notes"] else []
     return item
+
+
+@functools.lru_cache(maxsize=256)
+def _quality_names(quality: int) -> tuple[str, ...]:
+    return tuple(Quality(quality).names())  # enum iteration: ~100 µs, once per distinct value
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def dumps_item(item: dict[str, Any]) -> bytes:
+    """An item as JSON; its numpy cell arrays are formatted by :func:`json_array`."""
+    arrays = [(k, v) for k, v in item.items() if isinstance(v, np.ndarray)]
+    if not arrays:
+        return dumps(item)
+    rest = dumps({k: v for k, v in item.items() if not isinstance(v, np.ndarray)})
+    parts = [b',"%s":%s' % (k.encode(), json_array(v, _CELL_DECIMALS[k])) for k, v in arrays]
+    return rest[:-1] + b"".join(parts) + b"}"
+
+
+def json_array(values: np.ndarray, decimals: int) -> bytes:
+    """A JSON array of numbers with at most ``decimals`` decimals, formatted by numpy.
+
+    Python formats a float in ~0.6 µs; a 1,000-cell rack has a thousand per sample, which
+    made JSON encoding the bottleneck of a backlog drain. Here each value is a fixed-width
+    field of ASCII digits (padded with spaces, which JSON allows between tokens); decimals are
+    trimmed while every value ends in 0 (a 1 mV BMS gives ``3.301``, not ``3.3010``).
+    Short arrays and arrays with NaN (unread cells, ``null`` on the wire) go through json.
+    """
+    if values.size < 64 or not np.isfinite(values).all():
+        return dumps(_rounded(values, decimals))  # few values: numpy's fixed cost dominates
+    q = np.rint(np.abs(values) * 10.0**decimals).astype(np.int64)
+    while decimals > 0 and not (q % 10).any():
+        q //= 10
+        decimals -= 1
+    integer, fraction = np.divmod(q, 10**decimals)
+    int_digits = len(str(int(integer.max())))
+    negative = (values < 0) & (q > 0)
+    sign = 1 if negative.any() else 0
+    point = 1 if decimals else 0
+    width = sign + int_digits + point + decimals + 1
+    out = np.full((values.size, width), ord(" "), dtype=np.uint8)
+    digits_used = np.ones(values.size, dtype=np.int64)
+    for k in range(int_digits):
+        col = sign + int_digits - 1 - k
+        digit = (integer // 10**k) % 10 + ord("0")
+        shown = (integer >= 10**k) | (k == 0)
+        out[:, col] = np.where(shown, digit, ord(" "))
+        if k:
+            digits_used += integer >= 10**k
+    if sign:
+        rows = np.flatnonzero(negative)
+        out[rows, sign + int_digits - 1 - digits_used[rows]] = ord("-")
+    if decimals:
+        out[:, sign + int_digits] = ord(".")
+        for k in range(decimals):
+            out[:, sign + int_digits + 1 + k] = (fraction // 10 ** (decimals - 1 - k)) % 10 + 48
+    out[:, -1] = ord(",")
+    return b"[" + out.tobytes()[:-1] + b"]"
 
 
 def _rounded(values: np.ndarray, decimals: int) -> list[float | None]:
@@ -101,10 +160,6 @@ def _rounded(values: np.ndarray, decimals: int) -> list[float | None]:
     if np.isnan(values).any():  # a cell that could not be read is null on the wire
         return [None if math.isnan(v) else v for v in out]
     return out
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass(slots=True)
@@ -149,7 +204,7 @@ class Encoder:
 
     def _json_chunks(self, stream: str, device: str, entries: list[Entry]) -> Iterator[Message]:
         budget = self.max_message_bytes - 400  # room for the envelope
-        raws = [dumps(item) for _, item in entries]
+        raws = [dumps_item(item) for _, item in entries]
         start, size = 0, 0
         for i, raw in enumerate(raws):
             if i > start and size + len(raw) + 1 > budget:
