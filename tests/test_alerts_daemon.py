@@ -228,3 +228,21 @@ def test_reload_applies_new_thresholds_keeps_active_alerts_and_refuses_a_bad_fil
         "volts-seen": "active",
     }
     assert proc.log().count("thresholds reloaded") == 1
+
+
+def test_a_drifting_cell_is_named_by_a_per_cell_rule(make_config, daemon, tmp_path):
+    # Cell 3 leaks 20 A inside (self-discharge) at 600x time: ~3 % SOC per real second, so it
+    # leaves the LFP plateau for the steep end of the curve while its neighbours stay at ~3.29 V.
+    leak = {"kind": "self_discharge", "cell": 3, "current_a": 20.0, "at_s": 0.0}
+    options = {"profile": "idle", "time_scale": 600.0, "voltage_noise_v": 0.0, "faults": [leak]}
+    rule = {"name": "cell-low", "metric": "cell_voltage_v", "below": 3.15, "for_s": 1.0}
+    config = make_config(
+        devices=[sim_device(poll_interval_s=POLL_S, options=options)], thresholds=[rule]
+    )
+    db = tmp_path / "bess-edge.db"
+    daemon(config)
+    alert = wait_until(lambda: alerts(db, "cell-low"), timeout=60)[0]
+    assert (alert["cell"], alert["value"] < 3.15) == (3, True)
+    assert alert["message"].startswith("rack-1 cell 3: cell_voltage_v ")
+    time.sleep(5 * POLL_S)
+    assert [a["cell"] for a in alerts(db, "cell-low")] == [3]
