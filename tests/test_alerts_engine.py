@@ -83,6 +83,14 @@ def test_min_reraise_s_holds_a_new_episode_back_after_a_clear():
     assert out[2].alert_id == out[0].alert_id + 1
 
 
+def test_a_clock_stepped_back_restarts_the_debounce_instead_of_freezing_it():
+    engine = AlertEngine([rule(for_s=3)], 0, [])
+    out = []
+    for t_s in (1000, 1001, 10, 11, 12, 13):  # NTP stepped the clock back by ~1000 s
+        out += engine.evaluate(reading(t_s, pack_current_a=110), None)
+    assert [(t.transition, t.ts_ms) for t in out] == [("raised", 13_000)]
+
+
 def test_per_cell_metric_checks_every_cell_and_names_the_hot_one():
     engine = AlertEngine([rule(metric="cell_temperature_c", above=45, clear=40)], 0, [])
     temps = np.full(16, 25.0)
@@ -199,10 +207,10 @@ def test_restart_rebuilds_active_episodes_without_a_duplicate_and_clears_them_la
 
 
 def test_restart_keeps_the_re_raise_interval_of_an_episode_that_just_cleared():
-    cleared = [{"device": "rack-1", "rule": "r", "cell": None, "cleared_ts_ms": 1000}]
+    cleared = [{"device": "rack-1", "rule": "r", "cell": None, "cleared_ts_ms": 0}]
     engine = AlertEngine([rule(min_reraise_s=10)], 5, [], cleared)
-    out = feed(engine, [110] * 12)  # t = 0..11 s: held back until 10 s after the clear at 1 s
-    assert [(t.transition, t.ts_ms, t.alert_id) for t in out] == [("raised", 11_000, 6)]
+    out = feed(engine, [110] * 12)  # t = 0..11 s: held back until 10 s after the clear
+    assert [(t.transition, t.ts_ms, t.alert_id) for t in out] == [("raised", 10_000, 6)]
 
 
 def test_acknowledge_records_actor_and_note_once():

@@ -81,6 +81,14 @@ class Timers:
     clear_since_ms: int | None = None  # back past the clear level since (still active)
     cleared_ms: int | None = None  # when the last episode cleared (for min_reraise_s)
 
+    def rewind(self, ts_ms: int) -> None:
+        """A wall clock stepped back (NTP, an RTC reset) restarts timers instead of freezing
+        them until the clock catches up."""
+        for name in ("breach_since_ms", "clear_since_ms", "cleared_ms"):
+            since = getattr(self, name)
+            if since is not None and ts_ms < since:
+                setattr(self, name, ts_ms)
+
 
 class AlertEngine:
     """Alert state of the whole site; ids are allocated here so transitions can refer to them."""
@@ -181,11 +189,12 @@ class AlertEngine:
         """One value through one (device, rule, cell) state machine."""
         cells = self._timers.setdefault((device, rule.name), {})
         t = cells.setdefault(cell, Timers())
+        t.rewind(ts)
         episode = self.active.get((device, rule.name, cell))
         out: list[AlertTransition] = []
         if episode is None:
             if _breaches(rule, value):
-                if t.breach_since_ms is None or ts < t.breach_since_ms:  # or the clock stepped back
+                if t.breach_since_ms is None:
                     t.breach_since_ms = ts
                 held = ts - t.breach_since_ms >= rule.for_s * 1000
                 rested = t.cleared_ms is None or ts - t.cleared_ms >= rule.min_reraise_s * 1000
@@ -195,7 +204,7 @@ class AlertEngine:
             else:
                 t.breach_since_ms = None
         elif _cleared(rule, value):
-            if t.clear_since_ms is None or ts < t.clear_since_ms:
+            if t.clear_since_ms is None:
                 t.clear_since_ms = ts
             if ts - t.clear_since_ms >= rule.clear_for_s * 1000:
                 t.clear_since_ms, t.cleared_ms = None, ts
