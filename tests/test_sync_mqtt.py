@@ -8,6 +8,7 @@ what the gateway committed to SQLite, and the outbox is empty.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sqlite3
@@ -310,14 +311,14 @@ def test_mqtt_ack_command_acknowledges_a_live_alert_once(make_config, daemon, mo
         raw.close()
 
 
-@pytest.mark.parametrize("encoding", ["json", "compact"])
+@pytest.mark.parametrize(("encoding", "protocol"), [("json", "5"), ("compact", "3.1.1")])
 def test_every_published_payload_validates_against_the_schema(
-    make_config, daemon, mosquitto, encoding
+    make_config, daemon, mosquitto, encoding, protocol
 ):
     config = make_config(
         [sim_device("rack-1", poll_interval_s=0.1), sim_device("rack-2", poll_interval_s=0.1,
                                                                options={"cells": 300})],
-        mqtt=mqtt_section(mosquitto.port, encoding=encoding),
+        mqtt=mqtt_section(mosquitto.port, encoding=encoding, protocol=protocol),
     )  # fmt: skip
     with Cloud(config, client_id=f"schema-{uuid.uuid4().hex[:6]}") as cloud:
         proc = daemon(config)
@@ -416,3 +417,33 @@ def test_password_is_never_logged(make_config, daemon, tmp_path):
     time.sleep(1)
     assert secret not in proc.log()
     assert proc.stop() == 0
+
+
+def test_subscribers_in_a_shared_group_split_the_stream_and_write_csv_and_jsonl(
+    make_config, daemon, mosquitto, tmp_path
+):
+    config = make_config([sim_device(poll_interval_s=0.05)], mqtt=mqtt_section(mosquitto.port))
+    outputs = [tmp_path / "a.csv", tmp_path / "b.jsonl"]
+    command = [sys.executable, "-m", "bess_edge", "subscribe", "--config", str(config),
+               "--shared-group", "fleet", "--duration", "8"]  # fmt: skip
+    subscribers = [
+        subprocess.Popen([*command, "-o", str(out)], stderr=subprocess.PIPE, text=True)
+        for out in outputs
+    ]
+    time.sleep(2.5)  # both subscribed before the data flows
+    proc = daemon(config)
+    proc.wait_for_log("mqtt connected")
+    summaries = []
+    for sub in subscribers:
+        _, err = sub.communicate(timeout=60)
+        assert sub.returncode == 0, err[-2000:]
+        summaries.append(json.loads(err.strip().splitlines()[-1]))
+    with outputs[0].open() as f:
+        rows = list(csv.DictReader(f))
+    a = {(r["stream"], int(r["seq"])) for r in rows}
+    assert rows and set(rows[0]) == {"site", "device", "stream", "seq", "ts_ms", "item"}
+    assert json.loads(rows[0]["item"])  # the rest of the item, as JSON
+    b = {(i["stream"], i["seq"]) for i in map(json.loads, outputs[1].read_text().splitlines())}
+    assert a and b, "each member of the group gets a share"
+    assert not a & b, "a message goes to one member of the group only"
+    assert all(s["invalid"] == 0 and s["republish_requests"] == 0 for s in summaries)
