@@ -103,7 +103,15 @@ class Syncer:
         failures = RateLimitedLog()
         broker = f"{cfg.host}:{cfg.port}"
         while not stop.is_set():
-            ok, why = await self.link.connect()
+            attempt = asyncio.ensure_future(self.link.connect())
+            stopping = asyncio.ensure_future(stop.wait())
+            # A blackholed broker holds connect() for its timeouts: a stop must not wait.
+            await asyncio.wait([attempt, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                return
+            ok, why = attempt.result()
             if not ok:
                 failures.failure(why, broker=broker, client_id=self.client_id)
                 await _sleep_unless(stop, backoff.next_delay_s())
