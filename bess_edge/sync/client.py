@@ -90,6 +90,22 @@ def read_password(cfg: MqttConfig) -> str | None:
     return None
 
 
+def apply_credentials(client: paho.Client, cfg: MqttConfig) -> None:
+    """Username/password and TLS (CA, client certificate) from the config; raises OSError or
+    ssl.SSLError for unreadable files."""
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, read_password(cfg))
+    if cfg.tls.enabled:
+        client.tls_set(
+            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.tls_insecure_set(cfg.tls.insecure_skip_verify)
+
+
 class MqttLink:
     """One MQTT client with a will; connect(), publish(), and events delivered to asyncio."""
 
@@ -128,17 +144,7 @@ class MqttLink:
         )
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, read_password(cfg))
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(cfg.tls.insecure_skip_verify)
+        apply_credentials(client, cfg)
         topic, payload = self.will
         client.will_set(topic, payload, qos=1, retain=True)
         client.on_connect = self._on_connect

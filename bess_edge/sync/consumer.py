@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bess_edge.config import Settings
-from bess_edge.sync.client import read_password
+from bess_edge.sync.client import apply_credentials
 from bess_edge.sync.payload import STREAMS, decode, dumps
 
 log = logging.getLogger(__name__)
@@ -184,15 +184,7 @@ class Consumer:
             clean_session=None if v5 else True,
         )
         client.reconnect_delay_set(1, 5)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, read_password(cfg))
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            )
-            client.tls_insecure_set(cfg.tls.insecure_skip_verify)
+        apply_credentials(client, cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *a: self.connected.clear()
         client.on_message = self._on_message
