@@ -656,7 +656,8 @@ class Store:
         and/or time range (``since_ms`` inclusive, ``until_ms`` exclusive).
         """
         table = _STREAM_TABLE[stream]
-        where, params = ["t.device = ?"], [device]
+        where: list[str] = ["t.device = ?"]
+        params: list[Any] = [device]
         for clause, value in (
             ("t.seq >= ?", seq_first),
             ("t.seq <= ?", seq_last),
