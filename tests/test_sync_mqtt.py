@@ -447,3 +447,25 @@ def test_subscribers_in_a_shared_group_split_the_stream_and_write_csv_and_jsonl(
     assert a and b, "each member of the group gets a share"
     assert not a & b, "a message goes to one member of the group only"
     assert all(s["invalid"] == 0 and s["republish_requests"] == 0 for s in summaries)
+
+
+def test_batches_shrink_to_a_broker_maximum_packet_size(make_config, daemon, tmp_path):
+    # mosquitto disconnects a client that sends a larger packet; MQTT 5 announces the limit.
+    # A 300-cell diagnosis does not fit at all: it is kept back, logged, never sent.
+    broker = Mosquitto(tmp_path, extra_conf="max_packet_size 20000\n").start()
+    try:
+        config = make_config(
+            [sim_device(poll_interval_s=0.05, options={"cells": 300})],
+            mqtt=mqtt_section(broker.port),
+        )
+        with Cloud(config, client_id="small-packets") as cloud:
+            proc = daemon(config)
+            proc.wait_for_log("batching smaller")
+            wait_until(lambda: cloud.summary.per_stream.get("telemetry", 0) >= 150, timeout=40)
+            assert "mqtt connection lost" not in proc.log()
+            assert cloud.summary.invalid == 0
+        if "larger than the broker's maximum packet size" not in proc.log():
+            assert cloud.summary.per_stream.get("diagnostics", 0) > 0
+        assert proc.stop() == 0
+    finally:
+        broker.kill()

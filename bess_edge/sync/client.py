@@ -130,6 +130,7 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[tuple[bool, str]] | None = None
         self._last_error: str | None = None
+        self.broker_max_packet_bytes: int | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -245,6 +246,8 @@ class MqttLink:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        # MQTT 5: a broker that announces a Maximum Packet Size disconnects on a larger one.
+        self.broker_max_packet_bytes = getattr(props, "MaximumPacketSize", None)
         self._call(self._connack_result, not reason.is_failure, str(reason))
 
     def _connack_result(self, accepted: bool, why: str) -> None:

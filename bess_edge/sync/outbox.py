@@ -125,6 +125,8 @@ class Drainer:
             if message.stream != "alerts" and not self.bucket.take(len(message.payload)):
                 self.queued[message.stream].appendleft(message)
                 return
+            if _too_large(message, link.broker_max_packet_bytes):
+                continue
             mid = link.publish(message.topic, message.payload, content_type=content_type)
             self.inflight[mid] = message
 
@@ -155,6 +157,20 @@ class Drainer:
         if messages:
             self.rows_per_message[stream] = max(1.0, (len(rows) - len(orphans)) / len(messages))
         self.queued[stream].extend(messages)
+
+
+def _too_large(message: Message, limit: int | None) -> bool:
+    """A single item the broker would refuse (it disconnects us, and paho would re-send it
+    after every reconnect): kept in the outbox and the store, not published, logged."""
+    overhead = len(message.topic) + 64  # fixed header, topic length, properties
+    if limit is None or len(message.payload) + overhead <= limit:
+        return False
+    log.error(
+        "item larger than the broker's maximum packet size: not published, kept in the store",
+        extra={"topic": message.topic, "seqs": message.seqs, "bytes": len(message.payload),
+               "broker_max_packet_bytes": limit},
+    )  # fmt: skip
+    return True
 
 
 async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:

@@ -123,6 +123,7 @@ class Syncer:
                 extra={"broker": broker, "client_id": self.client_id, "protocol": cfg.protocol,
                        "tls": cfg.tls.enabled, "encoding": cfg.encoding},
             )  # fmt: skip
+            self._fit_broker_packet_limit()
             self.link.subscribe(self.cmd_prefix + "#")
             self.link.publish(self._state_topic(), self._state("online", "connected"), retain=True)
             try:
@@ -132,6 +133,18 @@ class Syncer:
             if not stop.is_set():
                 await self.link.close_socket()
                 await _sleep_unless(stop, backoff.next_delay_s())
+
+    def _fit_broker_packet_limit(self) -> None:
+        limit = self.link.broker_max_packet_bytes
+        encoder = self.drainer.encoder
+        # Room for the PUBLISH header, topic and properties.
+        wanted = min(self.cfg.max_message_bytes, limit - 1024) if limit else None
+        if wanted is not None and wanted < encoder.max_message_bytes:
+            log.warning(
+                "broker's maximum packet size is below mqtt.max_message_bytes; batching smaller",
+                extra={"broker_max_packet_bytes": limit, "max_message_bytes": wanted},
+            )
+            encoder.max_message_bytes = max(1024, wanted)
 
     async def _clean_stop(self) -> None:
         if not self.link.connected.is_set():
