@@ -469,3 +469,15 @@ def test_batches_shrink_to_a_broker_maximum_packet_size(make_config, daemon, tmp
         assert proc.stop() == 0
     finally:
         broker.kill()
+
+
+def test_a_killed_daemon_is_announced_offline_by_its_last_will(make_config, daemon, mosquitto):
+    config = make_config(mqtt=mqtt_section(mosquitto.port))
+    with Cloud(config, client_id="will-watcher") as cloud:
+        proc = daemon(config)
+        wait_until(lambda: any(s["state"] == "online" for s in cloud.states), timeout=20)
+        proc.kill9()
+        wait_until(lambda: cloud.states[-1]["state"] == "offline", timeout=20)
+        will = cloud.states[-1]
+    assert will["reason"] == "connection lost"
+    assert will["client_id"] == "bess-edge-test-site"

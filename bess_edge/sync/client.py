@@ -113,7 +113,7 @@ class MqttLink:
         self,
         cfg: MqttConfig,
         client_id: str,
-        will: tuple[str, bytes],
+        will: Callable[[], tuple[str, bytes]],
         on_message: Callable[[Inbound], None],
         on_puback: Callable[[int, bool, str], None],
     ) -> None:
@@ -146,8 +146,6 @@ class MqttLink:
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
         apply_credentials(client, cfg)
-        topic, payload = self.will
-        client.will_set(topic, payload, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -166,6 +164,8 @@ class MqttLink:
         except (OSError, ValueError, ssl.SSLError) as exc:
             return False, f"TLS/credentials set-up failed: {exc}"
         client = self.client
+        topic, payload = self.will()  # stamped with this connection's time
+        client.will_set(topic, payload, qos=1, retain=True)
         self._last_error = None
         self._connack = self._loop.create_future()
         try:

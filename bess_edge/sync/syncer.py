@@ -54,7 +54,7 @@ class Syncer:
         self.link = MqttLink(
             cfg,
             self.client_id,
-            will=(self._state_topic(), self._state("offline", "connection lost")),
+            will=lambda: (self._state_topic(), self._state("offline", "connection lost")),
             on_message=self._on_message,
             on_puback=self._on_puback,
         )
