@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.soc import OCV_MODEL_ERROR_V
 from bess_edge.model import FloatArray
 
 # A pair must span at least 20 % SOC: shorter spans divide noise by too little charge.
@@ -57,14 +58,15 @@ class CapacityEstimator:
             CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0
         ) ** 2
 
-    def observe_rest(self, rested_voltage_v: float, ocv_slope_v_per_pct: float) -> None:
+    def observe_rest(self, rested_voltage_v: float) -> None:
         """Note a settled rest: the mean cell voltage [V] is taken as the OCV."""
-        if not math.isfinite(rested_voltage_v) or ocv_slope_v_per_pct <= 0:
-            return
-        sigma_pct = 0.004 / ocv_slope_v_per_pct  # 4 mV of OCV-table error, as in soc.py
-        if sigma_pct > MAX_ANCHOR_SIGMA_PCT:
+        if not math.isfinite(rested_voltage_v):
             return
         soc = float(self.chemistry.soc_from_ocv(rested_voltage_v))
+        slope = float(self.chemistry.docv_dsoc(soc))
+        if slope <= 0 or OCV_MODEL_ERROR_V / slope > MAX_ANCHOR_SIGMA_PCT:
+            return
+        sigma_pct = OCV_MODEL_ERROR_V / slope
         self._pending = (soc, sigma_pct**2, self.ah_counter, self.ah_sigma2)
 
     def end_rest(self, ts_s: float, equivalent_full_cycles: float) -> bool:

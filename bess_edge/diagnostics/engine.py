@@ -49,6 +49,8 @@ MAX_GAP_S = 600.0
 GAP_SOC_SIGMA_PCT_PER_H = 2.0
 # Initial SOC uncertainty [%]: read from a voltage that may not be relaxed, or given unverified.
 INITIAL_SOC_SIGMA_PCT = 10.0
+# The SOC filters count with the estimated capacity once it is known to 2 % (1 sigma).
+TRUSTED_CAPACITY_SIGMA = 0.02
 UNVERIFIED_SOC_SIGMA_PCT = 30.0
 
 
@@ -107,9 +109,11 @@ class Diagnostician:
 
     @property
     def capacity_ah(self) -> float:
-        """The capacity the filters count with [Ah]: estimated once known, rated before."""
-        q = self.capacity.capacity_ah
-        return q if math.isfinite(q) else self.nominal_capacity_ah
+        """The capacity the filters count with [Ah]: estimated once known well, rated before."""
+        q, sigma = self.capacity.capacity_ah, self.capacity.capacity_sigma_ah
+        if math.isfinite(q) and sigma < TRUSTED_CAPACITY_SIGMA * self.nominal_capacity_ah:
+            return q
+        return self.nominal_capacity_ah
 
     def update(self, reading: Reading) -> Diagnosis:
         """Diagnose one poll. Never raises: bad data is flagged, a failure is logged and
@@ -281,9 +285,8 @@ class Diagnostician:
         )
         self.capacity.integrate(corrected, dt_s, bias_sigma)
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else math.nan
-        if self.settled and math.isfinite(soc):
-            slope = float(self.string_soc.ocv_slope_v_per_pct(np.array([soc]))[0])
-            self.capacity.observe_rest(string_v, slope)
+        if self.settled:
+            self.capacity.observe_rest(string_v)
         self.cycles.update(soc, corrected, dt_s)
         cap = self.capacity
         d.capacity_ah, d.capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah

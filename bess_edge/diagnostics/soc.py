@@ -7,11 +7,12 @@ with the state ``[SOC %, V_RC V]`` and, for the string, the current-sensor offse
     V_RC' = a V_RC + R1 (1 - a)(I - b),  a = e^(-dt/τ)  the RC pair (Plett, J. Power Sources
                                                          134 (2004) 262, "EKF for BMS", part 2)
     b' = b                                             a slow random walk
-    V = OCV(SOC) + V_RC + R0 (I - b)                   the measurement
+    V = OCV(SOC) + V_RC + R0 (I - b)                   the measurement model
 
-The voltage corrects SOC in proportion to the OCV slope, so a flat curve corrects nothing by
-itself; where the chemistry marks a plateau (LFP 20-90 %) the voltage update is skipped, the
-filter coulomb-counts, and its variance grows honestly until a knee is reached.
+The measurement is applied as the SOC the OCV table gives for ``V - V_RC - R0 (I - b)``, with a
+sigma of the model error over the local OCV slope: steep regions correct hard, flat ones barely.
+Where the chemistry marks a plateau (LFP 20-90 %) the voltage only says "on the plateau": the
+filter coulomb-counts there and its variance grows honestly until a knee is reached.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ CURRENT_NOISE_C = 0.005
 # Offset random walk [fraction of 1C per sqrt(s)]: drifts over hours, not seconds.
 BIAS_WALK_C_PER_SQRT_S = 2e-6
 INITIAL_BIAS_SIGMA_C = 0.01
+# An offset beyond 2 % of 1C is a broken sensor, not something to correct for; the bound keeps
+# a large SOC error met at a knee from being explained away as offset.
+BIAS_LIMIT_C = 0.02
+# Innovations beyond 3 sigma are down-weighted (Huber-style): at a knee the linearised OCV is
+# poor, and one big correction would otherwise collapse the covariance on a wrong estimate.
+INNOVATION_GATE_SIGMAS = 3.0
+# The offset is learned only while SOC is known to within this [%]: with a grossly wrong SOC,
+# the first knee's correction would otherwise be taken for an offset (the two are correlated
+# through the coulomb count, and the linearised filter cannot tell them apart there).
+BIAS_LEARNING_SOC_SIGMA_PCT = 5.0
 # Unmodelled SOC drift (efficiency, capacity error) [% per sqrt(s)].
 SOC_WALK_PCT_PER_SQRT_S = 0.002
 
@@ -130,23 +141,54 @@ class SocFilter:
             noise[:, 2, 2] = (BIAS_WALK_C_PER_SQRT_S * cap) ** 2 * dt_s
         self.p = jac @ self.p @ jac.transpose(0, 2, 1) + noise
 
-        soc = np.clip(self.x[:, 0], 0.0, 100.0)
-        predicted = chem.ocv(soc) + self.x[:, 1] + r0_ohm * i_corr
+        z, sigma = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        use = np.isfinite(z)
         h = np.zeros((n, self.states))
-        h[:, 0] = self.ocv_slope_v_per_pct(soc)
-        h[:, 1] = 1.0
-        if self.states == 3:
-            h[:, 2] = -r0_ohm
-        model_error = OCV_MODEL_ERROR_V + LOAD_MODEL_ERROR_FRACTION * np.abs(r0_ohm * i_corr)
-        use = np.isfinite(voltage_v) & ~self.in_flat_region(soc)
-        ph = np.einsum("nij,nj->ni", self.p, h)
-        s = np.einsum("ni,ni->n", h, ph) + model_error**2
+        h[:, 0] = 1.0
+        ph = self.p[:, :, 0]
+        s = self.p[:, 0, 0] + sigma**2
+        innovation = np.where(use, z - self.x[:, 0], 0.0)
+        s = np.where(use, np.maximum(s, innovation**2 / INNOVATION_GATE_SIGMAS**2), 1.0)
         gain = np.where(use[:, None], ph / s[:, None], 0.0)
-        innovation = np.where(use, voltage_v - predicted, 0.0)
+        if self.states == 3:
+            unsure = self.p[:, 0, 0] > BIAS_LEARNING_SOC_SIGMA_PCT**2
+            gain[:, 2] = np.where(unsure, 0.0, gain[:, 2])
         self.x += gain * innovation[:, None]
-        self.p -= gain[:, :, None] * ph[:, None, :]
-        self.p = 0.5 * (self.p + self.p.transpose(0, 2, 1))
+        # Joseph form: stays a valid covariance with the sub-optimal (gated, frozen) gains.
+        i_kh = np.eye(self.states) - gain[:, :, None] * h[:, None, :]
+        kkt = gain[:, :, None] * gain[:, None, :] * (s - self.p[:, 0, 0])[:, None, None]
+        self.p = i_kh @ self.p @ i_kh.transpose(0, 2, 1) + kkt
         self.x[:, 0] = np.clip(self.x[:, 0], 0.0, 100.0)
+        if self.states == 3:
+            limit = BIAS_LIMIT_C * cap
+            self.x[:, 2] = np.clip(self.x[:, 2], -limit, limit)
+
+    def _soc_measurement(
+        self, voltage_v: FloatArray, ohmic_drop_v: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """SOC [%] read from each terminal voltage through the OCV table, and its sigma [%].
+
+        Inverting the OCV at the *measured* voltage rather than linearising it at the estimate
+        keeps a grossly wrong estimate from being confidently "corrected" along the wrong
+        slope. A voltage on a plateau says only "somewhere on the plateau": an estimate outside
+        it is moved to its edge with a variance as wide as the plateau, one inside is left
+        alone; neither counts as a measurement (NaN).
+        """
+        ocv = voltage_v - self.x[:, 1] - ohmic_drop_v
+        z = self.chemistry.soc_from_ocv(ocv)
+        slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
+        sigma = (OCV_MODEL_ERROR_V + LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v)) / slope
+        for lo, hi in self._flat:
+            on_plateau = (z > lo) & (z < hi)
+            outside = on_plateau & ((self.x[:, 0] < lo) | (self.x[:, 0] > hi))
+            if outside.any():
+                self.x[:, 0] = np.where(outside, np.clip(self.x[:, 0], lo, hi), self.x[:, 0])
+                wide = ((hi - lo) / 4.0) ** 2
+                self.p[:, 0, 0] = np.where(
+                    outside, np.maximum(self.p[:, 0, 0], wide), self.p[:, 0, 0]
+                )
+            z = np.where(on_plateau, np.nan, z)
+        return np.where(np.isfinite(voltage_v), z, np.nan), sigma
 
     def state(self) -> dict[str, Any]:
         return {"x": self.x, "p": self.p}
