@@ -628,7 +628,10 @@ class Store:
         ``data`` is None when the referenced row is gone (sync then just deletes the outbox row).
         """
         sql = _OUTBOX_FETCH[stream]
-        rows = self.db.query(sql, {"after": after_id, "limit": limit, "stream": stream})
+        # By priority, not stream: the (priority, id) index then finds the next alert at once
+        # instead of scanning a telemetry backlog (priorities map one-to-one to streams).
+        params = {"after": after_id, "limit": limit, "priority": STREAM_PRIORITY[stream]}
+        rows = self.db.query(sql, params)
         return [_outbox_item(stream, row) for row in rows]
 
     def outbox_delete(self, outbox_ids: Sequence[int], sync_ts_ms: int) -> None:
@@ -741,15 +744,15 @@ _STREAM_TABLE = {"telemetry": "samples", "diagnostics": "diagnoses", "alerts": "
 _OUTBOX_FETCH = {
     "telemetry": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
     "FROM outbox o LEFT JOIN samples t ON t.id = o.ref_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "WHERE o.priority = :priority AND o.id > :after ORDER BY o.id LIMIT :limit",
     "diagnostics": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.* "
     "FROM outbox o LEFT JOIN diagnoses t ON t.id = o.ref_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "WHERE o.priority = :priority AND o.id > :after ORDER BY o.id LIMIT :limit",
     "alerts": "SELECT o.id AS outbox_id, o.device AS o_device, o.seq AS o_seq, t.*, "
     "a.rule, a.cell, a.severity, a.message, a.value "
     "FROM outbox o LEFT JOIN alert_events t ON t.id = o.ref_id "
     "LEFT JOIN alerts a ON a.id = t.alert_id "
-    "WHERE o.stream = :stream AND o.id > :after ORDER BY o.id LIMIT :limit",
+    "WHERE o.priority = :priority AND o.id > :after ORDER BY o.id LIMIT :limit",
 }
 
 
