@@ -142,7 +142,11 @@ class Diagnostician:
         self._last_current_a = current
 
         string_v = self._string_cell_voltage(inputs)
-        cell_temps = inputs.temperature_c[self.cells.sensor_index]
+        cell_temps = (
+            inputs.temperature_c[self.cells.sensor_index]
+            if inputs.temperature_c.size
+            else np.full(cells.size, np.nan)
+        )
         mean_temp = finite_mean(inputs.temperature_c)
         mean_temp = mean_temp if math.isfinite(mean_temp) else 25.0
         r0_25 = self.cells.resistance.r0_or_preset_ohm()
