@@ -85,6 +85,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            # Whole-array path: 10,000-cell strings are serialised every poll.
+            values = value.tolist()
+            if np.isfinite(value).all():
+                return values
+            return [v if math.isfinite(v) else None for v in values]
         return [_jsonable(v) for v in value.tolist()]
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
