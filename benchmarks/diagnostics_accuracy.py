@@ -33,7 +33,8 @@ from bess_edge.chemistry import LFP, NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.model import Reading
 
-DAYS = 3
+DAYS = 2
+POLL_S = 2  # the estimator sees every 2nd second: a 0.5 Hz BMS poll, within the R0 gate
 CONVERGED_AFTER_H = 6.0
 TARGETS = {"nmc": 2.0, "lfp": 3.0}  # SOC RMSE [%]
 CAPACITY_TARGET_PCT = 3.0
@@ -46,9 +47,12 @@ class Cell:
     name: str
     parameter_set: str
     preset: Chemistry
+    top_soc_pct: float  # daily charge target
 
 
-CELLS = (Cell("nmc", "Chen2020", NMC), Cell("lfp", "Prada2013", LFP))
+# LFP storage is charged nearly full every day or two: the knee is where the BMS balances and
+# recalibrates SOC, since the plateau cannot tell it.
+CELLS = (Cell("nmc", "Chen2020", NMC, 90.0), Cell("lfp", "Prada2013", LFP, 97.0))
 
 
 def _solve(parameter_set: str, t_s: np.ndarray, current_a: np.ndarray, initial_soc: float):
@@ -78,11 +82,28 @@ def characterise(cell: Cell) -> dict:
     t = np.arange(0.0, 121.0, 1.0)
     pulse = np.where(t >= 60.0, -0.5 * capacity, 0.0)
     v = _solve(cell.parameter_set, t, pulse, 0.5)["Voltage [V]"].entries
-    r0 = float((v[60] - v[61]) / (0.5 * capacity))
+    # The interpolated current ramps over the second before t = 60 s; V[59] is still at rest.
+    r0 = float((v[59] - v[60]) / (0.5 * capacity))
     return {"nominal": nominal, "capacity": capacity, "ocv": table, "grid": grid, "r0": r0}
 
 
-def duty(capacity_ah: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def flat_regions(grid: np.ndarray, ocv: np.ndarray, below_v_per_pct: float = 0.001) -> tuple:
+    """SOC ranges [%] where the measured OCV rises less than 1 mV per % (4 mV of model error
+    is then > 4 % of SOC): what a site declares with its own OCV table."""
+    flat = np.diff(ocv) / np.diff(grid) < below_v_per_pct
+    regions, start = [], None
+    for k, is_flat in enumerate([*flat, False]):
+        if is_flat and start is None:
+            start = k
+        elif not is_flat and start is not None:
+            regions.append((float(grid[start]), float(grid[k])))
+            start = None
+    return tuple(regions)
+
+
+def duty(
+    capacity_ah: float, top_soc_pct: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Current [A] at 1 Hz: from full, discharge to 50 %, then DAYS of daily cycles + regulation."""
     c = capacity_ah
     blocks: list[np.ndarray] = [np.zeros(600), np.full(7200, -0.25 * c)]  # 100 % -> 50 %
@@ -107,7 +128,7 @@ def duty(capacity_ah: float, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
     for _ in range(DAYS):
         hold(3600, 0.0)
-        hold(3600 * (90.0 - soc) / 25.0, 0.25 * c)  # charge to 90 % at C/4
+        hold(3600 * (top_soc_pct - soc) / 25.0, 0.25 * c)  # charge at C/4
         hold(7200, 0.0)
         regulate(3 * 3600)
         hold(3600 * (soc - 10.0) / 25.0, -0.25 * c)  # discharge to 10 %
@@ -129,20 +150,24 @@ def measure(true_v: np.ndarray, true_i: np.ndarray, capacity_ah: float, rng) -> 
 def run(cell: Cell) -> dict:
     rng = np.random.default_rng(SEED)
     truth = characterise(cell)
-    t, current = duty(truth["capacity"], rng)
+    t, current = duty(truth["capacity"], cell.top_soc_pct, rng)
     sol = _solve(cell.parameter_set, t, current, 1.0)
     n = sol["Voltage [V]"].entries.size  # shorter if PyBaMM hit a voltage limit
     true_v = sol["Voltage [V]"].entries
     true_soc = 100.0 * (1.0 - sol["Discharge capacity [A.h]"].entries / truth["capacity"])
     v, i, offset = measure(true_v, current[:n], truth["capacity"], rng)
     chemistry = cell.preset.with_overrides(
-        {"ocv_soc_pct": tuple(truth["grid"]), "ocv_v": tuple(truth["ocv"])}
+        {
+            "ocv_soc_pct": tuple(truth["grid"]),
+            "ocv_v": tuple(truth["ocv"]),
+            "ocv_flat_regions_pct": flat_regions(truth["grid"], truth["ocv"]),
+        }
     )
     start = 600 + 7200  # feed the estimator from the first rest at 50 %
     wrong = true_soc[start] + 30.0 if true_soc[start] < 60 else true_soc[start] - 30.0
     diag = Diagnostician(cell.name, chemistry, truth["nominal"], initial_soc_pct=wrong)
     est = np.full(n, np.nan)
-    for k in range(start, n):
+    for k in range(start, n, POLL_S):
         d = diag.update(
             Reading(
                 cell.name,
@@ -155,7 +180,7 @@ def run(cell: Cell) -> dict:
         )
         est[k] = d.soc_pct
     hours = (t[:n] - t[start]) / 3600.0
-    window = hours >= CONVERGED_AFTER_H
+    window = (hours >= CONVERGED_AFTER_H) & np.isfinite(est)
     err = est[window] - true_soc[window]
     return {
         "cell": cell.name,

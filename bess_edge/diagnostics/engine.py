@@ -38,8 +38,10 @@ __all__ = ["Diagnosis", "Diagnostician"]
 
 log = logging.getLogger(__name__)
 
-# At rest: below 1 % of 1C after the offset is removed (a BMS's own idle threshold is similar).
-REST_C = 0.01
+# At rest: below 2 % of 1C after the offset is removed (a BMS's own idle threshold is similar,
+# several sigma of a hall sensor's noise); a rest ends after 3 polls above it, not on one spike.
+REST_C = 0.02
+REST_END_POLLS = 3
 # Settled: the RC relaxation has died down so the terminal voltage is the OCV within a few mV;
 # 30 min is the shortest rest of the usual OCV-SOC test procedures (USABC manual, §3.3).
 REST_SETTLE_S = 1800.0
@@ -90,6 +92,7 @@ class Diagnostician:
         self.cells = self._build_cells(0, 0)
         self.series_cells = 0  # learned from the first reading
         self.rest_s = 0.0
+        self._busy_polls = 0
         self._last_ts_ms: int | None = None
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
@@ -266,6 +269,9 @@ class Diagnostician:
 
     def _track_rest(self, dt_s: float, corrected: float, ts_ms: int) -> None:
         resting = abs(corrected) < REST_C * self.capacity_ah
+        self._busy_polls = 0 if resting else self._busy_polls + 1
+        if self.rest_s > 0.0 and 0 < self._busy_polls < REST_END_POLLS:
+            return
         if resting:
             if self.rest_s == 0.0:
                 self.cells.anomaly.start_rest()
@@ -277,7 +283,8 @@ class Diagnostician:
 
     @property
     def settled(self) -> bool:
-        return self.rest_s >= REST_SETTLE_S
+        """Rested long enough for the terminal voltage to be the OCV, and resting this poll."""
+        return self.rest_s >= REST_SETTLE_S and self._busy_polls == 0
 
     def _capacity_and_cycles(
         self, dt_s: float, corrected: float, string_v: float, d: Diagnosis

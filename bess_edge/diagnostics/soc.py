@@ -27,7 +27,10 @@ from bess_edge.model import FloatArray
 # Measurement model error [V]: OCV table and 1-RC model mismatch (a few mV at rest for a fitted
 # table, Plett 2004 part 3) plus a share of the ohmic drop that the RC pair does not capture.
 OCV_MODEL_ERROR_V = 0.004
-LOAD_MODEL_ERROR_FRACTION = 0.3
+LOAD_MODEL_ERROR_FRACTION = 1.0
+# Model errors are not white: the same OCV-table or overpotential error persists for minutes, so
+# N polls within this time carry the information of about one (variance inflated by the ratio).
+MEASUREMENT_CORRELATION_S = 300.0
 # Spread of the current measurement [fraction of 1C]: LEM-class hall sensors, ~0.5 % FS.
 CURRENT_NOISE_C = 0.005
 # Offset random walk [fraction of 1C per sqrt(s)]: drifts over hours, not seconds.
@@ -142,6 +145,7 @@ class SocFilter:
         self.p = jac @ self.p @ jac.transpose(0, 2, 1) + noise
 
         z, sigma = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        sigma = sigma * np.sqrt(max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)))
         use = np.isfinite(z)
         h = np.zeros((n, self.states))
         h[:, 0] = 1.0
