@@ -83,9 +83,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--synchronous", choices=("normal", "full"), default="full")
     args = parser.parse_args()
-    print(f"{args.samples} samples per case, {args.batch} per transaction, "
-          f"synchronous={args.synchronous}")
-    print(f"{'cells':>6} {'store samples/s':>16} {'raw samples/s':>14} {'ratio':>6} {'cell values/s':>14}")
+    print(
+        f"{args.samples} samples per case, {args.batch} per transaction, "
+        f"synchronous={args.synchronous}"
+    )
+    header = ("cells", "store samples/s", "raw samples/s", "ratio", "cell values/s")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (6, 16, 14, 6, 14), strict=True)))
     for cells in (16, 1000):
         count = args.samples if cells == 16 else max(args.samples // 10, args.batch)
         data = readings(cells, count)

@@ -31,6 +31,12 @@ DEFAULT_CONFIG_PATH = Path("/etc/bess-edge/bess-edge.toml")
 # Site and device ids become MQTT topic levels and file names: keep them to a safe alphabet.
 TopicId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 Severity = Literal["info", "warning", "critical"]
+# Topic levels and store names that a device id would collide with.
+RESERVED_DEVICE_IDS = {
+    "cmd": "the MQTT command topic <prefix>/<site>/cmd/...",
+    "state": "the MQTT topic <prefix>/<site>/state",
+    "_site": "the device name of site-wide alerts",
+}
 
 
 class Section(BaseModel):
@@ -399,6 +405,13 @@ def _check_devices(settings: Settings) -> list[tuple[str, str]]:
                 )
             )
         seen.setdefault(device.id, i)
+        if device.id in RESERVED_DEVICE_IDS:
+            problems.append(
+                (
+                    f"devices[{i}].id",
+                    f"{device.id!r} is reserved ({RESERVED_DEVICE_IDS[device.id]})",
+                )
+            )
         try:
             device.chemistry_preset()
         except ValueError as exc:

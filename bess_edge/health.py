@@ -54,6 +54,7 @@ class Health:
     dropping: bool = False
     alerts_active: dict[str, int] = field(default_factory=dict)  # severity -> count
     last_sync_ts_ms: int | None = None
+    oldest_unsent_ts_ms: int | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -66,7 +67,15 @@ class Health:
         out["last_sync_age_s"] = (
             round((now_ms() - self.last_sync_ts_ms) / 1000, 1) if self.last_sync_ts_ms else None
         )
+        out["backlog_age_s"] = round(self.backlog_age_s, 1)
         return out
+
+    @property
+    def backlog_age_s(self) -> float:
+        """Age of the oldest row still waiting to be published; 0 when all is sent."""
+        if self.oldest_unsent_ts_ms is None:
+            return 0.0
+        return max(0.0, (now_ms() - self.oldest_unsent_ts_ms) / 1000)
 
     def status_line(self) -> str:
         """One line for ``systemctl status`` (sd_notify STATUS=)."""
@@ -93,6 +102,7 @@ def _store_facts(store: Store) -> dict[str, Any]:
         "telemetry_dropped": store.counter("telemetry_dropped"),
         "alerts_active": severities,
         "last_sync_ts_ms": int(last_sync) if last_sync else None,
+        "oldest_unsent_ts_ms": store.outbox_oldest_ts_ms(),
     }
 
 

@@ -72,11 +72,6 @@ MQTT_PUBLISHED = Counter(
     ["stream"],
     registry=REGISTRY,
 )
-MQTT_BACKLOG_AGE = Gauge(
-    "bess_edge_mqtt_backlog_age_seconds",
-    "Age of the oldest row still waiting in the outbox (0 when drained)",
-    registry=REGISTRY,
-)
 
 SEVERITIES = ("info", "warning", "critical")
 STREAMS = ("alerts", "diagnostics", "telemetry")
@@ -144,6 +139,11 @@ def site_families(health: Health) -> Iterator[Metric]:
     for severity in SEVERITIES:
         alerts.add_metric([severity], health.alerts_active.get(severity, 0))
     yield alerts
+    yield GaugeMetricFamily(
+        "bess_edge_mqtt_backlog_age_seconds",
+        "Age of the oldest row still waiting in the outbox (0 when drained)",
+        value=health.backlog_age_s,
+    )
     if health.last_sync_ts_ms is not None:
         yield GaugeMetricFamily(
             "bess_edge_last_sync_timestamp_seconds",

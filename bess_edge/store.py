@@ -586,6 +586,12 @@ class Store:
         """Unpublished rows per stream."""
         return dict(self.conn.execute("SELECT stream, count(*) FROM outbox GROUP BY stream"))
 
+    def outbox_oldest_ts_ms(self) -> int | None:
+        """Timestamp of the oldest unpublished row (the first by id: rows are queued in time
+        order), None when the outbox is empty."""
+        row = self.conn.execute("SELECT ts_ms FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return int(row[0]) if row else None
+
     # -- reading back ---------------------------------------------------------------------
 
     def samples(

@@ -71,6 +71,7 @@ CASES = [
         "devices[1].options.faults[0]",
         "kind",
     ),
+    ("reserved device id", VALID.replace('id = "b"', 'id = "cmd"'), "devices[1].id", "reserved"),
     ("bad device id", VALID.replace('id = "b"', 'id = "rack 1/a"'), "devices[1].id", "letters"),
     ("bad mqtt port", VALID + "[mqtt]\nport = 70000\n", "mqtt.port", "<= 65535"),
     (

@@ -54,6 +54,25 @@ def test_export_jsonl_keeps_cell_arrays(filled):
     assert lines[0]["cell_voltage_v"] == pytest.approx([3.25, 3.26], abs=1e-4)
 
 
+def test_export_jsonl_writes_missing_cells_as_null_not_nan(make_config):
+    config = make_config()
+    store = Store(load_config(config).storage.path)
+    store.commit_cycle(Cycle(reading=Reading(
+        "rack-1", ts_ms=1_000_000, pack_voltage_v=float("nan"), pack_current_a=-3.0,
+        cell_voltage_v=[3.25, float("nan")], cell_temperature_c=[float("inf")],
+        extra={"bms_fault": float("nan")},
+    )))  # fmt: skip
+    store.close()
+    result = export("--config", str(config), "--device", "rack-1", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    (line,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line["pack_voltage_v"] is None
+    assert line["cell_voltage_v"][0] == pytest.approx(3.25, abs=1e-4)
+    assert line["cell_voltage_v"][1] is None
+    assert line["cell_temperature_c"] == [None]
+
+
 def test_export_of_an_unknown_device_names_the_known_ones(filled):
     result = export("--config", str(filled), "--device", "nope")
     assert result.returncode == 2

@@ -65,10 +65,36 @@ def test_metrics_scrape_parses_and_counts_polls_samples_and_buffer(make_config, 
     assert m[("bess_edge_healthy", ())] == 1
     assert ("bess_edge_alerts_active", (("severity", "critical"),)) in m
     assert m[("process_resident_memory_bytes", ())] > 10e6
-    # The hooks sync and the CAN driver report into exist, at their resting values.
+    # MQTT is off: nothing connected or in flight, and the unsent backlog ages from its first row.
     assert m[("bess_edge_mqtt_connected", ())] == 0
     assert m[("bess_edge_mqtt_inflight_messages", ())] == 0
-    assert m[("bess_edge_mqtt_backlog_age_seconds", ())] == 0
+    assert 0 < m[("bess_edge_mqtt_backlog_age_seconds", ())] < 60
+    assert proc.stop() == 0
+
+
+def test_mqtt_state_is_exported_while_connected_and_after_the_broker_dies(
+    make_config, daemon, mosquitto
+):
+    port = free_port()
+    mqtt = {"enabled": True, "host": "127.0.0.1", "port": mosquitto.port}
+    proc = daemon(make_config(http=http_on(port), mqtt=mqtt))
+    proc.wait_for_log('"msg": "ready"')
+    telemetry = ("bess_edge_mqtt_published_messages_total", (("stream", "telemetry"),))
+    wait_until(lambda: scrape(port).get(telemetry, 0) >= 3)
+    wait_until(lambda: scrape(port)[("bess_edge_mqtt_backlog_age_seconds", ())] < 5)
+    m = scrape(port)
+    assert m[("bess_edge_mqtt_connected", ())] == 1
+    assert m[("bess_edge_last_sync_timestamp_seconds", ())] > 0
+    status, body = health(port)
+    assert status == 200 and body["mqtt"] == "connected"
+
+    mosquitto.kill()
+    wait_until(lambda: scrape(port)[("bess_edge_mqtt_connected", ())] == 0)
+    # Offline is the normal life of an edge gateway: still healthy, the backlog grows and ages.
+    wait_until(lambda: scrape(port)[("bess_edge_mqtt_backlog_age_seconds", ())] >= 2)
+    status, body = health(port)
+    assert status == 200 and body["mqtt"] == "disconnected"
+    assert body["unsent"]["telemetry"] >= 1
     assert proc.stop() == 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import sys
 import time
@@ -68,11 +69,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (a cell the BMS did not report) as null: JSON has no NaN, and a bare
+    ``NaN`` token breaks every strict parser downstream."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
+
+
 def write_jsonl(rows: Any, out: TextIO) -> int:
     count = 0
     for row in rows:
         row.pop("id", None)
-        out.write(json.dumps(row) + "\n")
+        out.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
         count += 1
     return count
 
@@ -84,7 +97,7 @@ def write_csv(rows: Any, out: TextIO) -> int:
         row.pop("id", None)
         cells = {f"cell_voltage_v_{i}": v for i, v in enumerate(row.pop("cell_voltage_v"))}
         temps = {f"cell_temperature_c_{i}": v for i, v in enumerate(row.pop("cell_temperature_c"))}
-        row["extra"] = json.dumps(row["extra"]) if row["extra"] else ""
+        row["extra"] = json.dumps(json_safe(row["extra"]), allow_nan=False) if row["extra"] else ""
         row["quality_notes"] = "; ".join(row["quality_notes"])
         flat = {**row, **cells, **temps}
         if writer is None:

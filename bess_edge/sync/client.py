@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bess_edge import metrics
 from bess_edge.config import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class MqttLink:
             await self.close_socket()
             return False, why
         self.connected.set()
+        metrics.MQTT_CONNECTED.set(1)
         return True, ""
 
     def _connect_blocking(self, client: paho.Client) -> None:
@@ -203,6 +205,7 @@ class MqttLink:
         if client is None:
             return
         self.connected.clear()  # ours, not a loss: no warning from _lost
+        metrics.MQTT_CONNECTED.set(0)
         client.disconnect()
         await asyncio.to_thread(client.loop_stop)
         self.disconnected.set()
@@ -270,6 +273,7 @@ class MqttLink:
         if self.connected.is_set():
             log.warning("mqtt connection lost; data stays buffered", extra={"error": why})
         self.connected.clear()
+        metrics.MQTT_CONNECTED.set(0)
         self.disconnected.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from bess_edge import metrics
 from bess_edge.model import now_ms
 from bess_edge.sync.payload import CONTENT_TYPE, STREAMS, Encoder, Message
 
@@ -81,7 +82,9 @@ class Drainer:
         message = self.inflight.pop(mid, None)
         if message is None:
             return False
+        metrics.MQTT_INFLIGHT.set(len(self.inflight))
         if ok:
+            metrics.MQTT_PUBLISHED.labels(message.stream).inc()
             self.acked_ids.extend(message.outbox_ids)
             self.messages_acked += 1
             self.items_acked += len(message.outbox_ids)
@@ -129,6 +132,7 @@ class Drainer:
                 continue
             mid = link.publish(message.topic, message.payload, content_type=content_type)
             self.inflight[mid] = message
+            metrics.MQTT_INFLIGHT.set(len(self.inflight))
 
     async def _next(self) -> Message | None:
         for stream in STREAMS:
