@@ -1,5 +1,6 @@
 """Estimator state survives a restart; a blob that does not fit is ignored, not fatal."""
 
+import json
 import logging
 
 import numpy as np
@@ -55,3 +56,23 @@ def test_corrupt_or_foreign_state_is_ignored_with_a_warning(blob, caplog):
         diag.restore_state(blob)
     assert "ignoring saved diagnostics state" in caplog.text
     np.testing.assert_array_equal(diag.string_soc.soc_pct, soc_before)
+
+
+def test_diagnosis_json_keeps_six_significant_digits_and_a_whole_eol_timestamp():
+    from bess_edge.diagnostics.diagnosis import Diagnosis
+
+    d = Diagnosis(
+        "rack-1",
+        ts_ms=1_795_396_875_128,
+        soc_pct=45.537126508281844,
+        cell_r0_mean_ohm=0.00031334034750944413,
+        eol_projected_ts_ms=2_100_000_000_123.4,
+        cell_deviation_v=np.array([0.005999999999999783, np.nan, -1.113591626134497e-11]),
+    )
+    out = json.loads(json.dumps(d.to_dict(), allow_nan=False))
+    assert out["ts_ms"] == 1_795_396_875_128
+    assert out["soc_pct"] == 45.5371
+    assert out["cell_r0_mean_ohm"] == 0.00031334
+    assert out["eol_projected_ts_ms"] == 2_100_000_000_123
+    assert out["cell_deviation_v"] == [0.006, None, -1.11359e-11]
+    assert out["capacity_ah"] is None

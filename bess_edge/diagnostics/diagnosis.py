@@ -77,8 +77,25 @@ class Diagnosis:
     diagnostics_error: str | None = None  # set only if an estimator failed on this poll
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: NaN becomes None, numpy arrays become lists."""
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        """JSON-ready: NaN becomes None, numpy arrays become lists, floats keep six significant
+        digits (the projected end-of-life time is a whole millisecond timestamp)."""
+        out = {k: _jsonable(v) for k, v in asdict(self).items()}
+        if math.isfinite(self.eol_projected_ts_ms):
+            out["eol_projected_ts_ms"] = round(self.eol_projected_ts_ms)
+        return out
+
+
+# Estimates are good to a few parts per thousand at best: six significant digits keep every
+# figure exact to its meaning and cut a stored/published diagnosis by about a third.
+SIGNIFICANT_DIGITS = 6
+
+
+def round_significant(values: np.ndarray) -> np.ndarray:
+    """Each finite value rounded to SIGNIFICANT_DIGITS significant digits (NaN, inf and 0 kept)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(values)))
+        scale = np.where(np.isfinite(magnitude), 10.0 ** (SIGNIFICANT_DIGITS - 1 - magnitude), 1.0)
+        return np.where(np.isfinite(magnitude), np.round(values * scale) / scale, values)
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,7 +104,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
             # Whole-array path: 10,000-cell strings are serialised every poll.
-            values = value.tolist()
+            values = round_significant(value.astype(np.float64)).tolist()
             if np.isfinite(value).all():
                 return values
             return [v if math.isfinite(v) else None for v in values]
@@ -95,7 +112,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, float | np.floating):
-        return None if not math.isfinite(value) else float(value)
+        return None if not math.isfinite(value) else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
     if isinstance(value, np.integer):
         return int(value)
     return value
