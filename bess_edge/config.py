@@ -422,7 +422,9 @@ def _check_devices(settings: Settings) -> list[tuple[str, str]]:
             problems.append((f"devices[{i}].driver", str(exc)))
             continue
         try:
-            device._parsed_options = cls.Options.model_validate(device.options)
+            device._parsed_options = cls.Options.model_validate(
+                device.options, context={"timeout_s": device.timeout_s}
+            )
         except ValidationError as exc:
             problems.extend(
                 (_key_path((f"devices[{i}]", "options", *e["loc"])), _reason(e))

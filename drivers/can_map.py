@@ -27,7 +27,7 @@ from typing import Any
 
 import cantools
 from cantools.database.can import Database, Message, Signal
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from bess_edge.resources import data_dir, shipped_file
 
@@ -106,6 +106,9 @@ class DecodeOptions(_Table):
         return bind(load_dbc(self.dbc), self.signals)
 
 
+SLCAN_SLEEP_AFTER_OPEN_S = 2.0  # python-can's default for can.interfaces.slcan
+
+
 class CanOptions(DecodeOptions):
     """``[devices.options]`` of a ``driver = "can"`` device (see docs/can.md)."""
 
@@ -113,6 +116,21 @@ class CanOptions(DecodeOptions):
     channel: str | None = None  # "can0", "/dev/ttyACM0", "socket://127.0.0.1:5000", ...
     bitrate: int | None = Field(500_000, gt=0)
     bus_options: dict[str, Any] = {}  # passed on to can.Bus (e.g. sleep_after_open for slcan)
+
+    @model_validator(mode="after")
+    def _slcan_opens_within_the_timeout(self, info: ValidationInfo) -> CanOptions:
+        """python-can's slcan sleeps after opening the port (adapters that reset on open); an
+        open longer than the device's timeout_s would fail every time, for ever."""
+        timeout_s = (info.context or {}).get("timeout_s")
+        if self.interface == "slcan" and timeout_s is not None:
+            sleep_s = float(self.bus_options.get("sleep_after_open", SLCAN_SLEEP_AFTER_OPEN_S))
+            if sleep_s >= timeout_s:
+                raise ValueError(
+                    f"slcan sleeps {sleep_s:g} s after opening the port, not less than the "
+                    f"device's timeout_s ({timeout_s:g} s): raise timeout_s or set "
+                    "bus_options.sleep_after_open"
+                )
+        return self
 
 
 def resolve_dbc(name: str) -> Path:

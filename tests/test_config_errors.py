@@ -22,6 +22,15 @@ driver = "sim"
 id = "b"
 driver = "sim"
 """
+SLCAN_DEVICE = """id = "b"
+driver = "can"
+timeout_s = 2
+[devices.options]
+interface = "slcan"
+channel = "/dev/ttyACM0"
+dbc = "pylontech_lv"
+signals = { bms_soc_pct = "BMS_SocSoh.Soc" }
+"""
 
 # (name, config text, expected key path, a word the reason must contain)
 CASES = [
@@ -70,6 +79,12 @@ CASES = [
         VALID + "[devices.options]\nfaults = [{kind = 'meteor'}]\n",
         "devices[1].options.faults[0]",
         "kind",
+    ),
+    (
+        "slcan open longer than the timeout",
+        VALID.replace('id = "b"\ndriver = "sim"', SLCAN_DEVICE),
+        "devices[1].options",
+        "sleep_after_open",
     ),
     ("reserved device id", VALID.replace('id = "b"', 'id = "cmd"'), "devices[1].id", "reserved"),
     ("bad device id", VALID.replace('id = "b"', 'id = "rack 1/a"'), "devices[1].id", "letters"),
