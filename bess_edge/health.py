@@ -134,7 +134,7 @@ def device_health(daemon: Daemon) -> list[DeviceHealth]:
 def _frame_counters(driver: object) -> dict[str, int] | None:
     """A driver's own receive counters (the CAN driver's ``counters`` dataclass), if it has any."""
     counters = getattr(driver, "counters", None)
-    if counters is None or not dataclasses.is_dataclass(counters):
+    if not dataclasses.is_dataclass(counters) or isinstance(counters, type):
         return None
     return {k: v for k, v in dataclasses.asdict(counters).items() if isinstance(v, int)}
 
