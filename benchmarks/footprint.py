@@ -2,10 +2,11 @@
 
 Runs the real ``bess-edge run`` as a subprocess, as systemd would (``NOTIFY_SOCKET`` is a socket
 this script owns), for two sites: the demo config (one 16-cell simulated rack) and one
-simulated rack of 1,000 cells. For each it prints the time from spawn to READY=1 and the RSS
-after ``--duration`` seconds (peak RSS too), against the targets (< 80 MB, < 2 s), and, as the
-reference measured in the same run, a bare Python interpreter's start time and RSS and the RSS
-of merely importing the daemon's modules.
+simulated rack of 1,000 cells, both publishing over MQTT to a mosquitto this script starts on
+a free loopback port (so the sync path is part of the footprint). For each it prints the time
+from spawn to READY=1 and the RSS after ``--duration`` seconds (peak RSS too), against the
+targets (< 80 MB, < 2 s), and, as the reference measured in the same run, a bare Python
+interpreter's start time and RSS and the RSS of merely importing the daemon's modules.
 
 sqlite-utils imports pandas whenever it is installed, and a development venv may have it (here
 pybamm pulls it in) while a site's venv, made with ``pip install`` of bess-edge alone, does
@@ -27,6 +28,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from sync_bench import start_broker  # benchmarks/ is this script's directory
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RSS_MB = 80.0
@@ -63,20 +66,24 @@ LAUNCH = "import sys\nfrom bess_edge.cli import main\nsys.exit(main(sys.argv[1:]
 
 
 def python_reference(code: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of ``python -c code``, best of two (the first warms caches)."""
-    probe = f"{code}\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """(wall seconds, peak RSS MB) of ``python -c code``, best of two (the first warms caches).
+
+    The peak is VmHWM from /proc, not getrusage's ru_maxrss, which Linux carries over exec from
+    the forking parent (it would report this script's own size)."""
+    probe = f"{code}\nprint(open('/proc/self/status').read())"
     runs = []
     for _ in range(2):
         started = time.monotonic()
         out = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, check=True
         )
-        runs.append((time.monotonic() - started, int(out.stdout.split()[-1]) / 1024))
+        hwm = next(line for line in out.stdout.splitlines() if line.startswith("VmHWM:"))
+        runs.append((time.monotonic() - started, int(hwm.split()[1]) / 1024))
     return min(runs)
 
 
 def run_site(
-    name: str, config: Path, workdir: Path, duration_s: float, prologue: str
+    name: str, config: Path, workdir: Path, duration_s: float, prologue: str, broker_port: int
 ) -> dict[str, float]:
     address = f"\0bess-edge-footprint-{uuid.uuid4().hex}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -86,6 +93,9 @@ def run_site(
         "NOTIFY_SOCKET": "@" + address[1:],
         "BESS_EDGE__STORAGE__PATH": str(workdir / f"{name}.db"),
         "BESS_EDGE__LOGGING__FORMAT": "json",
+        "BESS_EDGE__MQTT__ENABLED": "true",
+        "BESS_EDGE__MQTT__HOST": "127.0.0.1",
+        "BESS_EDGE__MQTT__PORT": str(broker_port),
     }
     log = (workdir / f"{name}.log").open("wb")
     started = time.monotonic()
@@ -103,11 +113,13 @@ def run_site(
         time.sleep(max(duration_s - (time.monotonic() - started), 0))
         rss, peak = rss_mb(proc.pid)
         pandas = "pandas" in Path(f"/proc/{proc.pid}/maps").read_text()
+        published = "mqtt connected" in (workdir / f"{name}.log").read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         sock.close()
-    return {"ready_s": ready_s, "rss_mb": rss, "peak_mb": peak, "pandas": pandas}
+    return {"ready_s": ready_s, "rss_mb": rss, "peak_mb": peak, "pandas": pandas,
+            "published": published}  # fmt: skip
 
 
 def main() -> None:
@@ -127,11 +139,17 @@ def main() -> None:
     print(f"daemon runs {'as installed here' if args.as_is else 'with pandas hidden'}:")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        broker, broker_port = start_broker(workdir)
         rack = workdir / "rack-1000.toml"
         rack.write_text(RACK_1000)
         sites = [("demo (16 cells)", REPO / "config" / "demo.toml"), ("1,000-cell rack", rack)]
         for label, config in sites:
-            r = run_site(label.split()[0].strip(","), config, workdir, args.duration, prologue)
+            name = label.split()[0].strip(",")
+            try:
+                r = run_site(name, config, workdir, args.duration, prologue, broker_port)
+            except BaseException:
+                broker.kill()
+                raise
             print(
                 f"{label:<16} READY=1 after {r['ready_s']:.2f} s "
                 f"({r['ready_s'] / TARGET_READY_S:.2f} of the {TARGET_READY_S:g} s target, "
@@ -139,8 +157,11 @@ def main() -> None:
                 f"RSS after {args.duration:g} s {r['rss_mb']:.1f} MB "
                 f"({r['rss_mb'] / TARGET_RSS_MB:.2f} of the {TARGET_RSS_MB:g} MB target, "
                 f"{r['rss_mb'] / import_mb[prologue]:.2f}x the import-only RSS), "
-                f"peak {r['peak_mb']:.1f} MB" + ("; pandas loaded" if r["pandas"] else "")
+                f"peak {r['peak_mb']:.1f} MB"
+                + ("; pandas loaded" if r["pandas"] else "")
+                + ("; publishing over MQTT" if r["published"] else "; MQTT NOT connected")
             )
+        broker.kill()
 
 
 if __name__ == "__main__":
