@@ -172,14 +172,16 @@ def test_broker_unreachable_at_start_buffers_then_delivers_the_whole_backlog(
     broker.start()
     try:
         out = tmp_path / "cloud.jsonl"
+        # A fixed listening time, not --exit-when-synced: that waits for an empty outbox, which a
+        # device polled at 10 Hz (a new row every 0.1 s) only shows by chance on a loaded machine.
         result = subprocess.run(
             [sys.executable, "-m", "bess_edge", "subscribe", "--config", str(config),
-             "--from-first", "--exit-when-synced", "--duration", "60", "-o", str(out)],
-            capture_output=True, text=True, timeout=90,
+             "--from-first", "--duration", "15", "-o", str(out)],
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         summary = json.loads(result.stderr.strip().splitlines()[-1])
-        assert summary["invalid"] == 0 and summary["synced"]
+        assert summary["invalid"] == 0 and summary["items"] > 2 * len(backlog)
         items = [json.loads(line) for line in out.read_text().splitlines()]
         telemetry = {i["seq"] for i in items if i["stream"] == "telemetry"}
         assert backlog <= telemetry

@@ -292,27 +292,29 @@ class Consumer:
         if not self.repair:
             return
         now = time.monotonic()
-        requests: list[tuple[Key, int, int]] = []
         with self.lock:
-            open_seqs = 0
-            for key in set(self.seen) | set(self.heads):
-                seen = self.seen.get(key) or SeqSet()
-                start = 1 if self.from_first else seen.first
-                stop = max(seen.last or 0, self.heads.get(key, 0))
-                if start is None or stop < start:
-                    continue
-                for first, last in seen.gaps(start, stop):
-                    due = self._due(key, first, last, now)
-                    open_seqs += last - first + 1
-                    if due:
-                        requests.append((key, first, last))
-            self.summary.gap_seqs_open = open_seqs
+            gaps = self._open_gaps()
+            self.summary.gap_seqs_open = sum(last - first + 1 for _, first, last in gaps)
+            requests = [g for g in gaps if self._due(*g, now)]
         for (site, device, stream), first, last in requests:
             self._command(
                 "republish",
                 {"device": device, "stream": stream, "seq_first": first, "seq_last": last},
                 site=site,
             )
+
+    def _open_gaps(self) -> list[tuple[Key, int, int]]:
+        """Every missing range up to the newer of the last seq seen and the gateway's head.
+        Caller holds the lock."""
+        gaps = []
+        for key in set(self.seen) | set(self.heads):
+            seen = self.seen.get(key) or SeqSet()
+            start = 1 if self.from_first else seen.first
+            stop = max(seen.last or 0, self.heads.get(key, 0))
+            if start is None or stop < start:
+                continue
+            gaps.extend((key, first, last) for first, last in seen.gaps(start, stop))
+        return gaps
 
     def _due(self, key: Key, first: int, last: int, now: float) -> bool:
         """Track each missing seq; a range is due once it passed the grace time and was not
@@ -345,15 +347,13 @@ class Consumer:
                 self.summary.republish_requests += 1
 
     def synced(self) -> bool:
-        """The last ping showed an empty outbox and nothing is missing up to the heads."""
+        """The last ping showed an empty outbox and nothing is missing up to the heads (the
+        summary's open-gap count is refreshed with it, so the two never disagree)."""
         with self.lock:
             if not self.outbox_empty or not self.heads:
                 return False
-            for key, head in self.heads.items():
-                seen = self.seen.get(key)
-                if head == 0:
-                    continue
-                start = 1 if self.from_first else (seen.first if seen else None)
-                if seen is None or start is None or seen.gaps(start, head):
-                    return False
-            return True
+            if any(head > 0 and key not in self.seen for key, head in self.heads.items()):
+                return False
+            gaps = self._open_gaps()
+            self.summary.gap_seqs_open = sum(last - first + 1 for _, first, last in gaps)
+            return not gaps
