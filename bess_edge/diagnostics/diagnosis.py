@@ -86,7 +86,7 @@ class Diagnosis:
 
 
 # Estimates are good to a few parts per thousand at best: six significant digits keep every
-# figure exact to its meaning and cut a stored/published diagnosis by about a third.
+# figure exact to its meaning and cut a stored/published diagnosis by about 13 % (demo run).
 SIGNIFICANT_DIGITS = 6
 
 
