@@ -141,23 +141,34 @@ class ModbusDriver(Driver):
         return info
 
     async def _read(self, blocks: list[Block], size: int) -> ImageRead:
-        if self._conn is None:
-            await self.open()
         conn = self._conn
-        assert conn is not None
+        if conn is None:
+            await self.open()
+            conn = self._conn
+            assert conn is not None
         async with conn.exclusive():
-            await conn.ensure_connected()
+            if not conn.client.connected:
+                await conn.ensure_connected()
             return await read_image(conn.client, self.options.unit_id, blocks, size)
 
     async def poll_values(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
         """One poll's decoded values by field name, and the problems met (for read and probe)."""
-        if self._decoder is None:
+        conn = self._conn
+        if self._decoder is None or conn is None:
             await self.open()
-        got = await self._read(self._blocks, self._size)
+            conn = self._conn
+            assert conn is not None
+        # _read's body, inlined: one coroutine layer less per poll.
+        async with conn.exclusive():
+            if not conn.client.connected:
+                await conn.ensure_connected()
+            got = await read_image(conn.client, self.options.unit_id, self._blocks, self._size)
         self._blocks = got.blocks
         assert self._decoder is not None
-        decoded = self._decoder.decode(got.image, got.ok)
-        return decoded, got.problems + decoded.problems
+        decoded = self._decoder.decode(got.image, got.ok, got.all_read)
+        if decoded.problems:
+            return decoded, got.problems + decoded.problems
+        return decoded, got.problems
 
     async def read(self) -> Reading:
         ts_ms = now_ms()

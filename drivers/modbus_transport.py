@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from bess_edge.model import Quality
 
@@ -77,14 +80,13 @@ class Connection:
         if not self.client.connected and not await self.client.connect():
             raise DriverError(f"cannot connect to {self.endpoint}")
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the bus for one device's poll (a no-op on TCP, where requests are tagged)."""
-        if self.bus_lock is None:
-            yield
-            return
-        async with self.bus_lock:
-            yield
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold the bus for one device's poll (a no-op on TCP, where requests are tagged).
+
+        The lock itself, not a generator-based context manager: this runs on every poll, and an
+        ``asynccontextmanager`` costs a few µs each time (measured: benchmarks/modbus_bench.py).
+        """
+        return self.bus_lock if self.bus_lock is not None else _NO_LOCK
 
 
 class ConnectionOptions(BaseModel):
@@ -126,9 +128,65 @@ class ConnectionOptions(BaseModel):
 
 
 _CONNECTIONS: dict[tuple[int, Endpoint], Connection] = {}
+_NO_LOCK = contextlib.nullcontext()
+
+
+_NO_REGISTERS: U16Array = np.empty(0, dtype=np.uint16)
+
+
+class _RegistersReply(ReadHoldingRegistersResponse):
+    """A read-registers reply decoded straight from the bytes on the wire into a numpy array.
+
+    pymodbus's own reply unpacks the registers one ``struct.unpack`` at a time into a list, and
+    its decoder formats the whole PDU, list included, for a debug line even when debug logging
+    is off: about 7 µs for 33 registers and 21 µs for 125 per reply (pymodbus 3.16, measured).
+    One ``np.frombuffer`` takes 0.5 µs, and the image wants an array anyway. ``registers`` still
+    works (as a list, built when asked for) for anything that reads the reply the usual way.
+    """
+
+    values: U16Array = _NO_REGISTERS
+
+    @property  # type: ignore[override]
+    def registers(self) -> list[int]:
+        return self.values.tolist()  # type: ignore[no-any-return]
+
+    @registers.setter
+    def registers(self, registers: list[int]) -> None:
+        if registers:  # pymodbus's __init__ sets [] on every reply: keep the shared empty array
+            self.values = np.asarray(registers, dtype=np.uint16)
+
+    def decode(self, data: bytes) -> None:
+        byte_count = int(data[0])
+        if byte_count >= len(data):
+            raise ModbusIOException(
+                f"byte_count {byte_count} > length of packet {len(data)}",
+                function_code=self.function_code,
+            )
+        self.values = np.frombuffer(data, dtype=">u2", count=byte_count // 2, offset=1)
+
+    def __str__(self) -> str:
+        return (
+            f"{type(self).__name__}(dev_id={self.dev_id}, "
+            f"transaction_id={self.transaction_id}, registers={self.values.size})"
+        )
+
+
+class _HoldingReply(_RegistersReply):
+    function_code = 3
+
+
+class _InputReply(_RegistersReply):
+    function_code = 4
 
 
 def _new_client(endpoint: Endpoint, timeout_s: float, retries: int) -> ModbusBaseClient:
+    client = _pymodbus_client(endpoint, timeout_s, retries)
+    client.register(_HoldingReply)
+    client.register(_InputReply)
+    return client
+
+
+def _pymodbus_client(endpoint: Endpoint, timeout_s: float, retries: int) -> ModbusBaseClient:
     # reconnect_delay=0 turns off pymodbus's background reconnect loop: reconnecting is the
     # poll task's decision, made by calling the driver's open() again after its back-off.
     if endpoint.transport == "tcp":
@@ -186,23 +244,36 @@ class ExceptionResponse(DriverError):
         )
 
 
-async def read_block(client: ModbusBaseClient, unit_id: int, block: Block) -> list[int]:
-    """One read request; raises ExceptionResponse, or DriverError when nothing usable came."""
+def _request(client: ModbusBaseClient, unit_id: int, block: Block) -> Awaitable[ModbusPDU]:
     read = (
         client.read_holding_registers
         if block.function == "holding"
         else client.read_input_registers
     )
-    try:
-        response = await read(block.address, count=block.count, device_id=unit_id)
-    except ModbusException as exc:
-        raise DriverError(f"unit {unit_id}: {exc}") from exc
+    return read(block.address, count=block.count, device_id=unit_id)  # type: ignore[no-any-return]
+
+
+def _registers(response: ModbusPDU, block: Block) -> U16Array:
+    """The registers of a reply; raises ExceptionResponse or ShortRead."""
     if response.isError():
         raise ExceptionResponse(block, int(getattr(response, "exception_code", 0)))
-    registers = list(response.registers)
-    if len(registers) != block.count:
-        raise ShortRead(block, len(registers))
+    registers = (
+        response.values
+        if isinstance(response, _RegistersReply)
+        else np.asarray(response.registers, dtype=np.uint16)
+    )
+    if registers.size != block.count:
+        raise ShortRead(block, registers.size)
     return registers
+
+
+async def read_block(client: ModbusBaseClient, unit_id: int, block: Block) -> U16Array:
+    """One read request; raises ExceptionResponse, or DriverError when nothing usable came."""
+    try:
+        response = await _request(client, unit_id, block)
+    except ModbusException as exc:
+        raise DriverError(f"unit {unit_id}: {exc}") from exc
+    return _registers(response, block)
 
 
 class ShortRead(DriverError):
@@ -225,9 +296,17 @@ class ImageRead:
     """The registers of one poll, which of them arrived, and what went wrong."""
 
     image: U16Array
-    ok: BoolArray
+    ok: BoolArray  # read-only when every register arrived (one shared all-True array)
     blocks: list[Block]  # the plan refined by this poll's splits, to reuse next time
     problems: list[tuple[Quality, str]]
+    all_read: bool = False
+
+
+@functools.lru_cache(maxsize=64)
+def _all_read(size: int) -> BoolArray:
+    ok = np.ones(size, dtype=np.bool_)
+    ok.flags.writeable = False
+    return ok
 
 
 async def read_image(
@@ -240,29 +319,45 @@ async def read_image(
     responses and short replies mark their registers unread and flag the poll ``PARTIAL``; if no
     register at all could be read, the poll fails.
     """
-    image = np.zeros(size, dtype=np.uint16)
-    ok = np.zeros(size, dtype=np.bool_)
+    # The request is awaited here rather than through read_block: one coroutine layer less to
+    # resume per reply, which is measurable on a 16-cell map.
+    parts: list[tuple[Block, U16Array]] = []
     refined: list[Block] = []
+    unread: list[Block] = []
     problems: list[tuple[Quality, str]] = []
     pending = deque(blocks)
     while pending:
         block = pending.popleft()
         try:
-            registers = await read_block(client, unit_id, block)
+            try:
+                response = await _request(client, unit_id, block)
+            except ModbusException as exc:
+                raise DriverError(f"unit {unit_id}: {exc}") from exc
+            parts.append((block, _registers(response, block)))
         except ExceptionResponse as exc:
             if exc.code == ExcCodes.ILLEGAL_ADDRESS and block.count > 1:
                 pending.extendleft(reversed(block.halves()))
                 continue
-            refined.append(block)
+            unread.append(block)
             problems.append((Quality.PARTIAL, f"unit {unit_id}: {exc}"))
-            continue
         except ShortRead as exc:
-            refined.append(block)
+            unread.append(block)
             problems.append((Quality.PARTIAL | Quality.DECODE_ERROR, f"unit {unit_id}: {exc}"))
-            continue
-        image[block.offset : block.offset + block.count] = registers
-        ok[block.offset : block.offset + block.count] = True
         refined.append(block)
+    if not unread:
+        # Blocks (and the halves of split ones) are read in image order: the image is the replies
+        # one after the other, converted to native byte order in the same step.
+        if len(parts) == 1:
+            image = parts[0][1].astype(np.uint16)
+        else:
+            image = np.concatenate([r for _, r in parts] or [_NO_REGISTERS], dtype=np.uint16)
+        return ImageRead(image, _all_read(size), refined, problems, all_read=True)
+    image = np.zeros(size, dtype=np.uint16)
+    for block, registers in parts:
+        image[block.offset : block.offset + block.count] = registers
+    ok = np.ones(size, dtype=np.bool_)
+    for block in unread:
+        ok[block.offset : block.offset + block.count] = False
     if size and not ok.any():
         reasons = "; ".join(note for _, note in problems)
         raise NothingReadable(f"no register could be read: {reasons}")

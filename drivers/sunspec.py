@@ -171,7 +171,8 @@ class SunSpecDriver(ModbusDriver):
         assert self._conn is not None
         async with self._conn.exclusive():
             block = Block("holding", address, count, 0)
-            return await read_block(self._conn.client, self.options.unit_id, block)
+            registers = await read_block(self._conn.client, self.options.unit_id, block)
+        return registers.tolist()  # type: ignore[no-any-return]
 
     async def _find_base(self) -> int:
         candidates = (
