@@ -153,8 +153,7 @@ class Decoder:
                 per["lo"].append(words[-1])
                 per["wide"].append(f.width == 2)
                 signed = f.type in ("s16", "s32")
-                per["half"].append(2 ** (bits - 1) if signed else 2**64)
-                per["wrap"].append(2.0**bits if signed else 0.0)
+                per["signed"].append(signed)
                 per["f32"].append(f.type == "f32")
                 per["mul"].append(mul * sign)
                 per["div"].append(div)
@@ -163,18 +162,39 @@ class Decoder:
                 per["hi_limit"].append(f.valid_max)
                 sf_at = f.scale_address
                 per["sf"].append(-1 if sf_at is None else where[(f.function, sf_at)])
-                per["missing"].append(-1 if f.missing is None else f.missing % (1 << bits))
+                if f.missing is None:
+                    per["missing"].append(math.nan)  # equal to nothing
+                else:
+                    raw_missing = f.missing % (1 << bits)
+                    if signed and raw_missing >= 1 << (bits - 1):
+                        raw_missing -= 1 << bits
+                    per["missing"].append(raw_missing)
                 pos += 1
         self.size = pos
         self.hi = np.asarray(per["hi"], dtype=np.intp)
         self.lo = np.asarray(per["lo"], dtype=np.intp)
         wide = np.asarray(per["wide"], dtype=np.bool_)
-        # value = image[hi] * 65536 + image[lo] for 32-bit elements, image[lo] for 16-bit ones:
-        # exact in float64 (below 2**53), so the whole decode stays in one dtype.
-        self.hi_weight = np.where(wide, 65536.0, 0.0)
+        signed = np.asarray(per["signed"], dtype=np.bool_)
+        # Elements are read from ``source``: the image as float64, then the image read as int16.
+        # The (only or high) word of a signed element comes from the second half, so one linear
+        # combination, value = source[top] * weight + source[low], decodes every integer type
+        # exactly (float64 holds 32-bit integers exactly).
+        registers = len(where)
+        top = np.where(signed, self.hi + registers, self.hi)
+        low = np.where(signed & ~wide, self.lo + registers, self.lo)
+        weight = np.where(wide, 65536.0, 0.0)
+        self.source_size = 2 * registers
+        self.any_signed = bool(signed.any())
+        # A map of a few dozen elements decodes with one matrix product (about 1 µs), a large one
+        # with gathers (the matrix would grow with elements times registers).
+        self.matrix: FloatArray | None = None
+        if pos * self.source_size <= 1 << 14:
+            self.matrix = np.zeros((pos, self.source_size))
+            rows = np.arange(pos)
+            self.matrix[rows, low] = 1.0
+            np.add.at(self.matrix, (rows, top), weight)
         self.any_wide = bool(wide.any())
-        self.half = np.asarray(per["half"], dtype=np.float64)
-        self.wrap = np.asarray(per["wrap"], dtype=np.float64)
+        self.top, self.low, self.weight = top, low, weight
         self.f32 = np.flatnonzero(per["f32"]) if pos else np.empty(0, np.intp)
         self.mul = np.asarray(per["mul"], dtype=np.float64)
         self.div = np.asarray(per["div"], dtype=np.float64)
@@ -184,42 +204,54 @@ class Decoder:
         sf = np.asarray(per["sf"], dtype=np.intp)
         self.sf_at = np.flatnonzero(sf >= 0)
         self.sf_index = sf[self.sf_at]
-        # Raw values are unsigned when compared, so -1 stands for "no sentinel" and never matches.
         self.missing = np.asarray(per["missing"], dtype=np.float64)
-        # Steps a map does not need are skipped: each numpy call costs 0.2-1 µs even on 16 values,
-        # which is most of a poll's decoding time on small maps.
-        self.any_signed = bool(self.wrap.any())
-        self.any_missing = bool((self.missing >= 0).any())
+        # Steps a map does not need are skipped: each numpy call costs 0.2-1 µs even on 16 values
+        # (more in a real poll, with the caches cold after the I/O), most of a small map's decode.
+        self.any_missing = bool(np.isfinite(self.missing).any())
         self.any_mul = bool((self.mul != 1.0).any())
         self.any_div = bool((self.div != 1.0).any())
         self.any_const = bool(self.const.any())
 
+    def raw(self, image: U16Array) -> FloatArray:
+        """Every element's raw value: integers as the device meant them, f32 as their bits."""
+        if self.any_signed:
+            source = np.concatenate((image, image.view(np.int16)), dtype=np.float64)
+        else:
+            source = image.astype(np.float64)
+        if self.matrix is not None:
+            matrix = self.matrix if self.any_signed else self.matrix[:, : image.size]
+            return matrix @ source  # type: ignore[no-any-return]
+        if self.any_wide:
+            value = source[self.top] * self.weight
+            value += source[self.low]
+            return value  # type: ignore[no-any-return]
+        return source[self.low]  # type: ignore[no-any-return]
+
     def decode(self, image: U16Array, ok: BoolArray, all_read: bool | None = None) -> Decoded:
         """Values of one poll; ``all_read`` (every register arrived) spares a pass over ``ok``."""
-        if self.any_wide:
-            value = image[self.hi] * self.hi_weight
-            value += image[self.lo]
-        else:
-            value = image[self.lo].astype(np.float64)
+        value = self.raw(image)
         not_available = value == self.missing if self.any_missing else None
-        if self.any_signed:
-            np.subtract(value, self.wrap, out=value, where=value >= self.half)
         if self.f32.size:
-            value[self.f32] = value[self.f32].astype(np.uint32).view(np.float32)
+            bits = value[self.f32].astype(np.uint32)
+            with np.errstate(invalid="ignore"):  # a signalling-NaN pattern widened to float64
+                value[self.f32] = bits.view(np.float32)
             nan = np.isnan(value)
             not_available = nan if not_available is None else not_available | nan
-        si = value * self.mul if self.any_mul else value.copy()
         bad_sf = None
-        if self.sf_at.size:
-            # SunSpec scale factors: value * 10^sf, dividing for sf < 0 so 8001 * 10^-1 = 800.1.
-            raw_sf = image[self.sf_index].view(np.int16).astype(np.float64)
-            bad_sf = np.zeros(self.size, dtype=np.bool_)
-            bad_sf[self.sf_at] = ~ok[self.sf_index] | (np.abs(raw_sf) > SF_LIMIT)
-            raw_sf[bad_sf[self.sf_at]] = 0.0
-            si[self.sf_at] *= np.power(10.0, np.maximum(raw_sf, 0.0))
-            si[self.sf_at] /= np.power(10.0, np.maximum(-raw_sf, 0.0))
-        if self.any_div:
-            si /= self.div
+        if not (self.any_mul or self.sf_at.size):
+            si = value / self.div if self.any_div else value.copy()
+        else:
+            si = value * self.mul
+            if self.sf_at.size:
+                # SunSpec scale factors: value * 10^sf, dividing for sf < 0 so 8001 * 10^-1 = 800.1
+                raw_sf = image[self.sf_index].view(np.int16).astype(np.float64)
+                bad_sf = np.zeros(self.size, dtype=np.bool_)
+                bad_sf[self.sf_at] = ~ok[self.sf_index] | (np.abs(raw_sf) > SF_LIMIT)
+                raw_sf[bad_sf[self.sf_at]] = 0.0
+                si[self.sf_at] *= np.power(10.0, np.maximum(raw_sf, 0.0))
+                si[self.sf_at] /= np.power(10.0, np.maximum(-raw_sf, 0.0))
+            if self.any_div:
+                si /= self.div
         if self.any_const:
             si += self.const
         out_of_range = si < self.lo_limit
