@@ -180,14 +180,25 @@ class SunSpecDriver(ModbusDriver):
             if self.options.base_address is not None
             else BASE_ADDRESSES
         )
+        silent: list[int] = []
+        last_error: DriverError | None = None
         for base in candidates:
             try:
                 if tuple(await self._registers(base, 2)) == MARKER:
                     return base
             except ExceptionResponse:
                 continue  # nothing there: try the next place the specification allows
+            except DriverError as exc:
+                # No answer at all: some devices (and gateways) stay silent for registers they do
+                # not implement instead of answering ILLEGAL DATA ADDRESS, so keep looking.
+                silent.append(base)
+                last_error = exc
+        unit = self.options.unit_id
         where = ", ".join(str(b) for b in candidates)
-        raise DriverError(f"unit {self.options.unit_id}: no SunSpec marker 'SunS' at {where}")
+        if len(silent) == len(candidates):
+            raise DriverError(f"unit {unit}: no answer at {where}: {last_error}")
+        unanswered = f" (no answer at {', '.join(map(str, silent))})" if silent else ""
+        raise DriverError(f"unit {unit}: no SunSpec marker 'SunS' at {where}{unanswered}")
 
     async def _walk(self, address: int) -> list[ModelInstance]:
         models: list[ModelInstance] = []

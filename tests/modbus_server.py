@@ -9,10 +9,12 @@ Run as a script it serves the image in a JSON file over Modbus TCP or RTU and pr
 The image: ``{"units": {"1": {"holding": [[address, [u16, ...]], ...], "input": [...]}},
 "exceptions": [[unit, "holding", address, code], ...]}``. Addresses not in the image answer
 ILLEGAL DATA ADDRESS (pymodbus does this for undefined registers); an ``exceptions`` entry makes
-any read touching that register answer the given exception code. ``{"garbage": "random"}``
-(TCP) answers every request with random bytes, ``{"garbage": "short"}`` (TCP) answers reads of
-more than 40 registers one register short, ``{"garbage": "bad_crc"}`` (RTU) with a well-formed
-reply whose CRC is wrong: devices that are there but talk nonsense.
+any read touching that register answer the given exception code; a ``silent`` entry
+``[unit, "holding", address]`` leaves any read touching that register unanswered (a device or
+gateway dropping what it cannot serve), other requests still being answered.
+``{"garbage": "random"}`` (TCP) answers every request with random bytes, ``{"garbage": "short"}``
+(TCP) answers reads of more than 40 registers one register short, ``{"garbage": "bad_crc"}``
+(RTU) with a well-formed reply whose CRC is wrong: devices that are there but talk nonsense.
 Imported, this module gives the tests :class:`ServerProcess` (start, pause with SIGSTOP,
 resume, stop) and :func:`pty_pair`.
 """
@@ -42,8 +44,11 @@ def _sim_devices(image: Image) -> list[Any]:
     from pymodbus.constants import ExcCodes
     from pymodbus.simulator import DataType, SimData, SimDevice
 
-    async def action(faults, func_code, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
+    async def action(faults, silent, func_code, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
         function = "input" if func_code == 4 else "holding"
+        for silent_function, silent_address in silent:
+            if silent_function == function and address <= silent_address < address + count:
+                await asyncio.Event().wait()  # never answers: the client's timeout runs out
         for fault_function, fault_address, code in faults:
             if fault_function == function and address <= fault_address < address + count:
                 return ExcCodes(code)
@@ -58,12 +63,13 @@ def _sim_devices(image: Image) -> list[Any]:
                 [SimData(a, values=list(v), datatype=DataType.REGISTERS) for a, v in runs]
             )
         faults = [(f, a, c) for u, f, a, c in image.get("exceptions", []) if str(u) == str(unit)]
+        silent = [(f, a) for u, f, a in image.get("silent", []) if str(u) == str(unit)]
         bits = [SimData(0, values=False, datatype=DataType.BITS)]
         devices.append(
             SimDevice(
                 int(unit),
                 simdata=(bits, bits, blocks[0], blocks[1]),
-                action=partial(action, faults) if faults else None,
+                action=partial(action, faults, silent) if faults or silent else None,
             )
         )
     return devices

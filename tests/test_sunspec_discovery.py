@@ -123,6 +123,26 @@ def test_marker_at_register_zero_is_found_when_40000_is_empty() -> None:
     assert reading.bms_soc_pct == pytest.approx(87.3)
 
 
+def test_marker_at_register_zero_is_found_when_40000_never_answers() -> None:
+    image = storage_device(base=0)
+    image["units"]["1"]["holding"].append([40000, [0, 0]])
+    image["silent"] = [[1, "holding", 40000]]  # no exception response, no reply at all
+    with ServerProcess(image) as server:
+        driver = make_driver(server.port, request_timeout_s=0.3)
+        reading = asyncio.run(poll_once(driver))
+    assert reading.bms_soc_pct == pytest.approx(87.3)
+    assert driver.info["SN"] == "A1B2C3"
+
+
+def test_marker_at_50000_is_found_when_40000_and_0_never_answer() -> None:
+    image = storage_device(base=50000)
+    image["units"]["1"]["holding"] += [[0, [0, 0]], [40000, [0, 0]]]
+    image["silent"] = [[1, "holding", 40000], [1, "holding", 0]]
+    with ServerProcess(image) as server:
+        reading = asyncio.run(poll_once(make_driver(server.port, request_timeout_s=0.3)))
+    assert reading.bms_soc_pct == pytest.approx(87.3)
+
+
 def test_device_without_sunspec_marker_is_a_clear_error() -> None:
     with ServerProcess({"units": {"1": {"holding": [[0, [1, 2, 3]]]}}}) as server:
         driver = make_driver(server.port)
