@@ -275,6 +275,43 @@ def test_two_unit_ids_share_one_tcp_gateway_connection() -> None:
     np.testing.assert_array_equal(two.cell_voltage_v, np.array(other) / 1000.0)
 
 
+def test_poll_cancelled_by_its_timeout_leaves_the_other_unit_on_the_gateway_undisturbed() -> None:
+    other = [3400 - i for i in range(16)]
+    image = {
+        "units": {
+            "1": {"holding": generic_16s_image()},
+            "2": {"holding": generic_16s_image(other)},
+        },
+        "silent": [[2, "holding", 0]],  # the gateway drops unit 2's measurement reads
+    }
+    with ServerProcess(image) as server:
+        first = make_driver(tcp_options(server.port, unit_id=1), "bms1")
+        second = make_driver(tcp_options(server.port, unit_id=2), "bms2")
+
+        async def scenario():  # type: ignore[no-untyped-def]
+            await first.open()
+            await second.open()
+            readings = []
+            for _ in range(6):
+                # As the poll task does: the hung poll is cancelled by its timeout while its
+                # request is on the shared connection, and the other unit polls meanwhile.
+                hung = asyncio.create_task(asyncio.wait_for(second.read(), 0.2))
+                await asyncio.sleep(0.05)
+                readings.append(await asyncio.wait_for(first.read(), 2.0))
+                with pytest.raises(TimeoutError):
+                    await hung
+                readings.append(await asyncio.wait_for(first.read(), 2.0))
+            await first.close()
+            await second.close()
+            return readings
+
+        readings = asyncio.run(scenario())
+    assert not _CONNECTIONS
+    for reading in readings:
+        assert reading.quality == Quality.OK
+        np.testing.assert_array_equal(reading.cell_voltage_v, np.array(CELLS_MV) / 1000.0)
+
+
 def test_device_answering_random_bytes_fails_the_poll_promptly() -> None:
     with ServerProcess({"garbage": "random"}) as server:
         driver = make_driver(tcp_options(server.port, request_timeout_s=0.3))
