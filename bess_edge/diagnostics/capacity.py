@@ -1,12 +1,28 @@
 """Capacity (SOH) from charge throughput between well-known SOC points, and its fade trend.
 
-A *well-known* SOC point is the end of a long rest: the cell voltage has relaxed to its OCV and
-the chemistry's table gives SOC with an uncertainty set by the OCV slope (useless on the LFP
-plateau, good at the knees). Between two such points the offset-corrected current integral ΔAh
-and the SOC difference ΔSOC satisfy ΔAh = Q·ΔSOC/100, both measured with error, so Q is fitted
-by weighted total least squares (Plett, "Recursive approximate weighted total least squares
-estimation of battery cell total capacity", J. Power Sources 196 (2011) 2319): minimise
-Σ (ΔAh - Q·x)² / (σy² + Q²σx²).
+A *well-known* SOC point (an *anchor*) is the end of a long rest: the cell voltage has relaxed to
+its OCV and the chemistry's table gives SOC with an uncertainty set by the OCV slope (useless on
+the LFP plateau, good at the knees). The charge counter ``A`` integrates the *measured* current,
+which reads high by an unknown constant offset ``b``, so at anchor ``k`` (time ``t_k``, SOC
+``x_k``)
+
+    A_k = Q·x_k/100 + b·t_k + c
+
+with the capacity ``Q``, the offset ``b`` and the counter's zero ``c`` unknown, and ``x_k``
+measured with the anchor's error. Q is the weighted total-least-squares fit (Plett, "Recursive
+approximate weighted total least squares estimation of battery cell total capacity", J. Power
+Sources 196 (2011) 2319): minimise Σ w_k (A_k - Q·x_k - b·t_k - c)² / (σA_k² + Q²σx_k²) over Q,
+with b and c profiled out in closed form for each Q.
+
+Why the offset is fitted here and not taken from the SOC filter: between two anchors hours apart
+an offset of 0.5 % of 1C moves the charge by several % of capacity, with the sign of the
+current's direction, so discharge pairs read low and charge pairs high. The SOC filter learns
+the offset only where the OCV is steep; on an LFP plateau its estimate follows model errors
+(diffusion overpotentials, relaxation) and drifts by more than the offset itself. The anchors
+measure it directly: two rests at the same SOC a day apart differ in ``A`` by ``b`` times a day.
+The SOC filter's estimate and its variance enter as a Gaussian prior on b: while the anchors
+cannot yet separate b from Q (two anchors), Q rests on the filter's offset as before; once they
+can, they outweigh it.
 """
 
 from __future__ import annotations
@@ -20,131 +36,186 @@ from bess_edge.chemistry import Chemistry
 from bess_edge.diagnostics.soc import OCV_MODEL_ERROR_V
 from bess_edge.model import FloatArray
 
-# A pair must span at least 20 % SOC: shorter spans divide noise by too little charge.
-MIN_PAIR_SOC_PCT = 20.0
+# Q is fitted once a chain of anchors spans at least 20 % SOC: shorter spans divide the anchors'
+# errors by too little charge.
+MIN_SPAN_SOC_PCT = 20.0
 # An anchor's SOC is trusted only when the OCV slope gives σ below this.
 MAX_ANCHOR_SIGMA_PCT = 3.0
-# Old pairs fade: each new pair multiplies older weights by this (memory of ~50 pairs).
-PAIR_FORGETTING = 0.98
-MAX_PAIRS = 200
+# Old anchors fade: each new anchor multiplies older weights by this (memory of ~50 rests, a few
+# weeks of daily cycling, over which the offset is taken as constant).
+ANCHOR_FORGETTING = 0.98
+MAX_ANCHORS = 200
 # Current integration error beyond the offset: gain error of the sensor, ~0.5 % of reading.
 CURRENT_GAIN_ERROR = 0.005
+# The rested voltage is averaged over the last minutes of the rest: 1 mV of cell-monitor noise
+# and its quantisation shrink, while the remaining relaxation over 5 min is far below a mV.
+REST_AVERAGE_S = 300.0
 MAX_HISTORY = 500
+# Columns of ``anchors``.
+SOC, SOC_VAR, AH, AH_VAR, TIME, CHAIN = range(6)
 
 
 class CapacityEstimator:
-    """Pairs of rested SOC anchors with the charge between them, fitted by weighted TLS."""
+    """Rested SOC anchors with the charge counter at each, fitted by weighted TLS."""
 
     def __init__(self, chemistry: Chemistry, nominal_capacity_ah: float) -> None:
         self.chemistry = chemistry
         self.nominal_capacity_ah = nominal_capacity_ah
-        self.ah_counter = 0.0  # offset-corrected, efficiency-corrected charge since start [Ah]
-        self.ah_sigma2 = 0.0  # variance of that integral from the offset uncertainty [Ah²]
-        self._pending: tuple[float, float, float, float] | None = None
-        self._anchor: tuple[float, float, float, float] | None = None  # soc, σ², Ah, σ²Ah
-        self.pairs: FloatArray = np.zeros((0, 4))  # ΔSOC %, ΔAh, σx², σy²
+        self.ah_counter = 0.0  # measured (not offset-corrected) charge since start [Ah]
+        self.ah_sigma2 = 0.0  # variance of that integral since the last anchor [Ah²]
+        self.chain = 0.0  # increments where the counter lost charge (a gap, a restart)
+        self._rest_v = math.nan  # rested voltage, averaged over the settled part of this rest
+        self._pending: FloatArray | None = None  # the anchor this rest will give
+        self.anchors: FloatArray = np.zeros((0, 6))
         self.capacity_ah = math.nan
         self.capacity_sigma_ah = math.nan
+        self.offset_a = math.nan  # the offset b of the last fit [A], reads high by this
         self.history: FloatArray = np.zeros((0, 3))  # ts_s, equivalent full cycles, capacity Ah
 
-    def integrate(self, current_a: float, dt_s: float, bias_sigma_a: float) -> None:
-        """Add ``dt_s`` of offset-corrected current [A] to the charge counter."""
+    def integrate(self, current_a: float, dt_s: float) -> None:
+        """Add ``dt_s`` of measured current [A], offset included, to the charge counter."""
         if not (math.isfinite(current_a) and dt_s > 0):
             return
         eta = self.chemistry.coulombic_efficiency if current_a > 0 else 1.0
         self.ah_counter += eta * current_a * dt_s / 3600.0
-        # The offset error is systematic: its contribution grows with time, not with √time.
-        self.ah_sigma2 += (bias_sigma_a * dt_s / 3600.0) ** 2 + (
-            CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0
-        ) ** 2
+        self.ah_sigma2 += (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2
 
-    def observe_rest(self, rested_voltage_v: float) -> None:
-        """Note a settled rest: the mean cell voltage [V] is taken as the OCV."""
+    def break_chain(self) -> None:
+        """Charge went uncounted (a long gap, a restart): later anchors start a new chain."""
+        self.chain += 1.0
+        self._pending = None
+        self._rest_v = math.nan
+
+    def observe_rest(self, rested_voltage_v: float, dt_s: float, ts_s: float) -> None:
+        """Note a settled resting poll: the mean cell voltage [V] is taken as the OCV."""
         if not math.isfinite(rested_voltage_v):
             return
-        soc = float(self.chemistry.soc_from_ocv(rested_voltage_v))
+        if math.isfinite(self._rest_v):
+            alpha = min(1.0, max(dt_s, 0.0) / REST_AVERAGE_S)
+            self._rest_v += alpha * (rested_voltage_v - self._rest_v)
+        else:
+            self._rest_v = rested_voltage_v
+        soc = float(self.chemistry.soc_from_ocv(self._rest_v))
         slope = float(self.chemistry.docv_dsoc(soc))
         if slope <= 0 or OCV_MODEL_ERROR_V / slope > MAX_ANCHOR_SIGMA_PCT:
+            self._pending = None
             return
         sigma_pct = OCV_MODEL_ERROR_V / slope
-        self._pending = (soc, sigma_pct**2, self.ah_counter, self.ah_sigma2)
+        self._pending = np.array(
+            [soc, sigma_pct**2, self.ah_counter, self.ah_sigma2, ts_s, self.chain]
+        )
 
-    def end_rest(self, ts_s: float, equivalent_full_cycles: float) -> bool:
-        """The rest is over: its last settled sample becomes an anchor. True if Q was refitted."""
+    def end_rest(
+        self,
+        ts_s: float,
+        equivalent_full_cycles: float,
+        offset_a: float = 0.0,
+        offset_sigma_a: float = math.inf,
+    ) -> bool:
+        """The rest is over: its last settled sample becomes an anchor. True if Q was refitted.
+
+        ``offset_a`` ± ``offset_sigma_a`` is what else is known of the current offset [A] (the
+        SOC filter's estimate), the prior of the fit.
+        """
         pending, self._pending = self._pending, None
+        self._rest_v = math.nan
         if pending is None:
             return False
-        previous, self._anchor = self._anchor, pending
-        if previous is None:
+        self.anchors = np.vstack([self.anchors, pending])[-MAX_ANCHORS:]
+        self.ah_sigma2 = 0.0
+        chain = self.anchors[self.anchors[:, CHAIN] == pending[CHAIN]]
+        if np.ptp(chain[:, SOC]) < MIN_SPAN_SOC_PCT:
             return False
-        d_soc = pending[0] - previous[0]
-        if abs(d_soc) < MIN_PAIR_SOC_PCT:
-            return False
-        pair = [d_soc, pending[2] - previous[2], pending[1] + previous[1], pending[3] - previous[3]]
-        self.pairs = np.vstack([self.pairs, pair])[-MAX_PAIRS:]
-        self.capacity_ah, self.capacity_sigma_ah = fit_capacity_wtls(
-            self.pairs, self.nominal_capacity_ah
-        )
+        fit = fit_capacity_wtls(self.anchors, self.nominal_capacity_ah, offset_a, offset_sigma_a)
+        self.capacity_ah, self.capacity_sigma_ah, self.offset_a = fit
         self.history = np.vstack([self.history, [ts_s, equivalent_full_cycles, self.capacity_ah]])[
             -MAX_HISTORY:
         ]
         return True
 
     def state(self) -> dict[str, Any]:
-        def anchor(value: tuple[float, ...] | None) -> FloatArray:
-            return np.full(4, np.nan) if value is None else np.asarray(value)
-
         return {
             "scalars": np.array(
-                [self.ah_counter, self.ah_sigma2, self.capacity_ah, self.capacity_sigma_ah]
+                [
+                    self.ah_counter,
+                    self.ah_sigma2,
+                    self.capacity_ah,
+                    self.capacity_sigma_ah,
+                    self.chain,
+                    self.offset_a,
+                ]
             ),
-            "pending": anchor(self._pending),
-            "anchor": anchor(self._anchor),
-            "pairs": self.pairs,
+            "anchors": self.anchors,
             "history": self.history,
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        def anchor(value: FloatArray) -> tuple[float, float, float, float] | None:
-            v = [float(x) for x in value]
-            return None if math.isnan(v[0]) else (v[0], v[1], v[2], v[3])
-
         scalars = [float(x) for x in state["scalars"]]
-        self.ah_counter, self.ah_sigma2, self.capacity_ah, self.capacity_sigma_ah = scalars
-        self._pending = anchor(state["pending"])
-        self._anchor = anchor(state["anchor"])
-        self.pairs = np.asarray(state["pairs"], dtype=np.float64).reshape(-1, 4)
+        self.ah_counter, self.ah_sigma2, self.capacity_ah, self.capacity_sigma_ah = scalars[:4]
         self.history = np.asarray(state["history"], dtype=np.float64).reshape(-1, 3)
+        if "anchors" in state and len(scalars) == 6:
+            self.chain, self.offset_a = scalars[4:]
+            self.anchors = np.asarray(state["anchors"], dtype=np.float64).reshape(-1, 6)
+        # else: a blob from before anchors were kept (pairs of offset-corrected charge); the
+        # capacity and its history carry over, the anchors start afresh.
+        self._pending = None
+        self._rest_v = math.nan
 
 
-def fit_capacity_wtls(pairs: FloatArray, nominal_capacity_ah: float) -> tuple[float, float]:
-    """Capacity [Ah] and its standard deviation [Ah] from (ΔSOC %, ΔAh, σx², σy²) pairs.
+def fit_capacity_wtls(
+    anchors: FloatArray,
+    nominal_capacity_ah: float,
+    offset_a: float = 0.0,
+    offset_sigma_a: float = math.inf,
+) -> tuple[float, float, float]:
+    """Capacity [Ah], its standard deviation [Ah] and the current offset [A] from anchors,
+    with ``offset_a`` ± ``offset_sigma_a`` [A] as the prior of the offset.
 
-    The weighted-TLS cost is one-dimensional in Q, so it is minimised on a dense grid around the
-    rated capacity and refined; the standard deviation comes from the cost's curvature.
+    ``anchors`` has the columns SOC %, its variance, charge counter Ah, its variance, time s and
+    chain. For a given Q the cost is quadratic in the offset and in each chain's counter zero,
+    so those are solved exactly (the counter zero by centring within each chain, the offset with
+    its prior); the remaining one-dimensional cost in Q is minimised on a dense grid around the
+    rated capacity and refined, and the standard deviation comes from its curvature.
     """
-    if pairs.size == 0:
-        return math.nan, math.nan
-    age = np.arange(pairs.shape[0])[::-1]
-    weight = PAIR_FORGETTING**age
-    x = pairs[:, 0] / 100.0
-    y, sx2, sy2 = pairs[:, 1], pairs[:, 2] / 100.0**2, np.maximum(pairs[:, 3], 1e-12)
+    if anchors.shape[0] < 2:
+        return math.nan, math.nan, math.nan
+    age = np.arange(anchors.shape[0])[::-1]
+    weight = ANCHOR_FORGETTING**age
+    x = anchors[:, SOC] / 100.0
+    sx2 = anchors[:, SOC_VAR] / 100.0**2
+    y = anchors[:, AH]
+    sy2 = np.maximum(anchors[:, AH_VAR], 1e-12)
+    hours = (anchors[:, TIME] - anchors[-1, TIME]) / 3600.0
+    _, chain = np.unique(anchors[:, CHAIN], return_inverse=True)
+    member = np.eye(int(chain.max()) + 1)[chain]  # anchors x chains, one-hot
+    prior_info = 1.0 / max(offset_sigma_a, 1e-9) ** 2  # 0 without a prior
 
-    def cost(q: FloatArray) -> FloatArray:
+    def profile(q: FloatArray) -> tuple[FloatArray, FloatArray]:
         q = q[:, None]
-        return np.sum(weight * (y - q * x) ** 2 / (sy2 + q**2 * sx2), axis=1)
+        w = weight / (sy2 + q**2 * sx2)  # grid x anchors
+        u = y - q * x
+        # Centre u and t within each chain with the weights: that removes each chain's zero c.
+        wsum = w @ member
+        u_c = u - ((w * u) @ member / wsum) @ member.T
+        t_c = hours - ((w * hours) @ member / wsum) @ member.T
+        b = (np.sum(w * u_c * t_c, axis=1) + prior_info * offset_a) / (
+            np.sum(w * t_c**2, axis=1) + prior_info
+        )
+        residual = u_c - b[:, None] * t_c
+        return np.sum(w * residual**2, axis=1) + prior_info * (b - offset_a) ** 2, b
 
     grid = nominal_capacity_ah * np.linspace(0.3, 1.5, 1201)
-    best = grid[np.argmin(cost(grid))]
+    best = grid[np.argmin(profile(grid)[0])]
     step = grid[1] - grid[0]
     fine = np.linspace(best - step, best + step, 201)
-    values = cost(fine)
-    q = float(fine[np.argmin(values)])
+    values, offsets = profile(fine)
+    index = int(np.argmin(values))
+    q = float(fine[index])
     h = max(1e-3 * q, 1e-9)
-    curvature = float(np.diff(cost(np.array([q - h, q, q + h])), n=2)[0]) / h**2
-    # Cost is Σ r²/σ², so half its curvature is the Fisher information of Q.
+    curvature = float(np.diff(profile(np.array([q - h, q, q + h]))[0], n=2)[0]) / h**2
+    # Cost is Σ r²/σ², so half its curvature is the Fisher information of Q (b profiled out).
     sigma = math.sqrt(2.0 / curvature) if curvature > 0 else math.nan
-    return q, sigma
+    return q, sigma, float(offsets[index])
 
 
 def fade_projection(history: FloatArray, nominal_capacity_ah: float, eol_soh_pct: float) -> dict:

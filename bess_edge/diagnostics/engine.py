@@ -30,7 +30,7 @@ from bess_edge.diagnostics.resistance import (
     temperature_factor,
 )
 from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
-from bess_edge.diagnostics.soc import SocFilter
+from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, SocFilter
 from bess_edge.diagnostics.thermal import ThermalMonitor, sensor_of_cell
 from bess_edge.model import FloatArray, Reading
 
@@ -160,7 +160,7 @@ class Diagnostician:
 
         diagnosis = Diagnosis(self.device_id, reading.ts_ms)
         self._track_rest(dt_s, corrected, reading.ts_ms)
-        self._capacity_and_cycles(dt_s, corrected, string_v, diagnosis)
+        self._capacity_and_cycles(dt_s, current, corrected, string_v, reading.ts_ms, diagnosis)
         self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
         self._safety(dt_s, inputs, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
@@ -178,10 +178,12 @@ class Diagnostician:
         if last is None:
             return 0.0
         dt_s = (ts_ms - last) / 1000.0
-        if dt_s > MAX_GAP_S and self.string_soc.initialised:
-            grow = (GAP_SOC_SIGMA_PCT_PER_H * dt_s / 3600.0) ** 2
-            self.string_soc.p[:, 0, 0] += grow
-            self.cells.soc.p[:, 0, 0] += grow
+        if dt_s > MAX_GAP_S:
+            self.capacity.break_chain()
+            if self.string_soc.initialised:
+                grow = (GAP_SOC_SIGMA_PCT_PER_H * dt_s / 3600.0) ** 2
+                self.string_soc.p[:, 0, 0] += grow
+                self.cells.soc.p[:, 0, 0] += grow
         return dt_s if 0.0 < dt_s <= MAX_GAP_S else 0.0
 
     def _string_cell_voltage(self, inputs: CleanInputs) -> float:
@@ -278,7 +280,17 @@ class Diagnostician:
             self.rest_s += max(dt_s, 1e-3)
         elif self.rest_s > 0.0:
             self.rest_s = 0.0
-            if self.capacity.end_rest(ts_ms / 1000.0, self.cycles.equivalent_full_cycles):
+            offset_sigma = (
+                math.sqrt(max(float(self.string_soc.p[0, 2, 2]), 0.0))
+                if self.string_soc.initialised
+                else INITIAL_BIAS_SIGMA_C * self.nominal_capacity_ah
+            )
+            if self.capacity.end_rest(
+                ts_ms / 1000.0,
+                self.cycles.equivalent_full_cycles,
+                self.string_soc.bias_a,
+                offset_sigma,
+            ):
                 log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
 
     @property
@@ -287,17 +299,19 @@ class Diagnostician:
         return self.rest_s >= REST_SETTLE_S and self._busy_polls == 0
 
     def _capacity_and_cycles(
-        self, dt_s: float, corrected: float, string_v: float, d: Diagnosis
+        self,
+        dt_s: float,
+        current: float,
+        corrected: float,
+        string_v: float,
+        ts_ms: int,
+        d: Diagnosis,
     ) -> None:
-        bias_sigma = (
-            math.sqrt(max(float(self.string_soc.p[0, 2, 2]), 0.0))
-            if (self.string_soc.initialised)
-            else 0.0
-        )
-        self.capacity.integrate(corrected, dt_s, bias_sigma)
+        # The capacity fit learns the offset from its anchors: it counts the measured current.
+        self.capacity.integrate(current, dt_s)
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else math.nan
         if self.settled:
-            self.capacity.observe_rest(string_v)
+            self.capacity.observe_rest(string_v, dt_s, ts_ms / 1000.0)
         self.cycles.update(soc, corrected, dt_s)
         cap = self.capacity
         d.capacity_ah, d.capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
@@ -432,6 +446,8 @@ class Diagnostician:
         self.series_cells, self.rest_s = int(series), rest_s
         self._last = None
         self._last_ts_ms = None
+        # The charge between the saved state and now was not counted.
+        self.capacity.break_chain()
 
 
 def _any(values: FloatArray) -> bool:
