@@ -54,6 +54,8 @@ def test_lfp_capacity_is_not_biased_by_an_offset_the_soc_filter_missed():
     print(f"capacity {est.capacity_ah:.2f} ± {est.capacity_sigma_ah:.2f} Ah, offset {est.offset_a}")
     assert est.capacity_ah == pytest.approx(CAPACITY_AH, rel=0.01)
     assert est.offset_a == pytest.approx(OFFSET_A, rel=0.1)
+    # Pinned by the anchors better than the filter claims to know it: handed to the filter.
+    assert est.offset_learned and est.offset_sigma_a < 0.001 * CAPACITY_AH
     assert abs(est.capacity_ah - CAPACITY_AH) < 3 * est.capacity_sigma_ah + 0.005 * CAPACITY_AH
 
 
@@ -78,3 +80,4 @@ def test_two_anchors_lean_on_the_filter_offset_and_say_how_sure_they_are():
     site.rest(7200)
     assert est.capacity_ah == pytest.approx(CAPACITY_AH, rel=0.01)
     assert np.isfinite(est.capacity_sigma_ah) and est.capacity_sigma_ah > 0
+    assert not est.offset_learned  # one pair cannot tell the offset from the capacity

@@ -20,9 +20,10 @@ current's direction, so discharge pairs read low and charge pairs high. The SOC 
 the offset only where the OCV is steep; on an LFP plateau its estimate follows model errors
 (diffusion overpotentials, relaxation) and drifts by more than the offset itself. The anchors
 measure it directly: two rests at the same SOC a day apart differ in ``A`` by ``b`` times a day.
-The SOC filter's estimate and its variance enter as a Gaussian prior on b: while the anchors
-cannot yet separate b from Q (two anchors), Q rests on the filter's offset as before; once they
-can, they outweigh it.
+While the anchors cannot yet pin b better than the SOC filter knows it (two anchors, one
+pair), the filter's estimate and variance are the prior of b and Q rests on it as before. Once
+they can, the fit takes only the sensor's spec as prior (zero ± 1 % of 1C) and its offset is
+handed to the filter (``offset_learned``): never both ways at once, so no anchor is counted twice.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.soc import OCV_MODEL_ERROR_V
+from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V
 from bess_edge.model import FloatArray
 
 # Q is fitted once a chain of anchors spans at least 20 % SOC: shorter spans divide the anchors'
@@ -70,6 +71,8 @@ class CapacityEstimator:
         self.capacity_ah = math.nan
         self.capacity_sigma_ah = math.nan
         self.offset_a = math.nan  # the offset b of the last fit [A], reads high by this
+        self.offset_sigma_a = math.nan
+        self.offset_learned = False  # the last fit pinned b from the anchors alone
         self.history: FloatArray = np.zeros((0, 3))  # ts_s, equivalent full cycles, capacity Ah
 
     def integrate(self, current_a: float, dt_s: float) -> None:
@@ -126,8 +129,12 @@ class CapacityEstimator:
         chain = self.anchors[self.anchors[:, CHAIN] == pending[CHAIN]]
         if np.ptp(chain[:, SOC]) < MIN_SPAN_SOC_PCT:
             return False
-        fit = fit_capacity_wtls(self.anchors, self.nominal_capacity_ah, offset_a, offset_sigma_a)
-        self.capacity_ah, self.capacity_sigma_ah, self.offset_a = fit
+        nominal = self.nominal_capacity_ah
+        fit = fit_capacity_wtls(self.anchors, nominal, 0.0, INITIAL_BIAS_SIGMA_C * nominal)
+        self.offset_learned = fit[3] < offset_sigma_a
+        if not self.offset_learned:
+            fit = fit_capacity_wtls(self.anchors, nominal, offset_a, offset_sigma_a)
+        self.capacity_ah, self.capacity_sigma_ah, self.offset_a, self.offset_sigma_a = fit
         self.history = np.vstack([self.history, [ts_s, equivalent_full_cycles, self.capacity_ah]])[
             -MAX_HISTORY:
         ]
@@ -143,6 +150,7 @@ class CapacityEstimator:
                     self.capacity_sigma_ah,
                     self.chain,
                     self.offset_a,
+                    self.offset_sigma_a,
                 ]
             ),
             "anchors": self.anchors,
@@ -153,8 +161,8 @@ class CapacityEstimator:
         scalars = [float(x) for x in state["scalars"]]
         self.ah_counter, self.ah_sigma2, self.capacity_ah, self.capacity_sigma_ah = scalars[:4]
         self.history = np.asarray(state["history"], dtype=np.float64).reshape(-1, 3)
-        if "anchors" in state and len(scalars) == 6:
-            self.chain, self.offset_a = scalars[4:]
+        if "anchors" in state and len(scalars) == 7:
+            self.chain, self.offset_a, self.offset_sigma_a = scalars[4:]
             self.anchors = np.asarray(state["anchors"], dtype=np.float64).reshape(-1, 6)
         # else: a blob from before anchors were kept (pairs of offset-corrected charge); the
         # capacity and its history carry over, the anchors start afresh.
@@ -167,18 +175,21 @@ def fit_capacity_wtls(
     nominal_capacity_ah: float,
     offset_a: float = 0.0,
     offset_sigma_a: float = math.inf,
-) -> tuple[float, float, float]:
-    """Capacity [Ah], its standard deviation [Ah] and the current offset [A] from anchors,
-    with ``offset_a`` ± ``offset_sigma_a`` [A] as the prior of the offset.
+) -> tuple[float, float, float, float]:
+    """Capacity [Ah] and the current offset [A] from anchors, each with its standard deviation
+    (Q, σQ, b, σb), with ``offset_a`` ± ``offset_sigma_a`` [A] as the prior of the offset.
 
     ``anchors`` has the columns SOC %, its variance, charge counter Ah, its variance, time s and
     chain. For a given Q the cost is quadratic in the offset and in each chain's counter zero,
     so those are solved exactly (the counter zero by centring within each chain, the offset with
     its prior); the remaining one-dimensional cost in Q is minimised on a dense grid around the
-    rated capacity and refined, and the standard deviation comes from its curvature.
+    rated capacity and refined, and the standard deviation comes from its curvature. The
+    offset's variance is its variance for the fitted Q plus what Q's uncertainty adds through
+    the slope of the profiled offset.
     """
+    nan = math.nan
     if anchors.shape[0] < 2:
-        return math.nan, math.nan, math.nan
+        return nan, nan, nan, nan
     age = np.arange(anchors.shape[0])[::-1]
     weight = ANCHOR_FORGETTING**age
     x = anchors[:, SOC] / 100.0
@@ -190,7 +201,7 @@ def fit_capacity_wtls(
     member = np.eye(int(chain.max()) + 1)[chain]  # anchors x chains, one-hot
     prior_info = 1.0 / max(offset_sigma_a, 1e-9) ** 2  # 0 without a prior
 
-    def profile(q: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def profile(q: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         q = q[:, None]
         w = weight / (sy2 + q**2 * sx2)  # grid x anchors
         u = y - q * x
@@ -198,24 +209,26 @@ def fit_capacity_wtls(
         wsum = w @ member
         u_c = u - ((w * u) @ member / wsum) @ member.T
         t_c = hours - ((w * hours) @ member / wsum) @ member.T
-        b = (np.sum(w * u_c * t_c, axis=1) + prior_info * offset_a) / (
-            np.sum(w * t_c**2, axis=1) + prior_info
-        )
+        b_info = np.sum(w * t_c**2, axis=1) + prior_info
+        b = (np.sum(w * u_c * t_c, axis=1) + prior_info * offset_a) / b_info
         residual = u_c - b[:, None] * t_c
-        return np.sum(w * residual**2, axis=1) + prior_info * (b - offset_a) ** 2, b
+        return np.sum(w * residual**2, axis=1) + prior_info * (b - offset_a) ** 2, b, b_info
 
     grid = nominal_capacity_ah * np.linspace(0.3, 1.5, 1201)
     best = grid[np.argmin(profile(grid)[0])]
     step = grid[1] - grid[0]
     fine = np.linspace(best - step, best + step, 201)
-    values, offsets = profile(fine)
-    index = int(np.argmin(values))
-    q = float(fine[index])
+    q = float(fine[int(np.argmin(profile(fine)[0]))])
     h = max(1e-3 * q, 1e-9)
-    curvature = float(np.diff(profile(np.array([q - h, q, q + h]))[0], n=2)[0]) / h**2
+    values, offsets, b_info = profile(np.array([q - h, q, q + h]))
+    curvature = float(np.diff(values, n=2)[0]) / h**2
     # Cost is Σ r²/σ², so half its curvature is the Fisher information of Q (b profiled out).
-    sigma = math.sqrt(2.0 / curvature) if curvature > 0 else math.nan
-    return q, sigma, float(offsets[index])
+    if not curvature > 0:
+        return q, nan, float(offsets[1]), nan
+    sigma_q = math.sqrt(2.0 / curvature)
+    db_dq = float(offsets[2] - offsets[0]) / (2.0 * h)
+    sigma_b = math.sqrt(1.0 / float(b_info[1]) + (db_dq * sigma_q) ** 2)
+    return q, sigma_q, float(offsets[1]), sigma_b
 
 
 def fade_projection(history: FloatArray, nominal_capacity_ah: float, eol_soh_pct: float) -> dict:

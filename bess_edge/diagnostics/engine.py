@@ -292,6 +292,10 @@ class Diagnostician:
                 offset_sigma,
             ):
                 log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
+                if self.capacity.offset_learned and self.string_soc.initialised:
+                    self.string_soc.assume_bias(
+                        self.capacity.offset_a, self.capacity.offset_sigma_a
+                    )
 
     @property
     def settled(self) -> bool:

@@ -167,6 +167,16 @@ class SocFilter:
             limit = BIAS_LIMIT_C * cap
             self.x[:, 2] = np.clip(self.x[:, 2], -limit, limit)
 
+    def assume_bias(self, offset_a: float, sigma_a: float) -> None:
+        """Take the current offset [A] ± sigma from an independent estimate (the capacity fit's
+        rest anchors): its correlations with SOC and V_RC are dropped, which keeps P valid."""
+        if self.states != 3 or not (np.isfinite(offset_a) and np.isfinite(sigma_a)):
+            return
+        self.x[:, 2] = offset_a
+        self.p[:, 2, :2] = 0.0
+        self.p[:, :2, 2] = 0.0
+        self.p[:, 2, 2] = sigma_a**2
+
     def _soc_measurement(
         self, voltage_v: FloatArray, ohmic_drop_v: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
