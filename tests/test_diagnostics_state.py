@@ -76,3 +76,24 @@ def test_diagnosis_json_keeps_six_significant_digits_and_a_whole_eol_timestamp()
     assert out["eol_projected_ts_ms"] == 2_100_000_000_123
     assert out["cell_deviation_v"] == [0.006, None, -1.11359e-11]
     assert out["capacity_ah"] is None
+
+
+def test_state_saved_before_anchors_were_kept_restores_with_its_capacity():
+    from bess_edge.diagnostics import persist
+
+    _, before, d_before = _cycled()
+    header, parts = persist.unpack(before.export_state())
+    # The capacity part as the pair-based estimator wrote it (four scalars, pairs of charge).
+    scalars = parts["capacity"]["scalars"]
+    parts["capacity"] = {
+        "scalars": scalars[:4],
+        "pending": np.full(4, np.nan),
+        "anchor": np.full(4, np.nan),
+        "pairs": np.zeros((0, 4)),
+        "history": parts["capacity"]["history"],
+    }
+    after = Diagnostician("d", NMC, 100.0)
+    after.restore_state(persist.pack(header, parts))
+    assert after.capacity.capacity_ah == d_before.capacity_ah
+    assert after.capacity.anchors.shape == (0, 6)
+    np.testing.assert_array_equal(after.string_soc.soc_pct, before.string_soc.soc_pct)
