@@ -28,9 +28,15 @@ from bess_edge.model import FloatArray
 # table, Plett 2004 part 3) plus a share of the ohmic drop that the RC pair does not capture.
 OCV_MODEL_ERROR_V = 0.004
 LOAD_MODEL_ERROR_FRACTION = 1.0
-# Model errors are not white: the same OCV-table or overpotential error persists for minutes, so
-# N polls within this time carry the information of about one (variance inflated by the ratio).
+# Model errors are not white: the same OCV-table error persists for minutes, so N polls within
+# this time carry the information of about one (variance inflated by the ratio).
 MEASUREMENT_CORRELATION_S = 300.0
+# The load-model error lasts longer: under a sustained current the electrodes' solid-diffusion
+# overpotential, which a 1-RC model lacks, builds over the particles' diffusion time (R²/D, tens
+# of minutes to hours for graphite, NMC and LFP particles) and stays for the whole charge. With
+# 5 min, a C/4 charge through LFP's sloped 10-45 % region pulled SOC ~3 points high, which the
+# plateau then kept until the next knee (accuracy benchmark: LFP SOC RMSE 2.43 % → 1.90 %).
+LOAD_ERROR_CORRELATION_S = 1800.0
 # Spread of the current measurement [fraction of 1C]: LEM-class hall sensors, ~0.5 % FS.
 CURRENT_NOISE_C = 0.005
 # Offset random walk [fraction of 1C per sqrt(s)]: drifts over hours, not seconds.
@@ -144,8 +150,11 @@ class SocFilter:
             noise[:, 2, 2] = (BIAS_WALK_C_PER_SQRT_S * cap) ** 2 * dt_s
         self.p = jac @ self.p @ jac.transpose(0, 2, 1) + noise
 
-        z, sigma = self._soc_measurement(voltage_v, r0_ohm * i_corr)
-        sigma = sigma * np.sqrt(max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)))
+        z, (sigma_ocv, sigma_load) = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        sigma = np.sqrt(
+            sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3))
+            + sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
+        )
         use = np.isfinite(z)
         h = np.zeros((n, self.states))
         h[:, 0] = 1.0
@@ -179,8 +188,9 @@ class SocFilter:
 
     def _soc_measurement(
         self, voltage_v: FloatArray, ohmic_drop_v: FloatArray
-    ) -> tuple[FloatArray, FloatArray]:
-        """SOC [%] read from each terminal voltage through the OCV table, and its sigma [%].
+    ) -> tuple[FloatArray, tuple[FloatArray, FloatArray]]:
+        """SOC [%] read from each terminal voltage through the OCV table, and the sigmas [%]
+        of its two errors: the OCV table's and the load model's (the ohmic drop).
 
         Inverting the OCV at the *measured* voltage rather than linearising it at the estimate
         keeps a grossly wrong estimate from being confidently "corrected" along the wrong
@@ -191,7 +201,10 @@ class SocFilter:
         ocv = voltage_v - self.x[:, 1] - ohmic_drop_v
         z = self.chemistry.soc_from_ocv(ocv)
         slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
-        sigma = (OCV_MODEL_ERROR_V + LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v)) / slope
+        sigma = (
+            OCV_MODEL_ERROR_V / slope,
+            LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v) / slope,
+        )
         for lo, hi in self._flat:
             on_plateau = (z > lo) & (z < hi)
             outside = on_plateau & ((self.x[:, 0] < lo) | (self.x[:, 0] > hi))
