@@ -19,7 +19,7 @@ from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
 from bess_edge.sync import commands
 from bess_edge.sync.consumer import SeqSet, load_validators
-from bess_edge.sync.payload import STREAMS, Encoder, decode, json_array
+from bess_edge.sync.payload import STREAMS, Encoder, decode, json_rows
 
 
 def _reading(i: int, cells: int, rng: np.random.Generator, nan_cell: int | None = None) -> Reading:
@@ -198,7 +198,7 @@ def test_the_examples_in_docs_mqtt_md_validate_against_the_schemas():
     ],
 )
 def test_numpy_formatted_json_arrays_parse_back_to_the_rounded_values(values, decimals):
-    text = json_array(values, decimals)
+    (text,) = json_rows(values[None, :], decimals)
     parsed = json.loads(text)
     assert parsed == pytest.approx(np.round(values, decimals).tolist(), abs=10**-decimals / 2)
     assert b"-0," not in text.replace(b" ", b"")
