@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from bess_edge.drivers.base import Driver
 from bess_edge.drivers.modbus_decode import (
     Block,
@@ -72,13 +73,16 @@ class ReadingLayout:
             else:
                 self.scalars.append((f.name, s.start))
 
-    def reading(self, device_id: str, ts_ms: int, flat: FloatArray) -> Reading:
-        values = flat.tolist()  # Python floats: cheaper to pick one by one than numpy scalars
+    def reading(
+        self, device_id: str, ts_ms: int, values: list[float], flat: FloatArray | None = None
+    ) -> Reading:
+        """A Reading from every element's value in map order; array fields are taken from
+        ``flat`` (the same values as an array) when the caller has it."""
         kwargs: dict[str, Any] = {name: values[i] for name, i in self.scalars}
         for name, i in self.flags:
             kwargs[name] = int(values[i]) if math.isfinite(values[i]) else 0
         for name, s in self.arrays:
-            kwargs[name] = flat[s]
+            kwargs[name] = flat[s] if flat is not None else np.array(values[s], dtype=np.float64)
         extra = {name: values[i] for name, i in self.extras}
         return Reading(device_id=device_id, ts_ms=ts_ms, extra=extra, **kwargs)
 
@@ -140,40 +144,49 @@ class ModbusDriver(Driver):
                 info[f.name.removeprefix("info.")] = text
         return info
 
-    async def _read(self, blocks: list[Block], size: int) -> ImageRead:
+    async def _read(self, blocks: list[Block] | None = None, size: int = 0) -> ImageRead:
+        """Read ``blocks`` (default: one poll's, whose plan the reply may refine)."""
+        polling = blocks is None
         conn = self._conn
-        if conn is None:
+        if conn is None or (polling and self._decoder is None):
             await self.open()
             conn = self._conn
             assert conn is not None
         async with conn.exclusive():
             if not conn.client.connected:
                 await conn.ensure_connected()
-            return await read_image(conn.client, self.options.unit_id, blocks, size)
+            got = await read_image(
+                conn.client,
+                self.options.unit_id,
+                self._blocks if polling else blocks,
+                self._size if polling else size,
+            )
+        if polling:
+            self._blocks = got.blocks
+        return got
 
-    async def poll_values(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
-        """One poll's decoded values by field name, and the problems met (for read and probe)."""
-        conn = self._conn
-        if self._decoder is None or conn is None:
-            await self.open()
-            conn = self._conn
-            assert conn is not None
-        # _read's body, inlined: one coroutine layer less per poll.
-        async with conn.exclusive():
-            if not conn.client.connected:
-                await conn.ensure_connected()
-            got = await read_image(conn.client, self.options.unit_id, self._blocks, self._size)
-        self._blocks = got.blocks
+    def _decode(self, got: ImageRead) -> tuple[Decoded, list[tuple[Quality, str]]]:
         assert self._decoder is not None
         decoded = self._decoder.decode(got.image, got.ok, got.all_read)
         if decoded.problems:
             return decoded, got.problems + decoded.problems
         return decoded, got.problems
 
+    async def poll_values(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
+        """One poll's decoded values by field name, and the problems met (for probe, SunSpec)."""
+        return self._decode(await self._read())
+
     async def read(self) -> Reading:
         ts_ms = now_ms()
-        decoded, problems = await self.poll_values()
-        reading = self._layout.reading(self.device_id, ts_ms, decoded.flat)
+        got = await self._read()
+        assert self._decoder is not None
+        if got.all_read and not got.problems:
+            # The common case, every value usable, decoded without numpy (see _compile_clean).
+            values = self._decoder.values_if_clean(got.wire)
+            if values is not None:
+                return self._layout.reading(self.device_id, ts_ms, values)
+        decoded, problems = self._decode(got)
+        reading = self._layout.reading(self.device_id, ts_ms, decoded.flat.tolist(), decoded.flat)
         for quality, note in problems:
             reading.flag(quality, note)
         return reading

@@ -10,7 +10,9 @@ elements at once (a 400-cell map costs about what a 16-cell map does).
 from __future__ import annotations
 
 import math
+import struct
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +29,10 @@ BoolArray = npt.NDArray[np.bool_]
 # "sunssf"); 0x8000 means "not implemented".
 SF_LIMIT = 10
 SF_NOT_IMPLEMENTED = -0x8000
+
+# Maps up to this many elements also get a straight-line decoder (see _compile_clean): past it,
+# numpy's fixed cost per call is repaid by the elements it handles at once.
+STRAIGHT_LINE_MAX_ELEMENTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,9 @@ class Decoder:
         self.any_mul = bool((self.mul != 1.0).any())
         self.any_div = bool((self.div != 1.0).any())
         self.any_const = bool(self.const.any())
+        self.clean: Callable[[bytes], list[float] | None] | None = None
+        if 0 < pos <= STRAIGHT_LINE_MAX_ELEMENTS and not self.sf_at.size:
+            self.clean = _compile_clean(per, registers)
 
     def raw(self, image: U16Array) -> FloatArray:
         """Every element's raw value: integers as the device meant them, f32 as their bits."""
@@ -289,6 +298,13 @@ class Decoder:
                     problems.extend(self._notes(mask, value, quality, why, optional_ok))
         return Decoded(si, self.slices, problems)
 
+    def values_if_clean(self, wire: bytes) -> list[float] | None:
+        """Every element's SI value from the registers as sent (big-endian), when every one is
+        usable; None when any is not (missing, out of range) or the map has no straight-line
+        decoder, so that :meth:`decode` works out what is wrong. Same values as :meth:`decode`.
+        """
+        return self.clean(wire) if self.clean is not None else None
+
     def _notes(
         self, mask: BoolArray, raw: FloatArray, quality: Quality, why: str, optional_ok: bool
     ) -> list[tuple[Quality, str]]:
@@ -302,3 +318,63 @@ class Decoder:
             first = raw[s][mask[s]][0]
             notes.append((quality, f"{f.name} @ {f.address}: {what} {why} (raw {first:g})"))
         return notes
+
+
+_F32 = struct.Struct(">f")
+
+
+def _f32(bits: int) -> float:
+    return float(_F32.unpack(bits.to_bytes(4, "big"))[0])
+
+
+def _compile_clean(
+    per: dict[str, list[float]], registers: int
+) -> Callable[[bytes], list[float] | None]:
+    """A Python function that decodes a clean poll of a small map in straight-line code.
+
+    On a 16-cell map the vectorised decode and the Reading cost ~25 µs of CPU per poll in the
+    poll loop (a dozen numpy calls at ~2 µs each: caches are cold after every round trip),
+    against ~5 µs when each element is one Python expression over ``struct``-unpacked registers
+    (benchmarks/modbus_bench.py). The function is generated from the per-element plan the numpy
+    decoder uses (the way ``dataclasses`` generates ``__init__``) and applies the same
+    operations in the same order, so its values are bit-identical; it returns None as soon as a
+    value would be flagged, and the numpy path then reports what is wrong.
+    """
+    raws, values, missing, plausible = [], [], [], []
+    for i in range(len(per["lo"])):
+        hi, lo = int(per["hi"][i]), int(per["lo"][i])
+        signed, f32 = per["signed"][i], per["f32"][i]
+        if per["wide"][i]:  # the high word carries the sign, as in the numpy decoder
+            raws.append(f"b{i} = {'q' if signed else 'r'}[{hi}] * 65536 + r[{lo}]")
+        else:
+            raws.append(f"b{i} = {'q' if signed else 'r'}[{lo}]")
+        if not math.isnan(per["missing"][i]):
+            missing.append(f"b{i} == {int(per['missing'][i])}")
+        value = f"_f32(b{i})" if f32 else f"float(b{i})"
+        mul, div, const = per["mul"][i], per["div"][i], per["const"][i]
+        value += f" * {mul!r}" if mul != 1.0 else ""
+        value += f" / {div!r}" if div != 1.0 else ""
+        value += f" + {const!r}" if const != 0.0 else ""
+        values.append(f"v{i} = {value}")
+        low, high = per["lo_limit"][i], per["hi_limit"][i]
+        if math.isfinite(low):
+            plausible.append(f"{low!r} <= v{i}")  # False for NaN, as numpy's comparison
+        if math.isfinite(high):
+            plausible.append(f"v{i} <= {high!r}")
+        if f32 and not (math.isfinite(low) or math.isfinite(high)):
+            plausible.append(f"v{i} == v{i}")  # an f32 NaN is "not available"
+    body = ["r = _unsigned(wire)", "q = _signed(wire)" if any(per["signed"]) else "", *raws]
+    if missing:
+        body += [f"if {' or '.join(missing)}:", "    return None"]
+    body += values
+    if plausible:
+        body += [f"if not ({' and '.join(plausible)}):", "    return None"]
+    body.append(f"return [{', '.join(f'v{i}' for i in range(len(values)))}]")
+    source = "def clean(wire):\n" + "".join(f"    {line}\n" for line in body if line)
+    namespace = {
+        "_unsigned": struct.Struct(f">{registers}H").unpack,
+        "_signed": struct.Struct(f">{registers}h").unpack,
+        "_f32": _f32,
+    }
+    exec(source, namespace)  # the source holds only numbers and names built here
+    return namespace["clean"]  # type: ignore[return-value]

@@ -121,3 +121,56 @@ def test_the_map_example_in_the_docs_loads(tmp_path: Path) -> None:
     names = {f.name for f in register_map.fields}
     assert {"pack_voltage_v", "cell_voltage_v", "extra.cycle_count"} <= names
     assert [f.name for f in register_map.info] == ["info.serial_number"]
+
+
+def _mixed_fields() -> list[Field]:
+    """Every type, word order, scale, offset, inversion, limit and sentinel a map can use."""
+    return [
+        Field("cell_voltage_v", "holding", 0, "u16", count=8, factor=1e-3, valid_min=0.0,
+              valid_max=5.0),
+        Field("cell_temperature_c", "holding", 8, "s16", count=3, scale=0.1, valid_min=-55.0,
+              valid_max=150.0),
+        Field("pack_voltage_v", "holding", 11, "u32", word_order="little", factor=1e-3),
+        Field("pack_current_a", "holding", 13, "s32", factor=1e-3, invert=True),
+        Field("pack_power_w", "holding", 15, "f32", valid_min=-2e7, valid_max=2e7),
+        Field("bms_soc_pct", "holding", 17, "u16", valid_min=0, valid_max=100, missing=0xFFFF),
+        Field("extra.temperature_k", "holding", 18, "s16", offset=2731.5, scale=0.1,
+              si_offset=-273.15, missing=0x8000, flag_missing=False),
+        Field("extra.energy_wh", "input", 0, "f32", word_order="little"),
+        Field("fault_flags", "input", 2, "u32"),
+    ]  # fmt: skip
+
+
+def test_straight_line_decoder_gives_the_numpy_decoders_values_bit_for_bit() -> None:
+    fields = _mixed_fields()
+    blocks = plan_blocks(fields)
+    decoder = Decoder(fields, blocks)
+    assert decoder.clean is not None
+    size = image_size(blocks)
+    ok = np.ones(size, dtype=np.bool_)
+    rng = np.random.default_rng(11)
+    clean = flagged = 0
+    for trial in range(3000):
+        # Mostly plausible images (small values), some with registers anywhere in 0..65535.
+        high = 65536 if trial % 3 == 0 else 120
+        image = rng.integers(0, high, size).astype(np.uint16)
+        if trial % 7 == 0:
+            image[17] = 0xFFFF  # bms_soc_pct "not available"
+        decoded = decoder.decode(image, ok, all_read=True)
+        fast = decoder.values_if_clean(image.astype(">u2").tobytes())
+        if decoded.problems or np.isnan(decoded.flat).any():
+            assert fast is None, (image.tolist(), decoded.problems)
+            flagged += 1
+        else:
+            assert fast is not None, image.tolist()
+            assert np.array_equal(np.array(fast), decoded.flat), image.tolist()
+            assert all(type(v) is float for v in fast)
+            clean += 1
+    assert clean > 500 and flagged > 500  # both paths were exercised
+
+
+def test_maps_with_scale_factor_registers_or_many_cells_keep_the_numpy_decoder() -> None:
+    with_sf = [Field("pack_current_a", "holding", 2, "s16", scale_address=3)]
+    assert Decoder(with_sf, plan_blocks(with_sf)).clean is None
+    many = [Field("cell_voltage_v", "holding", 0, "u16", count=400, factor=1e-3)]
+    assert Decoder(many, plan_blocks(many)).clean is None
