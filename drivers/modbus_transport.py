@@ -145,13 +145,14 @@ class _RegistersReply(ReadHoldingRegistersResponse):
 
     wire: bytes = b""  # big-endian, two bytes per register
 
+    # pymodbus's __init__ sets and reads ``registers`` on every reply: keep the empty case cheap.
     @property  # type: ignore[override]
     def registers(self) -> list[int]:
-        return list(struct.unpack(f">{len(self.wire) // 2}H", self.wire))
+        return list(struct.unpack(f">{len(self.wire) // 2}H", self.wire)) if self.wire else []
 
     @registers.setter
     def registers(self, registers: list[int]) -> None:
-        self.wire = struct.pack(f">{len(registers)}H", *registers)
+        self.wire = struct.pack(f">{len(registers)}H", *registers) if registers else b""
 
     def decode(self, data: bytes) -> None:
         byte_count = int(data[0])
