@@ -134,7 +134,8 @@ class ModbusDriver(Driver):
         """Identity strings (``info.<name>`` fields), by name; those refused are left out."""
         blocks = plan_blocks(fields)
         try:
-            got = await self._read(blocks, image_size(blocks))
+            assert self._conn is not None  # called by open(), once connected
+            got = await read_image(self._conn, self.options.unit_id, blocks, image_size(blocks))
         except NothingReadable:
             return {}  # identity is nice to have; the measurements are what matter
         info = {}
@@ -144,25 +145,13 @@ class ModbusDriver(Driver):
                 info[f.name.removeprefix("info.")] = text
         return info
 
-    async def _read(self, blocks: list[Block] | None = None, size: int = 0) -> ImageRead:
-        """Read ``blocks`` (default: one poll's, whose plan the reply may refine)."""
-        polling = blocks is None
-        conn = self._conn
-        if conn is None or (polling and self._decoder is None):
+    async def _poll(self) -> ImageRead:
+        """One poll's registers; the plan keeps the splits the replies forced."""
+        if self._conn is None or self._decoder is None:
             await self.open()
-            conn = self._conn
-            assert conn is not None
-        async with conn.exclusive():
-            if not conn.client.connected:
-                await conn.ensure_connected()
-            got = await read_image(
-                conn.client,
-                self.options.unit_id,
-                self._blocks if polling else blocks,
-                self._size if polling else size,
-            )
-        if polling:
-            self._blocks = got.blocks
+        assert self._conn is not None
+        got = await read_image(self._conn, self.options.unit_id, self._blocks, self._size)
+        self._blocks = got.blocks
         return got
 
     def _decode(self, got: ImageRead) -> tuple[Decoded, list[tuple[Quality, str]]]:
@@ -174,11 +163,16 @@ class ModbusDriver(Driver):
 
     async def poll_values(self) -> tuple[Decoded, list[tuple[Quality, str]]]:
         """One poll's decoded values by field name, and the problems met (for probe, SunSpec)."""
-        return self._decode(await self._read())
+        return self._decode(await self._poll())
 
     async def read(self) -> Reading:
         ts_ms = now_ms()
-        got = await self._read()
+        # _poll's body, inlined: one coroutine layer less to resume per poll.
+        if self._conn is None or self._decoder is None:
+            await self.open()
+        assert self._conn is not None
+        got = await read_image(self._conn, self.options.unit_id, self._blocks, self._size)
+        self._blocks = got.blocks
         assert self._decoder is not None
         if got.all_read and not got.problems:
             # The common case, every value usable, decoded without numpy (see _compile_clean).

@@ -319,11 +319,9 @@ def _all_read(size: int) -> BoolArray:
     return ok
 
 
-async def read_image(
-    client: ModbusBaseClient, unit_id: int, blocks: list[Block], size: int
-) -> ImageRead:
-    """Read every block; split a block refused with ILLEGAL DATA ADDRESS until the bad register
-    stands alone, so one unimplemented register does not blank the device.
+async def read_image(conn: Connection, unit_id: int, blocks: list[Block], size: int) -> ImageRead:
+    """Read every block, holding the bus; split a block refused with ILLEGAL DATA ADDRESS until
+    the bad register stands alone, so one unimplemented register does not blank the device.
 
     A timeout or a broken connection raises at once (the device is unreachable). Exception
     responses and short replies mark their registers unread and flag the poll ``PARTIAL``; if no
@@ -336,24 +334,29 @@ async def read_image(
     unread: list[Block] = []
     problems: list[tuple[Quality, str]] = []
     pending = deque(blocks)
-    while pending:
-        block = pending.popleft()
-        try:
+    client = conn.client
+    async with conn.exclusive():
+        if not client.connected:
+            await conn.ensure_connected()
+        while pending:
+            block = pending.popleft()
             try:
-                response = await _request(client, unit_id, block)
-            except ModbusException as exc:
-                raise DriverError(f"unit {unit_id}: {exc}") from exc
-            parts.append((block, _wire(response, block)))
-        except ExceptionResponse as exc:
-            if exc.code == ExcCodes.ILLEGAL_ADDRESS and block.count > 1:
-                pending.extendleft(reversed(block.halves()))
-                continue
-            unread.append(block)
-            problems.append((Quality.PARTIAL, f"unit {unit_id}: {exc}"))
-        except ShortRead as exc:
-            unread.append(block)
-            problems.append((Quality.PARTIAL | Quality.DECODE_ERROR, f"unit {unit_id}: {exc}"))
-        refined.append(block)
+                try:
+                    response = await _request(client, unit_id, block)
+                except ModbusException as exc:
+                    raise DriverError(f"unit {unit_id}: {exc}") from exc
+                parts.append((block, _wire(response, block)))
+            except ExceptionResponse as exc:
+                if exc.code == ExcCodes.ILLEGAL_ADDRESS and block.count > 1:
+                    pending.extendleft(reversed(block.halves()))
+                    continue
+                unread.append(block)
+                problems.append((Quality.PARTIAL, f"unit {unit_id}: {exc}"))
+            except ShortRead as exc:
+                unread.append(block)
+                note = f"unit {unit_id}: {exc}"
+                problems.append((Quality.PARTIAL | Quality.DECODE_ERROR, note))
+            refined.append(block)
     if not unread:
         # Blocks (and the halves of split ones) are read in image order: the image is the replies
         # one after the other.
