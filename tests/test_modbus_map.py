@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bess_edge.drivers.modbus import ReadingLayout
 from bess_edge.drivers.modbus_decode import Decoder, image_size, plan_blocks
 from bess_edge.drivers.register_map import Field, MapError, load_map, shipped_maps
 
 from bess_edge.config import ConfigError, load_config
-from bess_edge.model import Quality
+from bess_edge.model import Quality, Reading
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,3 +175,28 @@ def test_maps_with_scale_factor_registers_or_many_cells_keep_the_numpy_decoder()
     assert Decoder(with_sf, plan_blocks(with_sf)).clean is None
     many = [Field("cell_voltage_v", "holding", 0, "u16", count=400, factor=1e-3)]
     assert Decoder(many, plan_blocks(many)).clean is None
+
+
+@pytest.mark.parametrize("fields", [list(load_map("generic-16s-example").fields), _mixed_fields()])
+def test_a_clean_poll_builds_the_same_reading_either_way(fields: list[Field]) -> None:
+    blocks = plan_blocks(fields)
+    decoder = Decoder(fields, blocks)
+    layout = ReadingLayout(decoder.slices)
+    ok = np.ones(image_size(blocks), dtype=np.bool_)
+    rng = np.random.default_rng(5)
+    built = 0
+    for _ in range(1000):
+        image = rng.integers(0, 100, image_size(blocks)).astype(np.uint16)
+        values = decoder.values_if_clean(image.astype(">u2").tobytes())
+        if values is None:
+            continue
+        fast = layout.clean_reading("rack-1", 7, values)
+        slow = layout.reading("rack-1", 7, decoder.decode(image, ok, all_read=True).flat)
+        for attr in Reading.__slots__:
+            a, b = getattr(fast, attr), getattr(slow, attr)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == np.float64 and np.array_equal(a, b, equal_nan=True), attr
+            else:
+                assert a == b or (a != a and b != b), (attr, a, b)  # NaN equals NaN here
+        built += 1
+    assert built > 100
