@@ -483,3 +483,43 @@ def test_a_killed_daemon_is_announced_offline_by_its_last_will(make_config, daem
         will = cloud.states[-1]
     assert will["reason"] == "connection lost"
     assert will["client_id"] == "bess-edge-test-site"
+
+
+def test_subscribe_exits_when_synced_with_every_item_and_fails_when_it_cannot(
+    make_config, daemon, mosquitto, tmp_path
+):
+    devices = [sim_device(poll_interval_s=0.05)]
+    storage = {"path": str(tmp_path / "bess-edge.db")}
+    db = tmp_path / "bess-edge.db"
+    # A backlog: the gateway polls while its broker is unreachable.
+    offline = make_config(devices, name="offline.toml", storage=storage,
+                          mqtt=mqtt_section(free_port()))  # fmt: skip
+    proc = daemon(offline)
+    wait_until(lambda: db.exists() and outbox_rows(db) > 100, timeout=30)
+    assert proc.stop() == 0
+    # The gateway, its devices disabled, drains it; the subscriber exits once it has everything.
+    idle = make_config([dict(d, enabled=False) for d in devices], name="drain.toml",
+                       storage=storage, mqtt=mqtt_section(mosquitto.port))  # fmt: skip
+    out = tmp_path / "items.jsonl"
+    command = [sys.executable, "-m", "bess_edge", "subscribe", "--config", str(idle),
+               "--from-first", "--exit-when-synced"]  # fmt: skip
+    subscriber = subprocess.Popen(
+        [*command, "--duration", "90", "-o", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    drain = daemon(idle)
+    started = time.monotonic()
+    _, err = subscriber.communicate(timeout=120)
+    assert subscriber.returncode == 0, err[-2000:]
+    assert time.monotonic() - started < 60, "it waited for --duration, not for the sync"
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["synced"] is True and summary["gap_seqs_open"] == 0
+    got = {(i["stream"], i["seq"]) for i in map(json.loads, out.read_text().splitlines())}
+    expected = {(stream, s) for (_, stream), seqs in committed_seqs(db).items() for s in seqs}
+    assert len(expected) > 100 and got == expected
+    assert outbox_rows(db) == 0
+    assert drain.stop() == 0
+    # No gateway answers its pings: it cannot know it is synced, gives up and says so.
+    result = subprocess.run([*command, "--duration", "3"], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert json.loads(result.stderr.strip().splitlines()[-1])["synced"] is False
