@@ -88,6 +88,7 @@ class RainflowCounter:
             # The last sample is a reversal at the end of the series (a two-sample series has
             # none, as in the reference); counting it closes what it would close, without
             # touching the live stack.
+            assert self._last_passed is not None  # set by every sample
             scratch = RainflowCounter()
             scratch._stack = points
             closed = scratch._add_reversal(self._last_passed)

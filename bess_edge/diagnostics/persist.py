@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,7 +25,8 @@ def pack(header: dict[str, Any], parts: dict[str, dict[str, Any]]) -> bytes:
     }
     meta = json.dumps({**header, "version": FORMAT_VERSION}).encode()
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, __header__=np.frombuffer(meta, dtype=np.uint8), **arrays)
+    arrays["__header__"] = np.frombuffer(meta, dtype=np.uint8)
+    np.savez_compressed(buffer, **cast(dict[str, Any], arrays))  # no key is "allow_pickle"
     return buffer.getvalue()
 
 

@@ -25,6 +25,16 @@ _FIELDS = ("s0", "st", "stt", "sy", "sty", "pxx", "pxy")
 class EwTrend:
     """Weighted slope of ``y`` against time, per column, with exponential forgetting."""
 
+    # Weighted sums over the samples (t in hours, the newest at 0): 1, t, t², y, t·y; and the
+    # centred t² and t·y of closed segments (pxx, pxy). One entry per column each.
+    s0: FloatArray
+    st: FloatArray
+    stt: FloatArray
+    sy: FloatArray
+    sty: FloatArray
+    pxx: FloatArray
+    pxy: FloatArray
+
     def __init__(self, columns: int, time_constant_s: float) -> None:
         self.time_constant_s = time_constant_s
         for name in _FIELDS:

@@ -306,7 +306,7 @@ class Consumer:
     def _open_gaps(self) -> list[tuple[Key, int, int]]:
         """Every missing range up to the newer of the last seq seen and the gateway's head.
         Caller holds the lock."""
-        gaps = []
+        gaps: list[tuple[Key, int, int]] = []
         for key in set(self.seen) | set(self.heads):
             seen = self.seen.get(key) or SeqSet()
             start = 1 if self.from_first else seen.first
