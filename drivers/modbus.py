@@ -101,7 +101,7 @@ class ReadingLayout:
         args.append(f"extra={{{extra}}}")
         call = f"_Reading({', '.join(args)})"
         source = f"def clean_reading(device_id, ts_ms, v):\n    return {call}\n"
-        namespace = {"_Reading": Reading, "_array": np.array, "_float64": np.float64}
+        namespace: dict[str, Any] = dict(_Reading=Reading, _array=np.array, _float64=np.float64)
         exec(source, namespace)  # the source holds only field names, indices and reprs
         return namespace["clean_reading"]  # type: ignore[no-any-return]
 

@@ -14,6 +14,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -158,8 +159,8 @@ class Decoder:
                 per["hi"].append(words[0] if f.width == 2 else words[-1])
                 per["lo"].append(words[-1])
                 per["wide"].append(f.width == 2)
-                signed = f.type in ("s16", "s32")
-                per["signed"].append(signed)
+                is_signed = f.type in ("s16", "s32")
+                per["signed"].append(is_signed)
                 per["f32"].append(f.type == "f32")
                 per["mul"].append(mul * sign)
                 per["div"].append(div)
@@ -172,7 +173,7 @@ class Decoder:
                     per["missing"].append(math.nan)  # equal to nothing
                 else:
                     raw_missing = f.missing % (1 << bits)
-                    if signed and raw_missing >= 1 << (bits - 1):
+                    if is_signed and raw_missing >= 1 << (bits - 1):
                         raw_missing -= 1 << bits
                     per["missing"].append(raw_missing)
                 pos += 1
@@ -371,10 +372,10 @@ def _compile_clean(
         body += [f"if not ({' and '.join(plausible)}):", "    return None"]
     body.append(f"return [{', '.join(f'v{i}' for i in range(len(values)))}]")
     source = "def clean(wire):\n" + "".join(f"    {line}\n" for line in body if line)
-    namespace = {
+    namespace: dict[str, Any] = {
         "_unsigned": struct.Struct(f">{registers}H").unpack,
         "_signed": struct.Struct(f">{registers}h").unpack,
         "_f32": _f32,
     }
     exec(source, namespace)  # the source holds only numbers and names built here
-    return namespace["clean"]  # type: ignore[return-value]
+    return namespace["clean"]  # type: ignore[no-any-return]
