@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bess_edge import metrics
 from bess_edge.model import now_ms
@@ -113,7 +113,7 @@ class Drainer:
             await self.fill(link)
             await _first_of(self.wake, link.disconnected, stop, timeout_s=IDLE_POLL_S)
         for stream in STREAMS:
-            await self._landed(stream, wait=True)  # queued for the next connection
+            await self._landed(stream, wait="all")  # queued for the next connection
         await self.flush_acks()
 
     async def flush_acks(self) -> None:
@@ -127,7 +127,7 @@ class Drainer:
         if not self.queued["alerts"] and time.monotonic() - self.alerts_checked >= IDLE_POLL_S:
             self.alerts_checked = time.monotonic()
             await self._fetch("alerts", 0)
-            await self._landed("alerts", wait=True)  # before any backlog message goes out
+            await self._landed("alerts", wait="all")  # before any backlog message goes out
         while len(self.inflight) < self.max_inflight and link.connected.is_set():
             message = await self._next()
             if message is None:
@@ -145,11 +145,10 @@ class Drainer:
         for stream in STREAMS:
             queue = self.queued[stream]
             if stream != "alerts":
-                await self._landed(stream, wait=False)
+                await self._landed(stream)
                 if not queue and not self.encoding[stream]:
                     await self._fetch(stream, self.max_inflight - len(self.inflight))
-                if not queue:
-                    await self._landed(stream, wait=True)
+                await self._landed(stream, wait="messages")
                 # Encode ahead while the queued messages go out (see _fetch).
                 if len(queue) <= PREFETCH_BELOW and len(self.encoding[stream]) < ENCODERS:
                     await self._fetch(stream, self.max_inflight)
@@ -157,10 +156,15 @@ class Drainer:
                 return queue.popleft()
         return None
 
-    async def _landed(self, stream: str, wait: bool) -> None:
-        """Forget finished encodings (raising their errors); with ``wait``, wait for all."""
-        pending = self.encoding[stream]
-        while pending and (wait or pending[0].done()):
+    async def _landed(
+        self, stream: str, wait: Literal["finished", "messages", "all"] = "finished"
+    ) -> None:
+        """Take in the finished encodings, oldest first, raising their errors; also wait for the
+        unfinished ones until the stream has messages queued, or for all of them."""
+        pending, queue = self.encoding[stream], self.queued[stream]
+        while pending and (
+            pending[0].done() or wait == "all" or (wait == "messages" and not queue)
+        ):
             await pending.popleft()
 
     async def _fetch(self, stream: str, free_slots: int) -> None:
