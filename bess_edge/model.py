@@ -81,7 +81,9 @@ class Reading:
         if math.isnan(self.pack_power_w) and not (
             math.isnan(self.pack_voltage_v) or math.isnan(self.pack_current_a)
         ):
-            self.pack_power_w = self.pack_voltage_v * self.pack_current_a
+            # Rounded to 1 mW, far below any sensor's resolution: the bare product carries
+            # float noise (52.56 V x -0.02 A = -1.0512000000000001 W) into SQLite and payloads.
+            self.pack_power_w = round(self.pack_voltage_v * self.pack_current_a, 3)
 
     def flag(self, quality: Quality, note: str) -> None:
         """Mark a data-quality problem; the note says which field and why, for the operator."""
