@@ -63,11 +63,8 @@ def reply_topic(prefix: str, site: str, verb: str) -> str:
     return f"{prefix}/{site}/cmd/{verb}/reply"
 
 
-def item_from_row(stream: str, seq: int, data: dict[str, Any]) -> dict[str, Any]:
-    """One outbox row's data (see ``Store.outbox_fetch``) as a canonical JSON item; a telemetry
-    item leaves out its cell arrays, which :class:`Batch` formats for many items at once."""
-    if stream == "telemetry":
-        return _telemetry_head(seq, data)
+def _event_item(stream: str, seq: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A diagnostics or alerts outbox row's data (see ``Store.outbox_fetch``) as a JSON item."""
     if stream == "diagnostics":
         return {"seq": seq, "ts_ms": data["ts_ms"], "diagnosis": data["diagnosis"]}
     item = {"seq": seq, "ts_ms": data["ts_ms"]}
@@ -76,6 +73,8 @@ def item_from_row(stream: str, seq: int, data: dict[str, Any]) -> dict[str, Any]
 
 
 def _telemetry_head(seq: int, row: dict[str, Any]) -> dict[str, Any]:
+    """A telemetry item without its cell arrays, which :class:`Batch` formats for many items
+    at once."""
     quality = int(row["quality"])
     item: dict[str, Any] = {"seq": seq, "ts_ms": row["ts_ms"], "quality": quality}
     item["quality_flags"] = list(_quality_names(quality))
@@ -269,17 +268,15 @@ def _batches(stream: str, rows: Sequence[dict[str, Any]]) -> Iterator[Batch]:
         yield Batch(
             [r["outbox_id"] for r in rows],
             [r["seq"] for r in rows],
-            [dumps(item_from_row(stream, r["seq"], r["data"])) for r in rows],
+            [dumps(_event_item(stream, r["seq"], r["data"])) for r in rows],
             {},
         )
         return
 
-    def shape(row: dict[str, Any]) -> tuple[int, ...]:
-        return tuple(len(row["data"][key] or b"") for key, *_ in _CELL_FIELDS)
-
+    shapes = [tuple(len(r["data"][key] or b"") for key, *_ in _CELL_FIELDS) for r in rows]
     start = 0
     for i in range(1, len(rows) + 1):
-        if i == len(rows) or shape(rows[i]) != shape(rows[start]):
+        if i == len(rows) or shapes[i] != shapes[start]:
             run = rows[start:i]
             yield Batch(
                 [r["outbox_id"] for r in run],
