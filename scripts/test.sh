@@ -12,6 +12,9 @@ command -v socat >/dev/null || missing+=(socat)
 command -v openssl >/dev/null || missing+=(openssl)
 # systemd-analyze checks the unit (verify, security score); only the tools, no init change.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# The cloud ingest tests start their own PostgreSQL cluster (initdb in a temporary directory).
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null \
+  || missing+=(postgresql)
 python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get" >&2

@@ -263,3 +263,26 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path).start()
     yield broker
     broker.kill()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL cluster of our own for the session (never the machine's on 5432); see
+    tests/pg_server.py. Tests that kill it must start it again."""
+    from pg_server import PostgresServer
+
+    try:
+        server = PostgresServer().start()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (the README's test command installs postgresql)")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's server."""
+    if pg_server.pid() is None:
+        pg_server.start()
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    return str(pg_server.create_database(name))
