@@ -12,7 +12,7 @@ import pytest
 
 from bess_edge.cli.export import parse_time
 from bess_edge.config import load_config
-from bess_edge.model import Reading
+from bess_edge.model import Reading, now_ms
 from bess_edge.store import Cycle, Store
 
 
@@ -85,3 +85,61 @@ def test_times_parse_as_iso_relative_or_epoch_ms():
     assert abs(parse_time("-1h") - parse_time("-60m")) < 1000
     with pytest.raises(Exception, match="not a time"):
         parse_time("yesterday")
+
+
+@pytest.fixture
+def last_hour(make_config):
+    """A sample a minute for the last hour, the newest one now."""
+    config = make_config()
+    store = Store(load_config(config).storage.path)
+    now = now_ms()
+    for minutes_ago in range(60, -1, -1):
+        store.commit_cycle(Cycle(reading=Reading(
+            "rack-1", ts_ms=now - minutes_ago * 60_000, pack_voltage_v=52.0, pack_current_a=1.0,
+            cell_voltage_v=[3.3], cell_temperature_c=[25.0],
+        )))  # fmt: skip
+    store.close()
+    return config
+
+
+@pytest.mark.parametrize(
+    "window",
+    [("--since", "-5m"), ("--since=-5m",), ("--since", "5m"), ("--last", "5m"), ("--last=5m",)],
+)
+def test_the_readme_export_of_the_last_five_minutes_works_in_every_spelling(last_hour, window):
+    """`--since -5m` as the README wrote it, and its friendlier spellings, all give the samples
+    of the last five minutes."""
+    result = export("--config", str(last_hour), "--device", "rack-1", *window, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 5  # 4, 3, 2, 1 and 0 minutes ago; 5 minutes ago is a hair too early
+
+
+def test_export_since_an_iso_utc_time(filled):
+    # 1_001_000 ms after the epoch is 00:16:41 UTC on 1970-01-01
+    window = ("--since", "1970-01-01T00:16:41Z", "--until", "1970-01-01T00:16:43+00:00")
+    result = export("--config", str(filled), "--device", "rack-1", *window)
+    assert result.returncode == 0, result.stderr
+    assert [int(r["seq"]) for r in csv.DictReader(io.StringIO(result.stdout))] == [2, 3]
+
+
+def test_export_csv_has_a_readable_utc_time_next_to_ts_ms(filled):
+    result = export("--config", str(filled), "--device", "rack-1")
+    header = result.stdout.splitlines()[0].split(",")
+    assert header[header.index("ts_ms") + 1] == "time_utc"
+    first = next(csv.DictReader(io.StringIO(result.stdout)))
+    assert first["ts_ms"] == "1000000"
+    assert first["time_utc"] == "1970-01-01T00:16:40.000Z"
+
+
+def test_export_help_lists_the_time_forms():
+    result = export("--help")
+    assert result.returncode == 0
+    for form in ("5m", "-5m", "--last 5m", "2026-11-22T10:00Z", "milliseconds since the Unix"):
+        assert form in result.stdout
+
+
+def test_since_and_last_together_is_a_usage_error(filled):
+    result = export("--config", str(filled), "--device", "rack-1", "--since", "5m", "--last", "1h")
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr

@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 from bess_edge.alerts import AlertEngine
 from bess_edge.cli._common import (
@@ -20,6 +19,7 @@ from bess_edge.cli._common import (
     add_config_argument,
     load_or_exit,
 )
+from bess_edge.cli._progress import Progress
 from bess_edge.config import DeviceConfig, Settings
 from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_map import DecodeOptions
@@ -82,7 +82,7 @@ def replay(args: argparse.Namespace) -> int:
     pipeline = DevicePipeline(
         device, store, AlertEngine(settings.thresholds, store.max_alert_id(), store.active_alerts())
     )
-    progress = Progress(total, None if args.no_progress else sys.stderr)
+    progress = Progress(total, None if args.no_progress else sys.stderr, unit="frames")
     written = 0
 
     def commit(reading: Reading) -> None:
@@ -101,7 +101,7 @@ def replay(args: argparse.Namespace) -> int:
                     time.sleep(delay)
             for reading in player.feed(msg):
                 commit(reading)
-            progress.update(i, written)
+            progress.update(i, f"{written} Readings")
         final = player.final()
         if final is not None:
             commit(final)
@@ -110,14 +110,14 @@ def replay(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         store.close()
-    progress.done(written)
+    elapsed_s = progress.finish()
     c = decoder.counters
     print(
         f"{args.file.name}: {c.frames} frames read, {c.decoded} decoded, "
         f"{c.unmapped} not mapped, {c.unknown_id} unknown id, {c.wrong_dlc} wrong DLC, "
         f"{c.undecodable} undecodable, "
         f"{c.error_frames} error frames; {written} Readings written to {s.path} "
-        f"(device {device.id})"
+        f"(device {device.id}) in {elapsed_s:.1f} s"
     )
     return EXIT_OK
 
@@ -128,36 +128,3 @@ def _device(settings: Settings, device_id: str | None) -> DeviceConfig:
             return device
     wanted = f"device {device_id!r}" if device_id else "a can or replay device"
     raise ValueError(f"the config has no {wanted} with a DBC mapping")
-
-
-class Progress:
-    """A plain-text bar on a terminal; a line per 10 % elsewhere; nothing without a stream."""
-
-    def __init__(self, total: int, stream: TextIO | None) -> None:
-        self.total = max(total, 1)
-        self.stream = stream
-        self.tty = bool(stream and stream.isatty())
-        self._last_draw = 0.0
-        self._last_decile = -1
-
-    def update(self, frames: int, readings: int) -> None:
-        if self.stream is None:
-            return
-        fraction = frames / self.total
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_draw >= 0.1 or frames == self.total:
-                self._last_draw = now
-                bar = "#" * int(fraction * 30)
-                self.stream.write(
-                    f"\r[{bar:<30}] {fraction:4.0%} {frames}/{self.total} frames, "
-                    f"{readings} Readings"
-                )
-                self.stream.flush()
-        elif int(fraction * 10) > self._last_decile:
-            self._last_decile = int(fraction * 10)
-            print(f"{fraction:4.0%} {frames}/{self.total} frames", file=self.stream, flush=True)
-
-    def done(self, readings: int) -> None:
-        if self.tty and self.stream is not None:
-            self.stream.write("\n")
