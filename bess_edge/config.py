@@ -79,6 +79,9 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535)
     client_id: str | None = None  # default: "bess-edge-<site id>"
     topic_prefix: str = Field("bess", pattern=r"^[^#+]+$")
+    # Where an MQTT 5 command's response_topic may also point (besides <prefix>/<site>/cmd/
+    # .../reply), e.g. a cloud tool's own reply tree; never the gateway's data topics.
+    reply_topic_prefix: str | None = Field(None, pattern=r"^[^#+]+$")
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: float = Field(30.0, gt=0)
     username: str | None = None

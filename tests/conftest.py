@@ -20,9 +20,44 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.mark.expression import Expression
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
 THIRDPARTY = REPO.parent / "shared" / "thirdparty"
+
+# Property-based fuzz tests (tests/test_fuzz_*.py, marked ``fuzz``): a quick pass in the default
+# run (the whole fuzz suite within 60 s), a long one under ``-m slow``. No deadline: the machine
+# running the suite may be loaded, and a slow example is not a failure.
+settings.register_profile(
+    "default",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("slow", parent=settings.get_profile("default"), max_examples=3000)
+
+
+def _selects_slow_tests(config: pytest.Config) -> bool:
+    markexpr = config.getoption("markexpr", "") or ""
+    return bool(markexpr) and Expression.compile(markexpr).evaluate(
+        lambda name, **_: name == "slow"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before the test modules are imported: @given reads the profile when it decorates.
+    settings.load_profile("slow" if _selects_slow_tests(config) else "default")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``-m slow``, the fuzz tests run too, with the slow profile's many examples."""
+    if _selects_slow_tests(config):
+        for item in items:
+            if item.get_closest_marker("fuzz"):
+                item.add_marker(pytest.mark.slow)
 
 
 def free_port() -> int:

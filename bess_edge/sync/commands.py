@@ -3,8 +3,12 @@
 A command is a small JSON object; anything else (not JSON, wrong types, unknown keys or verbs,
 more than :data:`MAX_COMMAND_BYTES`) is answered with ``ok: false`` and an error, and never
 executed. Validation is pydantic with ``extra="forbid"`` and strict types, so ``"alert_id": "7"``
-is refused rather than guessed at. Trust comes from the broker: only an authenticated connection
-should be allowed to publish to ``cmd/#`` (see docs/mqtt.md, broker ACLs).
+is refused rather than guessed at; numbers are bounded to what SQLite and a clock can hold, so a
+seq of 10**30 is refused here instead of overflowing in a query. Trust comes from the broker:
+only an authenticated connection should be allowed to publish to ``cmd/#`` (see docs/mqtt.md,
+broker ACLs). Even so, an MQTT 5 ``response_topic`` must stay under the command tree (or the
+configured ``mqtt.reply_topic_prefix``): a command must not make the gateway publish on its own
+data topics.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MAX_COMMAND_BYTES = 4096
 MAX_REPUBLISH_ROWS = 200_000  # one command re-queues at most this many rows (a day at 1 Hz: 86k)
 
+# SQLite integers are signed 64-bit: a larger number raises OverflowError inside the query.
+SQLITE_INT_MAX = 2**63 - 1
+# 9999-12-31T23:59:59.999Z, the last instant a calendar date (and Python's datetime) can show.
+MAX_TIME_MS = 253_402_300_799_999
+
 Text = Annotated[str, Field(max_length=256)]
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 Stream = Literal["telemetry", "diagnostics", "alerts"]
-Seq = Annotated[int, Field(ge=1)]
-TimeMs = Annotated[int, Field(ge=0)]
+Seq = Annotated[int, Field(ge=1, le=SQLITE_INT_MAX)]
+TimeMs = Annotated[int, Field(ge=0, le=MAX_TIME_MS)]
 
 
 class Command(BaseModel):
@@ -36,7 +45,7 @@ class Ping(Command):
 
 
 class Ack(Command):
-    alert_id: Annotated[int, Field(ge=1)]
+    alert_id: Annotated[int, Field(ge=1, le=SQLITE_INT_MAX)]
     actor: Text = "mqtt"
     note: Text | None = None
 
@@ -59,9 +68,10 @@ class Republish(Command):
             raise ValueError("give seq_first/seq_last or since_ms/until_ms")
         if by_seq and self.stream is None:
             raise ValueError("a seq range needs a stream (seqs are per stream)")
-        if self.seq_first and self.seq_last and self.seq_last < self.seq_first:
+        first, last, since, until = self.seq_first, self.seq_last, self.since_ms, self.until_ms
+        if first is not None and last is not None and last < first:
             raise ValueError("seq_last must be >= seq_first")
-        if self.since_ms and self.until_ms and self.until_ms <= self.since_ms:
+        if since is not None and until is not None and until <= since:
             raise ValueError("until_ms must be > since_ms")
         return self
 
@@ -84,6 +94,8 @@ def parse(verb: str, payload: bytes) -> Command:
         raw = json.loads(payload) if payload.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError(f"not JSON: {exc}") from None
+    except RecursionError:  # `[` x 1500 fits in 3 KB and exhausts the decoder's stack
+        raise CommandError("not JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise CommandError("payload must be a JSON object")
     try:
@@ -95,6 +107,27 @@ def parse(verb: str, payload: bytes) -> Command:
         raise CommandError(problems) from None
 
 
+def check_response_topic(topic: str, allowed_prefixes: tuple[str, ...]) -> None:
+    """Refuse an MQTT 5 response topic outside the reply topics (CommandError).
+
+    ``allowed_prefixes`` end with ``/``: ``<prefix>/<site>/cmd/`` (where a reply topic must end
+    with ``/reply``, which the gateway's own command subscription ignores) and, if configured,
+    ``mqtt.reply_topic_prefix`` + ``/``.
+    """
+    command_tree, *others = allowed_prefixes
+    shown = topic[:128]
+    if any(c in topic for c in "+#\0") or len(topic.encode()) > 65535:
+        raise CommandError(f"response_topic {shown!r} is not a valid topic name")
+    if topic.startswith(command_tree) and topic.endswith("/reply"):
+        return
+    if any(topic.startswith(prefix) and len(topic) > len(prefix) for prefix in others):
+        return
+    allowed = [f"{command_tree}.../reply", *(f"{p}..." for p in others)]
+    raise CommandError(
+        f"response_topic {shown!r} refused: replies go only under {' or '.join(allowed)}"
+    )
+
+
 def request_id(payload: bytes) -> str | None:
     """The ``id`` of a command even when the rest is invalid, so the error can be correlated.
 
@@ -103,7 +136,7 @@ def request_id(payload: bytes) -> str | None:
     if len(payload) <= MAX_COMMAND_BYTES:
         try:
             raw = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raw = None
         if isinstance(raw, dict):
             value = raw.get("id")

@@ -53,6 +53,9 @@ class Syncer:
         self.client_id = cfg.client_id or f"bess-edge-{self.site}"
         self.devices = {d.id for d in settings.devices} | {SITE_DEVICE}
         self.cmd_prefix = command_topic(cfg.topic_prefix, self.site, "")
+        self.reply_prefixes = (self.cmd_prefix,) + (
+            (cfg.reply_topic_prefix.rstrip("/") + "/",) if cfg.reply_topic_prefix else ()
+        )
         self.link = MqttLink(
             cfg,
             self.client_id,
@@ -206,7 +209,15 @@ class Syncer:
                 log.exception("mqtt command handler failed", extra={"topic": inbound.topic})
 
     async def _handle(self, inbound: Inbound) -> None:
+        topic, reply = await self.answer(inbound)
+        if self.link.connected.is_set():
+            self.link.publish(topic, dumps(reply), correlation_data=inbound.correlation_data)
+
+    async def answer(self, inbound: Inbound) -> tuple[str, dict[str, Any]]:
+        """The reply to a command and the topic it goes to. Never raises: whatever a command
+        trips over, its sender gets an error reply (and the log a traceback)."""
         verb = inbound.topic[len(self.cmd_prefix) :]
+        topic = reply_topic(self.cfg.topic_prefix, self.site, verb)
         reply: dict[str, Any] = {
             "schema": REPLY_SCHEMA,
             "site": self.site,
@@ -214,6 +225,9 @@ class Syncer:
             "id": commands.request_id(inbound.payload),
         }
         try:
+            if inbound.response_topic is not None:
+                commands.check_response_topic(inbound.response_topic, self.reply_prefixes)
+                topic = inbound.response_topic
             command = commands.parse(verb, inbound.payload)
             reply["result"] = await self._execute(command)
             reply["ok"] = True
@@ -224,10 +238,12 @@ class Syncer:
             reply["ok"], reply["error"] = False, str(exc)[:1024]
             log.warning("mqtt command refused", extra={"verb": verb[:64], "id": reply["id"],
                                                        "error": reply["error"]})  # fmt: skip
+        except Exception as exc:
+            log.exception("mqtt command failed", extra={"verb": verb[:64], "id": reply["id"]})
+            reply["ok"] = False
+            reply["error"] = f"internal error ({type(exc).__name__}); see the gateway's log"
         reply["ts_ms"] = now_ms()
-        if self.link.connected.is_set():
-            topic = inbound.response_topic or reply_topic(self.cfg.topic_prefix, self.site, verb)
-            self.link.publish(topic, dumps(reply), correlation_data=inbound.correlation_data)
+        return topic, reply
 
     async def _execute(self, command: commands.Command) -> dict[str, Any]:
         if isinstance(command, commands.Ping):
