@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 HOUSEKEEPING_INTERVAL_S = 60.0  # cap enforcement, retention purge, buffer alert
 SUMMARY_INTERVAL_S = 60.0  # one status line per device in the log
+SYNC_STOP_S = 5.0  # for the sync task's clean stop (offline state's PUBACK, acked rows deleted)
 
 
 def pid_path(db_path: Path) -> Path:
@@ -111,8 +112,9 @@ class Daemon:
             asyncio.create_task(self._summaries(), name="summaries"),
             asyncio.create_task(self._ack_requests(), name="acks"),
         ]
-        if s.mqtt.enabled:
-            background.append(asyncio.create_task(self._sync(), name="sync"))
+        sync = asyncio.create_task(self._sync(), name="sync") if s.mqtt.enabled else None
+        if sync is not None:
+            background.append(sync)
         notifier = ServiceNotifier(self, [*tasks, *background])
         background.append(asyncio.create_task(notifier.run(), name="sd_notify"))
         log.info(
@@ -131,6 +133,9 @@ class Daemon:
             await http.close()
         grace = max((d.timeout_s for d in s.devices), default=1.0) * 2 + 5
         _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+        if sync is not None:
+            # Its clean stop deletes the acknowledged rows and publishes the offline state.
+            await asyncio.wait([sync], timeout=SYNC_STOP_S)
         for task in (*pending, *background):
             task.cancel()
         await asyncio.gather(*pending, *background, return_exceptions=True)

@@ -216,6 +216,9 @@ class Store:
             self._configure(synchronous)
             self._migrate()
             self._index_outbox_heads()
+        # Alert rows committed by this process: sync compares it with what it has fetched, so a
+        # new alert is looked for before every backlog message without a query each time.
+        self.alert_rows_committed = 0
         self._next_seq: dict[tuple[str, str], int] = {
             (d, s): n for d, s, n in self.conn.execute("SELECT device, stream, next_seq FROM seqs")
         }
@@ -314,6 +317,7 @@ class Store:
                 log.warning("store full, dropping oldest telemetry", extra={"error": str(exc)})
                 target = int(min(self.max_size_bytes, self.used_bytes()) * 0.8)
                 dropped += self._make_room(target, release_space=False)
+        self.alert_rows_committed += sum(len(cycle.alerts) for cycle in cycles)
         dropped += self.enforce_cap()
         return CommitResult(sample_seqs=sample_seqs, dropped_telemetry=dropped)
 
@@ -696,13 +700,16 @@ class Store:
                 where.append(clause)
                 params.append(value)
         with self.transaction() as c:
-            return c.execute(
+            queued = c.execute(
                 "INSERT INTO outbox (priority, stream, device, seq, ref_id, ts_ms) "
                 f"SELECT ?, ?, t.device, t.seq, t.id, t.ts_ms FROM {table} t "
                 f"WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM outbox o "
                 "WHERE o.stream = ? AND o.ref_id = t.id) ORDER BY t.seq LIMIT ?",
                 (STREAM_PRIORITY[stream], stream, *params, stream, limit),
             ).rowcount
+        if stream == "alerts":
+            self.alert_rows_committed += queued
+        return queued
 
     def published_heads(self) -> dict[str, dict[str, int]]:
         """Per device and stream, the seq up to which everything has been acknowledged.

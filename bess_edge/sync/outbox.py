@@ -1,8 +1,11 @@
 """Draining the SQLite outbox over MQTT: alerts first, bounded in-flight, delete after PUBACK.
 
-Per stream a cursor (the last outbox id handed out) and a short queue of built messages; each
-fill of the in-flight window first looks for new alerts, then diagnostics, then telemetry, so a
-live alert waits for at most one window of backlog messages. Outbox rows are deleted only in
+Per stream a cursor (the last outbox id handed out) and a short queue of built messages. Before
+every message it publishes, the drainer asks whether the store has committed alert rows it has
+not fetched yet (a counter in memory, no query), so a live alert waits for at most the messages
+already in flight, however long the backlog. One call of :meth:`Drainer.fill` publishes at most
+one window: under a backlog that never ends (loopback PUBACKs keep the window open) the loop
+still comes back to delete acknowledged rows and to see a stop. Outbox rows are deleted only in
 :meth:`Drainer.flush_acks`, after the broker's PUBACK (DESIGN invariant 1). Messages paho has not
 seen acknowledged stay in its queue across reconnects and are re-sent by it; after a restart of
 the daemon the cursors start from zero and every row still in the outbox is sent again, so
@@ -27,7 +30,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.1  # how often an idle drainer looks for new rows: an alert's extra latency
+IDLE_POLL_S = 0.1  # how often an idle drainer looks for new rows
+# Acknowledged rows are deleted in one transaction at least this often, or sooner once this many
+# are waiting: one DELETE per window would put an fsync per few messages on the store thread,
+# which the polls' commits share. Rows acknowledged but not yet deleted are sent again after a
+# crash (at-least-once), never lost.
+ACK_FLUSH_S = 0.25
+ACK_FLUSH_ROWS = 2000
 MAX_FETCH_ROWS = 2000
 ENCODERS = 2  # fetched batches encoded at once, per stream
 PREFETCH_BELOW = 2  # queued messages of a stream at which the next batch is fetched ahead
@@ -74,7 +83,8 @@ class Drainer:
         self.inflight: dict[int, Message] = {}
         self.acked_ids: list[int] = []
         self.wake = asyncio.Event()
-        self.alerts_checked = 0.0
+        self.alerts_fetched = -1  # the store's alert_rows_committed when alerts were last fetched
+        self.acks_flushed_mono = time.monotonic()
         self.messages_acked = 0
         self.items_acked = 0
         self.bytes_acked = 0
@@ -109,37 +119,63 @@ class Drainer:
         """Publish until the connection drops or ``stop`` is set."""
         while link.connected.is_set() and not stop.is_set():
             self.wake.clear()
-            await self.flush_acks()
+            if self._acks_due():
+                await self.flush_acks()
             await self.fill(link)
             await _first_of(self.wake, link.disconnected, stop, timeout_s=IDLE_POLL_S)
         for stream in STREAMS:
             await self._landed(stream, wait="all")  # queued for the next connection
         await self.flush_acks()
 
+    def _acks_due(self) -> bool:
+        return bool(self.acked_ids) and (
+            len(self.acked_ids) >= ACK_FLUSH_ROWS
+            or time.monotonic() - self.acks_flushed_mono >= ACK_FLUSH_S
+        )
+
     async def flush_acks(self) -> None:
+        self.acks_flushed_mono = time.monotonic()
         if self.acked_ids:
             ids, self.acked_ids = self.acked_ids, []
             await self.worker.call(self.worker.store.outbox_delete, ids, now_ms())
 
     async def fill(self, link: MqttLink) -> None:
+        """Publish until the window is full, at most one window's worth of messages."""
         content_type = CONTENT_TYPE[self.encoder.encoding]
-        # At most once per IDLE_POLL_S: a PUBACK wakes this loop, thousands of times a second.
-        if not self.queued["alerts"] and time.monotonic() - self.alerts_checked >= IDLE_POLL_S:
-            self.alerts_checked = time.monotonic()
-            await self._fetch("alerts", 0)
-            await self._landed("alerts", wait="all")  # before any backlog message goes out
-        while len(self.inflight) < self.max_inflight and link.connected.is_set():
+        for _ in range(self.max_inflight):
+            if len(self.inflight) >= self.max_inflight or not link.connected.is_set():
+                return
+            if self._alerts_due():
+                await self._fetch_alerts()
             message = await self._next()
             if message is None:
                 return
-            if message.stream != "alerts" and not self.bucket.take(len(message.payload)):
+            if message.stream != "alerts" and (
+                self._alerts_due() or not self.bucket.take(len(message.payload))
+            ):
+                # An alert committed while this message was being fetched goes out first.
                 self.queued[message.stream].appendleft(message)
-                return
+                if not self._alerts_due():
+                    return  # the backlog's byte rate is used up for now
+                continue
             if _too_large(message, link.broker_max_packet_bytes):
                 continue
             mid = link.publish(message.topic, message.payload, content_type=content_type)
             self.inflight[mid] = message
             metrics.MQTT_INFLIGHT.set(len(self.inflight))
+
+    def _alerts_due(self) -> bool:
+        return self.worker.store.alert_rows_committed != self.alerts_fetched
+
+    async def _fetch_alerts(self) -> None:
+        """Fetch and encode every alert row not yet seen, before any backlog message goes out."""
+        self.alerts_fetched = self.worker.store.alert_rows_committed
+        while True:
+            cursor = self.cursor["alerts"]
+            await self._fetch("alerts", 0)
+            await self._landed("alerts", wait="all")
+            if self.cursor["alerts"] == cursor:
+                return
 
     async def _next(self) -> Message | None:
         for stream in STREAMS:

@@ -96,6 +96,10 @@ class Syncer:
             await self._clean_stop()
         except asyncio.CancelledError:
             self._abort()
+            # Rows the broker acknowledged are deleted even now: else every one is sent again
+            # after the restart (thousands under a backlog).
+            with contextlib.suppress(Exception):
+                await self.drainer.flush_acks()
             raise
         except Exception:  # a bug here must not take the daemon down: data stays buffered
             log.exception("sync stopped by an unexpected error; data stays buffered")
