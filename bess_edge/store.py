@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +24,14 @@ import numpy as np
 import sqlite_utils
 
 from bess_edge.model import Reading, now_ms
+from bess_edge.storage.cells import pack_cells
+from bess_edge.storage.sqlite_reads import SqliteReads
 
 log = logging.getLogger(__name__)
 
 # Outbox priorities: sync drains lower numbers first, so live alerts overtake a telemetry backlog.
 STREAM_PRIORITY = {"alerts": 0, "diagnostics": 1, "telemetry": 2}
 SITE_DEVICE = "_site"  # the device name of site-wide alerts (buffer full, ...)
-CELL_DTYPE = np.dtype("<f4")  # cell arrays on disk: 4 bytes a value, 0.1 mV at 4 V is plenty
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -147,16 +148,6 @@ class CommitResult:
     dropped_telemetry: int  # unsent rows dropped to make room while committing
 
 
-def pack_cells(values: np.ndarray) -> bytes | None:
-    return values.astype(CELL_DTYPE).tobytes() if values.size else None
-
-
-def unpack_cells(blob: bytes | None) -> np.ndarray:
-    if not blob:
-        return np.empty(0, dtype=np.float64)
-    return np.frombuffer(blob, dtype=CELL_DTYPE).astype(np.float64)
-
-
 def _min_max(values: np.ndarray) -> tuple[float | None, float | None]:
     """Min and max ignoring NaN cells (fmin/fmax skip NaN); None when there is no value."""
     if values.size == 0:
@@ -184,8 +175,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class Store:
-    """The SQLite file. Use from one thread at a time (the daemon gives it one worker thread)."""
+class Store(SqliteReads):
+    """The SQLite file. Use from one thread at a time (the daemon gives it one worker thread).
+
+    Read queries shared with the API live in :class:`SqliteReads`.
+    """
 
     def __init__(
         self,
@@ -560,29 +554,6 @@ class Store:
         rows = list(self.db.query("SELECT * FROM pending_acks WHERE id = ?", [request_id]))
         return rows[0] if rows else None
 
-    def alert(self, alert_id: int) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM alerts WHERE id = ?", [alert_id]))
-        return rows[0] if rows else None
-
-    def alert_history(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
-        """Alert episodes, newest first, each with its transitions (oldest first)."""
-        where = "WHERE state = 'active'" if active_only else ""
-        alerts = list(
-            self.db.query(f"SELECT * FROM alerts {where} ORDER BY id DESC LIMIT ?", [limit])
-        )
-        if alerts:
-            marks = ",".join("?" * len(alerts))
-            events: dict[int, list[dict[str, Any]]] = {}
-            for e in self.db.query(
-                "SELECT alert_id, seq, ts_ms, transition, actor, note FROM alert_events "
-                f"WHERE alert_id IN ({marks}) ORDER BY id",
-                [a["id"] for a in alerts],
-            ):
-                events.setdefault(e.pop("alert_id"), []).append(e)
-            for a in alerts:
-                a["events"] = events.get(a["id"], [])
-        return alerts
-
     def estimator_state(self, device: str) -> bytes | None:
         row = self.conn.execute(
             "SELECT data FROM estimator_state WHERE device = ?", (device,)
@@ -614,38 +585,6 @@ class Store:
         order), None when the outbox is empty."""
         row = self.conn.execute("SELECT ts_ms FROM outbox ORDER BY id LIMIT 1").fetchone()
         return int(row[0]) if row else None
-
-    # -- reading back ---------------------------------------------------------------------
-
-    def samples(
-        self, device: str, since_ms: int | None = None, until_ms: int | None = None
-    ) -> Iterable[dict[str, Any]]:
-        """Samples of a device in time order, cell arrays unpacked to lists of floats."""
-        where: list[str] = ["device = ?"]
-        params: list[Any] = [device]
-        if since_ms is not None:
-            where.append("ts_ms >= ?")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("ts_ms < ?")
-            params.append(until_ms)
-        sql = f"SELECT * FROM samples WHERE {' AND '.join(where)} ORDER BY seq"
-        for row in self.db.query(sql, params):
-            yield sample_row_to_dict(row)
-
-    def latest_sample(self, device: str) -> dict[str, Any] | None:
-        rows = list(
-            self.db.query(
-                "SELECT * FROM samples WHERE device = ? ORDER BY seq DESC LIMIT 1", [device]
-            )
-        )
-        return sample_row_to_dict(rows[0]) if rows else None
-
-    def latest_diagnosis(self, device: str) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT data FROM diagnoses WHERE device = ? ORDER BY seq DESC LIMIT 1", (device,)
-        ).fetchone()
-        return json.loads(row[0]) if row else None
 
     # -- sync: outbox draining (bess_edge/sync; issue 7) ------------------------------------
 
@@ -725,18 +664,6 @@ class Store:
             head = (next_seq if oldest is None else oldest) - 1
             heads.setdefault(device, {})[stream] = min(head, next_seq - 1)
         return heads
-
-
-def sample_row_to_dict(row: dict[str, Any]) -> dict[str, Any]:
-    """A samples row as plain data: cell BLOBs unpacked, JSON columns parsed."""
-    out = dict(row)
-    out["cell_voltage_v"] = [round(v, 5) for v in unpack_cells(row["cell_voltage_v"]).tolist()]
-    out["cell_temperature_c"] = [
-        round(v, 3) for v in unpack_cells(row["cell_temperature_c"]).tolist()
-    ]
-    out["extra"] = json.loads(row["extra"]) if row["extra"] else {}
-    out["quality_notes"] = json.loads(row["quality_notes"]) if row["quality_notes"] else []
-    return out
 
 
 SAMPLE_COLUMNS = (

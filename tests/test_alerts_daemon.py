@@ -13,7 +13,7 @@ from typing import Any
 
 from conftest import sim_device, wait_until
 
-from bess_edge.store import unpack_cells
+from bess_edge.storage.cells import unpack_cells
 
 POLL_S = 0.2
 

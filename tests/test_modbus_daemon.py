@@ -13,7 +13,7 @@ from test_modbus_tcp import CELLS_MV, generic_16s_image
 from test_sunspec_discovery import BATTERY, storage_device
 
 from bess_edge.model import Quality
-from bess_edge.store import unpack_cells
+from bess_edge.storage.cells import unpack_cells
 
 
 def modbus_device(device_id: str, driver: str, port: int, **options: object) -> dict:

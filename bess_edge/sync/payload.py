@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.model import Quality
-from bess_edge.store import CELL_DTYPE
+from bess_edge.storage.cells import CELL_DTYPE
 
 STREAMS = ("alerts", "diagnostics", "telemetry")  # drain order: alerts first
 SCHEMA_IDS = {stream: f"bess-edge/{stream}/1" for stream in STREAMS}
