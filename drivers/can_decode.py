@@ -21,6 +21,7 @@ from typing import Any
 import can
 import numpy as np
 from bess_edge.drivers.can_map import FLAG_FIELDS, DecodeOptions, Slot, load_dbc
+from bess_edge.drivers.plausible import plausible_range
 from cantools.database.can import Message, Signal
 from cantools.database.utils import create_encode_decode_formats
 
@@ -147,6 +148,10 @@ class FrameDecoder:
         # value_si = (raw * dbc_scale + dbc_offset) * factor + offset, folded into one affine map
         self._scale = np.array([s.factor * s.signal.scale for s in ordered])
         self._offset = np.array([s.factor * s.signal.offset + s.offset for s in ordered])
+        ranges = np.array([valid_range(s) for s in ordered]).reshape(-1, 2)
+        self._lo, self._hi = ranges[:, 0], ranges[:, 1]
+        self._rejected_before = 0  # wrong_dlc + undecodable when the last Reading was made
+        self._last_rejected = ""
         self._fields = _field_layout(ordered)
 
     @classmethod
@@ -178,29 +183,38 @@ class FrameDecoder:
             return
         message, length, plain, selectors = handler
         if len(data) != length:
-            counters.wrong_dlc += 1
-            self.complain("wrong_dlc", f"{message.name}: {len(data)} bytes, the DBC says {length}")
+            self._reject("wrong_dlc", f"{message.name}: {len(data)} bytes, the DBC says {length}")
             return
         values, stamps = self._values, self._stamps
+        # A value's timestamp is written only once the value itself is: a payload that fails
+        # to unpack must leave the previous values (or none) marked as old, not fresh.
         try:
             if plain is not None:
-                stamps[plain.group] = ts
                 values[plain.start : plain.end] = plain.get(plain.unpack(data))
+                stamps[plain.group] = ts
             for selector in selectors:
                 mux = selector.unpack(data)[selector.name]
                 plan = selector.plans.get(mux)
                 if plan is not None:
-                    stamps[plan.group] = ts
                     values[plan.start : plan.end] = plan.get(plan.unpack(data))
+                    stamps[plan.group] = ts
                 elif mux not in selector.valid_ids:
-                    counters.undecodable += 1
-                    self.complain("undecodable", f"{message.name}: multiplexer id {mux} not in DBC")
+                    self._reject("undecodable", f"{message.name}: multiplexer id {mux} not in DBC")
                     return
         except Exception as exc:  # a corrupt payload must never stop the receive path
-            counters.undecodable += 1
-            self.complain("undecodable", f"{message.name}: {exc!r}")
+            self._reject("undecodable", f"{message.name}: {exc!r}")
             return
         counters.decoded += 1
+
+    def _reject(self, kind: str, detail: str) -> None:
+        """A frame of a mapped message that could not be decoded: counted, logged, and flagged
+        DECODE_ERROR on the next Reading."""
+        if kind == "wrong_dlc":
+            self.counters.wrong_dlc += 1
+        else:
+            self.counters.undecodable += 1
+        self._last_rejected = detail
+        self.complain(kind, detail)
 
     def error_frame(self, frame_id: int) -> None:
         """Count an error frame; SocketCAN reports bus-off as a bit of the error frame's id."""
@@ -217,21 +231,46 @@ class FrameDecoder:
         stamps = np.array(self._stamps)[self._slot_group]
         never = stamps == NEVER
         stale = (now - stamps > self.timeout_s) & ~never
+        with np.errstate(invalid="ignore"):
+            implausible = ~never & ~((value >= self._lo) & (value <= self._hi))
         reading = Reading(device_id=device_id, ts_ms=ts_ms)
         for field, kind, positions in self._fields:
             if kind == "scalar":  # one position: plain Python is cheaper than numpy here
                 pos = int(positions[0])
-                _set_scalar(reading, field, float(value[pos]), bool(never[pos]))
+                x = float(value[pos])
+                if implausible[pos]:
+                    reading.flag(
+                        Quality.OUT_OF_RANGE,
+                        f"{field}={x:g} outside {self._lo[pos]:g}..{self._hi[pos]:g}",
+                    )
+                    x = math.nan
+                _set_scalar(reading, field, x, bool(never[pos]))
                 _flag_one(reading, field, bool(never[pos]), bool(stale[pos]))
                 continue
             v, nv, st = value[positions], never[positions], stale[positions]
+            bad = implausible[positions]
             if kind == "array":
-                setattr(reading, field, np.where(nv, math.nan, v))
+                setattr(reading, field, np.where(nv | bad, math.nan, v))
             else:  # bits
-                bits = (v != 0) & ~nv & ~st
+                bits = (v != 0) & ~nv & ~st & ~bad
                 setattr(reading, field, int(np.sum(bits.astype(np.int64) << np.arange(v.size))))
             if nv.any() or st.any():
                 _flag(reading, field, nv, st)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                reading.flag(
+                    Quality.OUT_OF_RANGE,
+                    f"{field}: {int(bad.sum())} of {bad.size} values outside their range "
+                    f"(e.g. {v[first]:g} at {first})",
+                )
+        rejected = self.counters.wrong_dlc + self.counters.undecodable
+        if rejected > self._rejected_before:
+            reading.flag(
+                Quality.DECODE_ERROR,
+                f"{rejected - self._rejected_before} frames not decodable since the last "
+                f"Reading (last: {self._last_rejected})",
+            )
+            self._rejected_before = rejected
         if self.invert_current:
             reading.pack_current_a = -reading.pack_current_a
             reading.pack_power_w = -reading.pack_power_w
@@ -255,7 +294,10 @@ def _unpacker(signals: list[Signal], length: int) -> Callable[[Payload], dict[st
     """Raw values of ``signals`` from a payload, with the formats cantools compiles for them."""
     # cantools lays out little-endian formats assuming signals sorted by start bit, as a
     # Message keeps them; a mapping lists them in its own order.
-    formats = create_encode_decode_formats(sorted(signals, key=lambda s: s.start), length)
+    # A signal mapped twice (a status bit and an extra, say) is unpacked once: cantools'
+    # formats would otherwise expect its bits twice and refuse every frame as "Short data".
+    unique = list({s.name: s for s in signals}.values())
+    formats = create_encode_decode_formats(sorted(unique, key=lambda s: s.start), length)
     big, little = formats.big_endian.unpack, formats.little_endian.unpack
     orders = {s.byte_order for s in signals}
     if orders == {"little_endian"}:
@@ -292,6 +334,21 @@ def _field_layout(slots: list[Slot]) -> list[tuple[str, str, np.ndarray]]:
         (field, kinds[field], np.array([pos for _, pos in sorted(pairs)], dtype=np.intp))
         for field, pairs in positions.items()
     ]
+
+
+def valid_range(slot: Slot) -> tuple[float, float]:
+    """The SI range a slot's value may take: the field's plausible range, narrowed by the
+    DBC's own [min|max] of the signal when it declares one. Bits are 0 or 1 by nature."""
+    if slot.kind == "bit" or slot.field in FLAG_FIELDS:
+        return -math.inf, math.inf
+    lo, hi = plausible_range(slot.field)
+    sig = slot.signal
+    if sig.minimum is not None and sig.maximum is not None and sig.minimum < sig.maximum:
+        ends = sorted(
+            (slot.factor * sig.minimum + slot.offset, slot.factor * sig.maximum + slot.offset)
+        )
+        lo, hi = max(lo, ends[0]), min(hi, ends[1])
+    return lo, hi
 
 
 def _set_scalar(reading: Reading, field: str, value: float, never: bool) -> None:

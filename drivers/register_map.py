@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from bess_edge.drivers.plausible import READING_RANGES, plausible_range
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic import Field as PydanticField
 
@@ -59,21 +60,21 @@ class Target:
     valid_max: float
 
 
-# Plausibility limits, not operating limits (those are per chemistry): a value outside these
-# cannot be a real measurement. 2000 V covers 1500 V DC-class BESS strings (IEC 62933 / UL 9540
-# systems stop at 1500 V DC); no Li-ion, LFP or lead-acid cell reaches 5 V; NTC sensors used in
-# BMS read -40..125 °C, so -55..150 °C leaves margin; SoC is 0..100 % by definition, SoH of a new
-# cell may read slightly above 100 %.
+# Plausible ranges (drivers/plausible.py), not operating limits (those are per chemistry).
+_QUANTITIES = {
+    "pack_voltage_v": ("voltage", False),
+    "pack_current_a": ("current", False),
+    "pack_power_w": ("power", False),
+    "bms_soc_pct": ("percent", False),
+    "bms_soh_pct": ("percent", False),
+    "status_flags": ("none", False),
+    "fault_flags": ("none", False),
+    "cell_voltage_v": ("voltage", True),
+    "cell_temperature_c": ("temperature", True),
+}
 TARGETS: dict[str, Target] = {
-    "pack_voltage_v": Target("voltage", False, 0.0, 2000.0),
-    "pack_current_a": Target("current", False, -10_000.0, 10_000.0),
-    "pack_power_w": Target("power", False, -2e7, 2e7),
-    "bms_soc_pct": Target("percent", False, 0.0, 100.0),
-    "bms_soh_pct": Target("percent", False, 0.0, 150.0),
-    "status_flags": Target("none", False, -math.inf, math.inf),
-    "fault_flags": Target("none", False, -math.inf, math.inf),
-    "cell_voltage_v": Target("voltage", True, 0.0, 5.0),
-    "cell_temperature_c": Target("temperature", True, -55.0, 150.0),
+    name: Target(quantity, array, *READING_RANGES[name])
+    for name, (quantity, array) in _QUANTITIES.items()
 }
 FLAG_TARGETS = frozenset({"status_flags", "fault_flags"})
 
@@ -235,14 +236,12 @@ def _resolve(header: MapHeader, name: str, spec: FieldSpec, target: Target | Non
             raise MapError(f"{name}: flags must be u16 or u32")
     elif spec.count > 1 and spec.type != "string":
         raise MapError(f"{name}: extra values are scalars (count must be 1)")
-    lo = (
-        spec.valid_min
-        if spec.valid_min is not None
-        else (target.valid_min if target else -math.inf)
-    )
-    hi = (
-        spec.valid_max if spec.valid_max is not None else (target.valid_max if target else math.inf)
-    )
+    if target is not None:
+        lo, hi = target.valid_min, target.valid_max
+    elif name.startswith("extra."):
+        lo, hi = plausible_range(name.removeprefix("extra."))
+    else:  # identity strings
+        lo, hi = -math.inf, math.inf
     return Field(
         name=name,
         function=spec.function or header.function,

@@ -18,7 +18,8 @@ from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.modbus import ModbusDriver
 from bess_edge.drivers.modbus_decode import Block
 from bess_edge.drivers.modbus_transport import ConnectionOptions, ExceptionResponse, read_block
-from bess_edge.drivers.register_map import TARGETS, Field
+from bess_edge.drivers.plausible import plausible_range
+from bess_edge.drivers.register_map import Field
 from bess_edge.drivers.sunspec_models import (
     BASE_ADDRESSES,
     END_ID,
@@ -112,7 +113,8 @@ def point_field(model: ModelInstance, point: Point) -> Field:
     """A register-map field for one numeric SunSpec point of one model instance."""
     leaf = point.name.rsplit(".", 1)[-1]
     target = READING_POINTS.get(model.id, {}).get(leaf)
-    limits = TARGETS[target] if target else None
+    extra = EXTRA_POINTS.get(model.id, {}).get(leaf)
+    valid = plausible_range(target or extra) if (target or extra) else (-math.inf, math.inf)
     missing = NOT_IMPLEMENTED.get(point.type)
     return Field(
         name=f"{model.key}.{point.name}",
@@ -121,8 +123,8 @@ def point_field(model: ModelInstance, point: Point) -> Field:
         type=NUMERIC[point.type],  # type: ignore[arg-type]
         scale=10.0**point.sf_value if point.sf_value is not None else 1.0,
         scale_address=None if point.sf_offset is None else model.address + point.sf_offset,
-        valid_min=limits.valid_min if limits else -math.inf,
-        valid_max=limits.valid_max if limits else math.inf,
+        valid_min=valid[0],
+        valid_max=valid[1],
         missing=missing,
         flag_missing=target is not None,
     )

@@ -21,13 +21,13 @@ import pytest
 from bess_edge.drivers.can import CanDriver
 from bess_edge.drivers.can_encode import FrameEncoder
 from bess_edge.drivers.can_map import load_dbc
+from thirdparty import FOXBMS
 
 from bess_edge.config import load_config
 from bess_edge.model import Quality, Reading
 from bess_edge.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-FOXBMS = REPO.parent / "shared" / "thirdparty" / "foxbms"
 
 pytestmark = pytest.mark.skipif(
     not (FOXBMS / "foxbms.dbc").is_file(), reason=f"foxBMS test files not found in {FOXBMS}"
