@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import sys
 import textwrap
@@ -75,10 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=1.0, help="seconds per request (default 1.0)"
     )
     modbus.add_argument("--list-maps", action="store_true", help="list the shipped maps and exit")
+    modbus.add_argument(
+        "-v", "--verbose", action="store_true", help="also show pymodbus's own log messages"
+    )
     modbus.set_defaults(func=run_modbus)
 
 
 def run_modbus(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        # pymodbus logs its own "Failed to connect [Errno 111] ..." before we explain the same
+        # failure with the endpoint and unit: one message, ours.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if args.list_maps:
         for name in shipped_maps():
             header = load_map(name).header
