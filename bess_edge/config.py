@@ -110,6 +110,40 @@ class HttpConfig(Section):
     port: int = Field(9464, ge=1, le=65535)
 
 
+class ApiConfig(Section):
+    """``bess-edge api``: the REST API and dashboard, a process of its own (docs/api.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    tls_cert_file: Path | None = None  # HTTPS when both are given
+    tls_key_file: Path | None = None
+    cors_origins: list[str] = []  # browser origins allowed to call the API from other pages
+    # Hashed API keys; default api-keys.json beside storage.path (docs/api.md says why a file).
+    keys_file: Path | None = None
+    # Rules created or edited through the API; default api-thresholds.toml beside storage.path.
+    # Read after this file's own [[thresholds]] and before include_thresholds.
+    thresholds_file: Path | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        return self
+
+    def keys_path(self, storage: StorageConfig) -> Path:
+        return self.keys_file or storage.path.with_name("api-keys.json")
+
+    def thresholds_path(self, storage: StorageConfig) -> Path:
+        return api_thresholds_path(self.thresholds_file, storage.path)
+
+
+def api_thresholds_path(thresholds_file: Path | str | None, storage_path: Path | str) -> Path:
+    """Absolute, because include_thresholds resolves relative names beside the config file."""
+    path = Path(thresholds_file or Path(storage_path).with_name("api-thresholds.toml"))
+    return path.absolute()
+
+
 class DeviceConfig(Section):
     id: TopicId
     driver: str
@@ -263,6 +297,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
     # Rule files added after this file's own [[thresholds]] (a rule of the same name here wins);
     # a name is looked up beside this file, then among the shipped config/ files.
@@ -330,6 +365,7 @@ def load_config(path: Path | str) -> Settings:
     """Read, validate and return the config at ``path``, or raise ConfigError."""
     path = Path(path)
     raw = read_toml(path)
+    _include_api_thresholds(raw)
     if isinstance(raw.get("include_thresholds"), list):
         raw["thresholds"] = _merge_included(path, raw)
     try:
@@ -354,6 +390,20 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [("", f"invalid TOML: {exc}")]) from None
+
+
+def _include_api_thresholds(raw: dict[str, Any]) -> None:
+    """Read the API's rule file, when it exists, first among the included ones: an API edit
+    overrides a shipped default of the same name, never a rule of this file itself."""
+    api, storage = raw.get("api", {}), raw.get("storage", {})
+    includes = raw.get("include_thresholds", [])
+    if not (isinstance(api, dict) and isinstance(storage, dict) and isinstance(includes, list)):
+        return  # the Settings model reports the type error with its key path
+    path = api_thresholds_path(
+        api.get("thresholds_file"), storage.get("path", StorageConfig().path)
+    )
+    if path.is_file():
+        raw["include_thresholds"] = [str(path), *includes]
 
 
 def _merge_included(path: Path, raw: dict[str, Any]) -> Any:
