@@ -10,6 +10,7 @@ a replay at any speed yields the Readings the gateway would have produced live.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import can
 from bess_edge.drivers.base import Driver, DriverError
 from bess_edge.drivers.can_decode import FrameCounters, FrameDecoder
 from bess_edge.drivers.can_map import DecodeOptions
+from bess_edge.drivers.capture import CaptureProblems, read_frames
 from pydantic import Field
 
 from bess_edge.model import Reading, now_ms
@@ -27,10 +29,11 @@ from bess_edge.model import Reading, now_ms
 if TYPE_CHECKING:
     from bess_edge.config import DeviceConfig
 
-CAPTURE_SUFFIXES = (".log", ".asc", ".blf", ".trc")
 # Captures with relative timestamps (an .asc without its date, a .trc offset) start near zero;
 # anything before 2001-09-09 (1e9 s) is taken as relative and anchored to the replay's start.
 RELATIVE_BEFORE_S = 1e9
+
+log = logging.getLogger(__name__)
 
 
 class ReplayOptions(DecodeOptions):
@@ -39,14 +42,6 @@ class ReplayOptions(DecodeOptions):
     file: Path
     speed: float = Field(1.0, gt=0)  # capture seconds per wall-clock second
     loop: bool = False  # start again at the end instead of reporting the device lost
-
-
-def read_frames(path: Path) -> Iterator[can.Message]:
-    """The capture's frames in file order; ValueError for a format python-can cannot read."""
-    if path.suffix.lower() not in CAPTURE_SUFFIXES:
-        raise ValueError(f"{path}: not a capture python-can reads ({', '.join(CAPTURE_SUFFIXES)})")
-    with can.LogReader(path) as reader:
-        yield from reader
 
 
 class CapturePlayer:
@@ -97,6 +92,7 @@ class ReplayDriver(Driver):
         self.decoder = FrameDecoder.for_options(options, device.id)
         self._frames: Iterator[can.Message] | None = None
         self._pending: can.Message | None = None
+        self.problems = CaptureProblems()
         self._started = math.nan  # wall clock (monotonic) at capture time _t0
         self._t0 = math.nan
 
@@ -111,7 +107,8 @@ class ReplayDriver(Driver):
             self._restart()
 
     def _restart(self) -> None:
-        self._frames = read_frames(self.options.file)
+        self.problems = CaptureProblems()  # per pass through the capture
+        self._frames = read_frames(self.options.file, self.problems)
         self._pending = None
         self._started = self._t0 = math.nan
 
@@ -125,6 +122,13 @@ class ReplayDriver(Driver):
         while True:
             msg = self._pending if self._pending is not None else next(self._frames, None)
             if msg is None:
+                if self.problems.count:
+                    log.warning(
+                        "capture %s: %s",
+                        self.options.file.name,
+                        self.problems.summary(),
+                        extra={"device": self.device_id},
+                    )
                 if not self.options.loop:
                     raise DriverError(f"capture {self.options.file.name} finished")
                 self._restart()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.can_encode import FrameEncoder
+from bess_edge.drivers.capture import parse_candump_line
 from bess_edge.drivers.replay import ReplayDriver
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
@@ -158,3 +159,58 @@ def test_replay_driver_plays_a_capture_as_a_live_device(make_config, tmp_path):
     assert readings[-1].pack_voltage_v == pytest.approx(sent.pack_voltage_v, abs=0.005)
     assert readings[-1].extra["battery_temperature_c"] == pytest.approx(23.4)
     assert np.isclose(readings[-1].extra["module_count"], 3)
+
+
+def test_bad_lines_in_a_candump_log_are_skipped_counted_and_the_good_frames_all_kept(
+    make_config, tmp_path
+):
+    sent = battery_state()
+    capture = tmp_path / "capture.log"
+    frames = write_capture(capture, sent)
+    lines = capture.read_text().splitlines()
+    good_id = lines[0].split()[2].split("#")[0]
+    bad = [
+        f"({T0 + 0.0101:.6f}) can0 {good_id}#0011 extra-field",  # too many values to unpack
+        f"({T0 + 0.0102:.6f}) can0 XYZ#00112233",  # invalid literal for int()
+        f"({T0 + 0.0103:.6f}) can0 {good_id}#0011223",  # odd number of hex digits
+        "garbage",
+    ]
+    capture.write_text("\n".join(lines[:3] + bad + lines[3:]) + "\n")
+    config = make_config([pylontech_device()])
+    result = run_replay(capture, config, "--fast", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert f"{frames} frames read, {frames} decoded" in result.stdout
+    assert "4 bad lines skipped" in result.stdout
+    assert "3 Readings written" in result.stdout
+    assert "line 4:" in result.stderr and "line 7:" in result.stderr
+    assert "odd number of hex digits (7)" in result.stderr
+    store = Store(tmp_path / "bess-edge.db", readonly=True)
+    try:
+        assert store.sample_count("battery-1") == 3
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("suffix", [".asc", ".trc"])
+def test_a_bad_line_in_an_asc_or_trc_capture_costs_only_that_line(suffix, make_config, tmp_path):
+    sent = battery_state()
+    capture = tmp_path / f"capture{suffix}"
+    frames = write_capture(capture, sent)
+    lines = capture.read_text().splitlines()
+    data_lines = [i for i, line in enumerate(lines) if "Rx" in line]
+    at = data_lines[2]
+    broken = lines[at].rsplit(maxsplit=1)[0] + " ZZ"  # last data byte not hexadecimal
+    capture.write_text("\n".join([*lines[:at], broken, *lines[at:]]) + "\n")
+    result = run_replay(capture, make_config([pylontech_device()]), "--fast", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert f"{frames} frames read, {frames} decoded" in result.stdout
+    assert "1 bad lines skipped" in result.stdout
+    assert f"line {at + 1}:" in result.stderr
+
+
+def test_an_odd_number_of_hex_digits_is_an_error_not_padding():
+    assert parse_candump_line("(1.5) can0 123#112233").data == bytes([0x11, 0x22, 0x33])
+    with pytest.raises(ValueError, match="odd number of hex digits"):
+        parse_candump_line("(1.5) can0 123#1122334")
+    with pytest.raises(ValueError, match="not a candump"):
+        parse_candump_line("(1.5) can0 123#11 22")

@@ -23,7 +23,8 @@ from bess_edge.cli._progress import Progress
 from bess_edge.config import DeviceConfig, Settings
 from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_map import DecodeOptions
-from bess_edge.drivers.replay import CapturePlayer, read_frames
+from bess_edge.drivers.capture import CaptureProblems, read_frames
+from bess_edge.drivers.replay import CapturePlayer
 from bess_edge.logs import setup_logging
 from bess_edge.model import Reading
 from bess_edge.pipeline import DevicePipeline
@@ -91,9 +92,10 @@ def replay(args: argparse.Namespace) -> int:
         written += 1
 
     speed = None if args.fast else args.speed
+    problems = CaptureProblems()
     try:
         started, t0 = time.monotonic(), None
-        for i, msg in enumerate(read_frames(args.file), 1):
+        for i, msg in enumerate(read_frames(args.file, problems), 1):
             if speed is not None:
                 t0 = msg.timestamp if t0 is None else t0
                 delay = started + (msg.timestamp - t0) / speed - time.monotonic()
@@ -111,12 +113,15 @@ def replay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     elapsed_s = progress.finish()
+    if problems.count:
+        print(f"bess-edge replay: {args.file.name}: {problems.summary()}", file=sys.stderr)
     c = decoder.counters
     print(
         f"{args.file.name}: {c.frames} frames read, {c.decoded} decoded, "
         f"{c.unmapped} not mapped, {c.unknown_id} unknown id, {c.wrong_dlc} wrong DLC, "
         f"{c.undecodable} undecodable, "
-        f"{c.error_frames} error frames; {written} Readings written to {s.path} "
+        f"{c.error_frames} error frames, {problems.count} bad lines skipped; "
+        f"{written} Readings written to {s.path} "
         f"(device {device.id}) in {elapsed_s:.1f} s"
     )
     return EXIT_OK
