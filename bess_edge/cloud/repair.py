@@ -1,0 +1,211 @@
+"""Gap repair: find the seqs the database lacks and ask the gateways for them again.
+
+Each worker of a shared subscription sees only a share of every stream, so gaps are found in
+the database, where the shares meet, by one worker at a time: the one holding a session-level
+advisory lock. When it dies its connection closes, the lock is released and another worker takes
+the job at its next tick; everything it knows is in ``stream_progress`` and ``open_gaps``.
+
+Per (site, device, stream): ``contiguous_seq`` (everything up to it is stored), ``max_seq``
+(newest stored) and ``head_seq`` (what the gateway says it has published: its ping reply). A
+missing range older than ``grace_s`` is asked for with ``cmd/republish``; at most one request per
+stream is in flight (a new one only after ``retry_s``, or once the range arrived), and at most
+``max_requests_per_s`` over the fleet. A gateway's retention bounds what it can send again: a
+range it no longer holds stays in the ``gaps`` view, with the time it was first seen missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from bess_edge.cloud.config import IngestConfig
+from bess_edge.cloud.writer import now_ms
+from bess_edge.sync.commands import MAX_REPUBLISH_ROWS
+
+log = logging.getLogger(__name__)
+
+REPAIR_LOCK = 0x62657375
+ACTIVE_SITE_MS = 3_600_000  # sites that sent data within this long are pinged
+TABLES = {"telemetry": "telemetry", "diagnostics": "battery_diagnostics", "alerts": "alert_history"}
+
+SendCommand = Callable[[str, str, dict[str, Any]], None]  # (site, verb, body)
+
+
+@dataclass(slots=True)
+class Progress:
+    device_id: int
+    stream: str
+    site: str
+    device: str
+    contiguous: int
+    max_seq: int
+    head: int
+    request_ms: int | None
+    request_first: int | None
+    request_last: int | None
+
+
+Ranges = list[tuple[int, int]]
+
+
+def missing_ranges(contiguous: int, runs: Ranges, head: int) -> tuple[int, int, Ranges]:
+    """From the runs of stored seqs above ``contiguous`` (sorted, disjoint, inclusive) and the
+    gateway's head: the new contiguous seq, the newest stored seq, the missing ranges."""
+    cursor = contiguous
+    gaps: Ranges = []
+    for first, last in runs:
+        if first > cursor + 1:
+            gaps.append((cursor + 1, first - 1))
+        cursor = max(cursor, last)
+    newest = cursor
+    if head > cursor:
+        gaps.append((cursor + 1, head))
+    new_contiguous = gaps[0][0] - 1 if gaps else max(newest, contiguous)
+    return new_contiguous, newest, gaps
+
+
+class Repairer:
+    def __init__(self, conn: psycopg.Connection, cfg: IngestConfig, send: SendCommand) -> None:
+        self.conn = conn  # autocommit: each statement stands alone, the lock is the session's
+        self.cfg = cfg
+        self.send = send
+        self.leader = False
+        self.tokens = cfg.max_requests_per_s
+        self.last_tick = time.monotonic()
+        self.open_seqs = 0  # for the metric, as of the last tick
+        self.oldest_gap_ms: int | None = None
+
+    def tick(self) -> bool:
+        """One round if this worker holds the repair lock; False otherwise."""
+        if not self.leader:
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (REPAIR_LOCK,)).fetchone()
+            self.leader = bool(row and row[0])
+            if not self.leader:
+                return False
+            log.info("this worker now runs gap repair")
+        now = time.monotonic()
+        self.tokens = min(
+            self.cfg.max_requests_per_s,
+            self.tokens + (now - self.last_tick) * self.cfg.max_requests_per_s,
+        )
+        self.last_tick = now
+        self._ping_sites()
+        self._start_new_streams()
+        for progress in self._progress():
+            self._repair(progress)
+        row = self.conn.execute(
+            "SELECT coalesce(sum(seq_last - seq_first + 1), 0), min(since_ms) FROM open_gaps"
+        ).fetchone()
+        assert row is not None
+        self.open_seqs, self.oldest_gap_ms = int(row[0]), row[1]
+        return True
+
+    def _ping_sites(self) -> None:
+        now = now_ms()
+        rows = self.conn.execute(
+            "UPDATE sites SET last_ping_ms = %s WHERE last_seen_ms > %s AND "
+            "(last_ping_ms IS NULL OR last_ping_ms < %s) RETURNING site",
+            (now, now - ACTIVE_SITE_MS, now - int(self.cfg.ping_s * 1000)),
+        ).fetchall()
+        for (site,) in rows:
+            self.send(site, "ping", {})
+
+    def _start_new_streams(self) -> None:
+        """A progress row for each stream with stored rows and none yet: from seq 1 with
+        ``from_first``, else from the lowest seq stored."""
+        for stream, table in TABLES.items():
+            self.conn.execute(
+                "INSERT INTO stream_progress (device_id, stream, contiguous_seq, max_seq) "
+                f"SELECT d.id, %s, m.low - 1, m.low - 1 FROM devices d "  # type: ignore[arg-type]
+                f"CROSS JOIN LATERAL (SELECT {'1' if self.cfg.from_first else 'min(seq)'} AS low "
+                f"FROM {table} t WHERE t.device_id = d.id AND t.seq IS NOT NULL "
+                "HAVING count(*) > 0) m "
+                "WHERE NOT EXISTS (SELECT 1 FROM stream_progress p WHERE p.device_id = d.id "
+                "AND p.stream = %s) ON CONFLICT DO NOTHING",
+                (stream, stream),
+            )
+
+    def _progress(self) -> list[Progress]:
+        rows = self.conn.execute(
+            "SELECT p.device_id, p.stream, s.site, d.device, p.contiguous_seq, p.max_seq, "
+            "p.head_seq, p.request_ms, p.request_first, p.request_last FROM stream_progress p "
+            "JOIN devices d ON d.id = p.device_id JOIN sites s ON s.id = d.site_id"
+        ).fetchall()
+        return [Progress(*row) for row in rows]
+
+    def _runs(self, p: Progress) -> list[tuple[int, int]]:
+        """Runs of consecutive seqs above ``contiguous`` that are stored, or were refused for
+        good (dead letters with a seq: they will not come any better if asked for again)."""
+        table = TABLES[p.stream]
+        rows = self.conn.execute(
+            "SELECT min(seq), max(seq) FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) "
+            f"AS run FROM (SELECT seq FROM {table} WHERE device_id = %s AND seq > %s "  # type: ignore[arg-type]
+            "UNION SELECT seq FROM dead_letter WHERE site = %s AND device = %s AND stream = %s "
+            "AND seq > %s) s) r GROUP BY run ORDER BY 1",
+            (p.device_id, p.contiguous, p.site, p.device, p.stream, p.contiguous),
+        ).fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
+    def _repair(self, p: Progress) -> None:
+        contiguous, newest, gaps = missing_ranges(p.contiguous, self._runs(p), p.head)
+        now = now_ms()
+        with self.conn.transaction():
+            old = self.conn.execute(
+                "SELECT seq_first, seq_last, since_ms FROM open_gaps WHERE device_id = %s AND "
+                "stream = %s",
+                (p.device_id, p.stream),
+            ).fetchall()
+            since = {}
+            for first, last in gaps:
+                overlapping = [s for a, b, s in old if a <= last and b >= first]
+                since[first] = min(overlapping, default=now)
+            self.conn.execute(
+                "DELETE FROM open_gaps WHERE device_id = %s AND stream = %s",
+                (p.device_id, p.stream),
+            )
+            if gaps:
+                self.conn.cursor().executemany(
+                    "INSERT INTO open_gaps VALUES (%s, %s, %s, %s, %s)",
+                    [(p.device_id, p.stream, a, b, since[a]) for a, b in gaps],
+                )
+            in_flight = p.request_ms is not None and now - p.request_ms < self.cfg.retry_s * 1000
+            if in_flight and p.request_first is not None and p.request_last is not None:
+                req_first, req_last = p.request_first, p.request_last
+                in_flight = any(a <= req_last and b >= req_first for a, b in gaps)
+            request = None
+            due = [(a, b) for a, b in gaps if now - since[a] >= self.cfg.grace_s * 1000]
+            if due and not in_flight and self.tokens >= 1:
+                first, last = due[0]
+                request = (first, min(last, first + MAX_REPUBLISH_ROWS - 1))
+                self.tokens -= 1
+            self.conn.execute(
+                "UPDATE stream_progress SET contiguous_seq = %s, max_seq = greatest(max_seq, %s), "
+                "request_ms = CASE WHEN %s THEN request_ms ELSE %s END, "
+                "request_first = CASE WHEN %s THEN request_first ELSE %s END, "
+                "request_last = CASE WHEN %s THEN request_last ELSE %s END, "
+                "requests = requests + %s WHERE device_id = %s AND stream = %s",
+                (
+                    contiguous, newest,
+                    in_flight, now if request else None,
+                    in_flight, request[0] if request else None,
+                    in_flight, request[1] if request else None,
+                    1 if request else 0, p.device_id, p.stream,
+                ),
+            )  # fmt: skip
+        if request is not None:
+            log.info(
+                "asking for a gap again",
+                extra={"site": p.site, "device": p.device, "stream": p.stream,
+                       "seq_first": request[0], "seq_last": request[1]},
+            )  # fmt: skip
+            self.send(
+                p.site,
+                "republish",
+                {"device": p.device, "stream": p.stream, "seq_first": request[0],
+                 "seq_last": request[1]},
+            )  # fmt: skip
