@@ -36,7 +36,10 @@ from bess_edge.sync.payload import dumps
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 300  # a worker that reconnects within this gets its unacknowledged messages
+# 0: a worker's session ends with its connection. mosquitto keeps handing a shared subscription's
+# share to a member whose session outlives it (a SIGKILLed worker's), so that share would wait
+# there unacknowledged; with no session, gap repair asks for whatever a dead worker held.
+SESSION_EXPIRY_S = 0
 
 
 @dataclass(slots=True)

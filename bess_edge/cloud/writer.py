@@ -115,7 +115,10 @@ class Writer:
                 continue
             device_id = self._device_id(message.site, message.device)
             if device_id is None:
-                refusals.append(self._refusal(message, f"unknown site {message.site!r}"))
+                refusal = self._refusal(message, f"unknown site {message.site!r}")
+                log.warning("message refused", extra={"topic": refusal.topic,
+                                                      "reason": refusal.reason})  # fmt: skip
+                refusals.append(refusal)
                 continue
             seen_sites.add(self.sites[message.site])
             result.items += len(message.items)
