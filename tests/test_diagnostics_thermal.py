@@ -1,13 +1,18 @@
 """Safety and thermal: risk rises on the way to a limit, not once it is crossed."""
 
+import tomllib
+
 import numpy as np
 import pytest
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
+from bess_edge.alerts.engine import AlertEngine
 from bess_edge.chemistry import LFP, NMC
+from bess_edge.config import ThresholdRule
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.diagnostics.safety import check_limits
 from bess_edge.diagnostics.thermal import neighbour_excess_c
+from bess_edge.resources import data_dir
 
 
 # Idle: heat with no current to explain it. Daily: the heater starts while the string charges.
@@ -41,12 +46,28 @@ def test_risk_names_the_level_and_the_reason_for_an_over_voltage():
     assert findings == [(3, "over-voltage: cell at 3.800 V")]
 
 
-def test_charging_below_freezing_is_a_high_risk_but_discharging_is_not():
-    cold = np.array([-5.0, -4.0])
-    charging = check_limits(NMC, 100.0, np.array([3.7]), cold, +20.0)
-    discharging = check_limits(NMC, 100.0, np.array([3.7]), cold, -20.0)
-    assert max(level for level, _ in charging) == 2
-    assert discharging == []
+def test_charging_at_minus_one_degree_is_a_limit_alert_not_a_runaway_precursor():
+    """-1 °C while charging raised thermal_runaway_precursor ("under-temperature"); cold slows
+    every reaction. The shipped cell-undertemperature rule is the alert for it."""
+    rules = [ThresholdRule(**r) for r in tomllib.loads(
+        (data_dir("config") / "thresholds-lfp.toml").read_text())["thresholds"]]  # fmt: skip
+    engine = AlertEngine(rules, 0, [])
+    sim = SimulatedString(
+        SimOptions(cells=16, profile="constant", current_a=20.0, ambient_c=-1.0, seed=3),
+        LFP,
+        280.0,
+    )
+    diag = Diagnostician("rack-1", LFP, 280.0)
+    raised = []
+    for i in range(40):  # 200 s at 5 s polls: past the rule's for_s = 60 s
+        sim.advance(5.0)
+        reading = sim.measure(1_700_000_000_000 + i * 5_000, "rack-1")
+        d = diag.update(reading)
+        assert d.thermal_risk_level == 0, d.thermal_risk_reasons
+        raised += [t.rule for t in engine.evaluate(reading, d) if t.transition == "raised"]
+    assert float(sim.temperature_c.max()) < 0.0
+    assert "cell-undertemperature" in raised
+    assert "thermal_runaway_precursor" not in raised
 
 
 def test_neighbour_excess_finds_the_hot_spot():

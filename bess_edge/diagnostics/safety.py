@@ -52,14 +52,16 @@ def check_limits(
             findings.append((1, f"over-current: {current_a:.1f} A beyond {limit_c:g}C"))
     t = temperature_c[np.isfinite(temperature_c)]
     if t.size:
-        t_lo, t_hi = temperature_limit_c(chemistry, current_a)
-        hottest, coldest = float(t.max()), float(t.min())
+        t_hi = temperature_limit_c(chemistry, current_a)[1]
+        hottest = float(t.max())
         if hottest >= chemistry.self_heating_onset_c:
             findings.append((3, f"self-heating region: {hottest:.1f} °C"))
         elif hottest >= t_hi:
             findings.append((2, f"over-temperature: {hottest:.1f} °C ≥ {t_hi:g} °C"))
         elif hottest >= t_hi - TEMPERATURE_WARNING_MARGIN_C:
             findings.append((1, f"approaching temperature limit: {hottest:.1f} °C"))
-        if coldest < t_lo:
-            findings.append((2 if current_a > 0 else 1, f"under-temperature: {coldest:.1f} °C"))
+        # Cold is not graded here: it is no runaway precursor (it slows every reaction), and
+        # this scale feeds the built-in thermal_runaway_precursor alert. Charging below the
+        # limit (lithium plating) is an operating-limit alert: the shipped cell-undertemperature
+        # rule, which reads the sensors directly.
     return findings
