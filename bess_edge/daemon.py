@@ -19,10 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bess_edge import metrics
+from bess_edge import health, metrics
 from bess_edge.alerts import AlertEngine
 from bess_edge.alerts.requests import ACK_POLL_INTERVAL_S, apply_ack_requests
 from bess_edge.config import ConfigError, Settings, load_config
+from bess_edge.daemon_state import REFRESH_S as STATE_REFRESH_S
+from bess_edge.daemon_state import DaemonState, remove_state, write_state
 from bess_edge.drivers.base import Driver, driver_class
 from bess_edge.http import HttpEndpoint
 from bess_edge.model import Reading, now_ms
@@ -111,6 +113,7 @@ class Daemon:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._summaries(), name="summaries"),
             asyncio.create_task(self._ack_requests(), name="acks"),
+            asyncio.create_task(self._daemon_state(), name="daemon_state"),
         ]
         sync = asyncio.create_task(self._sync(), name="sync") if s.mqtt.enabled else None
         if sync is not None:
@@ -147,6 +150,7 @@ class Daemon:
                 await asyncio.wait_for(driver.close(), 2.0)
         worker.shutdown()
         pid_file.unlink(missing_ok=True)
+        remove_state(s.storage.path)
         log.info("stopped")
         return 0
 
@@ -265,6 +269,24 @@ class Daemon:
             if requests:
                 await self._commit([apply_ack_requests(self.alerts, requests, now_ms())])
             await asyncio.sleep(ACK_POLL_INTERVAL_S)
+
+    async def _daemon_state(self) -> None:
+        """Keep the file ``bess-edge status`` reads to tell a running daemon from a dead one."""
+        s = self.settings
+        started_ts_ms = now_ms()
+        while True:
+            state = DaemonState(
+                pid=os.getpid(),
+                started_ts_ms=started_ts_ms,
+                updated_ts_ms=now_ms(),
+                mqtt=health._mqtt_state(self),
+                mqtt_broker=f"{s.mqtt.host}:{s.mqtt.port}",
+            )
+            try:
+                await asyncio.to_thread(write_state, s.storage.path, state)
+            except OSError as exc:
+                log.warning("daemon state not written", extra={"error": str(exc)})
+            await asyncio.sleep(STATE_REFRESH_S)
 
     async def _summaries(self) -> None:
         while True:
