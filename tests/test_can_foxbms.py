@@ -19,11 +19,15 @@ import can
 import numpy as np
 import pytest
 from bess_edge.drivers.can import CanDriver
+from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_encode import FrameEncoder
-from bess_edge.drivers.can_map import load_dbc
+from bess_edge.drivers.can_map import CanOptions, load_dbc
 from thirdparty import FOXBMS
 
+from bess_edge.chemistry import NMC
 from bess_edge.config import load_config
+from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.thermal import OUTLIER_HOLD_S
 from bess_edge.model import Quality, Reading
 from bess_edge.store import Store
 
@@ -121,3 +125,36 @@ def test_replay_plays_the_foxbms_pcan_trace_into_sqlite(make_config, tmp_path):
     np.testing.assert_allclose(sample["cell_temperature_c"][6:12], [25, 25, 25, 25, 26, 26])
     assert sample["pack_voltage_v"] == pytest.approx(63.93)  # 0x243, string 0
     assert sample["ts_ms"] // 1000 == 1740489946  # the trace's own start time, 2025-02-25
+
+
+def test_a_hot_cell_on_a_foxbms_string_is_flagged_within_the_hold_time():
+    """Sensor 37 at 31 °C, >= 5 K above every other one (24-26 °C, foxBMS's 1 °C steps): it was
+    never flagged (the precursor score weighs a hot spot at 0.35 and waits for two minutes of
+    rates). Real frames from foxBMS's DBC, one burst per second, decoded and diagnosed."""
+    options = CanOptions.model_validate(foxbms_device()["options"])
+    encoder = FrameEncoder(options.slots(), invert_current=True)
+    decoder = FrameDecoder.for_options(options, "foxbms-1")
+    diag = Diagnostician("foxbms-1", NMC, 100.0)
+    state = foxbms_state()
+    rng = np.random.default_rng(8)
+    base_temps = np.round(rng.uniform(24.0, 26.0, 180))
+    hot_from_s, flagged_at_s = 60, None
+    for second in range(hot_from_s + 60):
+        state.cell_temperature_c = base_temps.copy()
+        if second >= hot_from_s:
+            state.cell_temperature_c[37] = 31.0
+        state.cell_voltage_v = np.round(3.65 + rng.normal(0, 0.002, 216), 3)
+        for f in encoder.frames(state):
+            decoder.ingest(f.frame_id, f.data, float(second))
+        reading = decoder.reading("foxbms-1", second + 0.5, 1_740_000_000_000 + second * 1000)
+        d = diag.update(reading)
+        hot = [r for r in d.thermal_risk_reasons if "hot cell at sensor 37" in r]
+        if second < hot_from_s:
+            assert d.thermal_risk_level == 0, d.thermal_risk_reasons
+        elif hot and flagged_at_s is None:
+            flagged_at_s = second
+            assert d.thermal_risk_level >= 1
+            assert "31.0 °C" in hot[0]
+    assert flagged_at_s is not None, "the hot cell was never flagged"
+    print(f"hot cell flagged {flagged_at_s - hot_from_s} s after it appeared")
+    assert flagged_at_s - hot_from_s <= OUTLIER_HOLD_S + 2

@@ -31,6 +31,14 @@ WEIGHTS = (0.45, 0.35, 0.2)  # rate, hot spot, voltage sag
 # Rates are fitted over about two minutes: fast enough for runaway, slow enough for 0.1 K steps.
 RATE_TIME_CONSTANT_S = 120.0
 SCORE_LEVELS = ((0.6, 2), (0.25, 1))
+# A hot cell: a sensor this much hotter than both its neighbours' mean and the string's median.
+# Cells of one string share their air and their current, so sensors sit within ~1-2 K of each
+# other (the presets' lumped model; foxBMS captures read 25-26 °C across a module); 4 K is four
+# steps of a 1 °C sensor above that spread, and a quarter of the way to the precursor's full
+# hot-spot score. It must hold this long, so a single glitch is not reported: the bound on the
+# detection time, independent of the two-minute rate fit above.
+OUTLIER_K = 4.0
+OUTLIER_HOLD_S = 30.0
 
 
 def sensor_of_cell(cells: int, sensors: int) -> np.ndarray:
@@ -78,6 +86,7 @@ class ThermalMonitor:
         self.temperature = EwTrend(sensors, RATE_TIME_CONSTANT_S)
         self.sag = EwTrend(sensors, RATE_TIME_CONSTANT_S)
         self.observed_s = 0.0  # rates mean nothing until a time constant of data is in
+        self.outlier_s = np.zeros(sensors)  # how long each sensor has stood out as hot
 
     def update(
         self,
@@ -91,9 +100,10 @@ class ThermalMonitor:
         self.temperature.add(dt_s, temperature_c)
         self.sag.add(dt_s, block_deviation_v)
         self.observed_s += max(dt_s, 0.0)
+        outliers = self._hot_outliers(dt_s, temperature_c)
         if self.observed_s < RATE_TIME_CONSTANT_S:
             nothing = np.zeros(np.shape(temperature_c))
-            return ThermalResult(np.full(nothing.shape, np.nan), nothing)
+            return ThermalResult(np.full(nothing.shape, np.nan), nothing, outliers)
         rate = finite_or(self.temperature.slope_per_h) / 60.0
         sag = finite_or(self.sag.slope_per_h) / 60.0
         excess_rate = rate - (np.median(rate) if rate.size else 0.0)
@@ -107,7 +117,7 @@ class ThermalMonitor:
         s_hot = np.clip((hot - HOT_SPOT_START_K) / (HOT_SPOT_FULL_K - HOT_SPOT_START_K), 0, 1)
         s_sag = np.where(rate > 0.1, np.clip(-sag / VOLTAGE_SAG_FULL_V_PER_MIN, 0.0, 1.0), 0.0)
         score = WEIGHTS[0] * s_rate + WEIGHTS[1] * s_hot + WEIGHTS[2] * s_sag
-        result = ThermalResult(rate, score)
+        result = ThermalResult(rate, score, outliers)
         if score.size:
             worst = int(np.argmax(score))
             for threshold, level in SCORE_LEVELS:
@@ -124,14 +134,40 @@ class ThermalMonitor:
                     break
         return result
 
+    def _hot_outliers(self, dt_s: float, temperature_c: FloatArray) -> list[Finding]:
+        """Sensors hotter than their neighbours and the string by OUTLIER_K, for OUTLIER_HOLD_S:
+        a hot cell that the precursor score (weighted, and rate-led) may never reach."""
+        t = np.asarray(temperature_c, dtype=np.float64)
+        if t.size < 3 or self.outlier_s.size != t.size:
+            return []
+        finite = t[np.isfinite(t)]
+        if finite.size < 3:
+            return []
+        with np.errstate(invalid="ignore"):
+            excess = np.minimum(neighbour_excess_c(t), t - float(np.median(finite)))
+            hot = excess >= OUTLIER_K
+        self.outlier_s = np.where(hot, self.outlier_s + max(dt_s, 0.0), 0.0)
+        held = np.flatnonzero(hot & (self.outlier_s >= OUTLIER_HOLD_S))
+        return [
+            (
+                1,
+                f"hot cell at sensor {int(k)}: {t[k]:.1f} °C, {excess[k]:+.1f} K vs neighbours "
+                f"and string for {self.outlier_s[k]:.0f} s",
+            )
+            for k in held
+        ]
+
     def state(self) -> dict[str, Any]:
         return {
             "observed_s": np.array([self.observed_s]),
+            "outlier_s": self.outlier_s.copy(),
             **{f"t_{k}": v for k, v in self.temperature.state().items()},
             **{f"v_{k}": v for k, v in self.sag.state().items()},
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.observed_s = float(state["observed_s"][0])
+        if "outlier_s" in state and np.shape(state["outlier_s"]) == self.outlier_s.shape:
+            self.outlier_s = np.asarray(state["outlier_s"], dtype=np.float64)
         self.temperature.load({k[2:]: v for k, v in state.items() if k.startswith("t_")})
         self.sag.load({k[2:]: v for k, v in state.items() if k.startswith("v_")})
