@@ -31,7 +31,11 @@ class DevicePipeline:
     def __init__(self, device: DeviceConfig, store: Store, alerts: AlertEngine) -> None:
         self.device = device
         self.alerts = alerts
-        self.diagnostician = Diagnostician(device.id, device.chemistry_preset(), device.capacity_ah)
+        # Only the simulator has a time_scale: its battery ages faster than its timestamps.
+        time_scale = float(getattr(device.parsed_options, "time_scale", 1.0))
+        self.diagnostician = Diagnostician(
+            device.id, device.chemistry_preset(), device.capacity_ah, time_scale=time_scale
+        )
         saved = store.estimator_state(device.id)
         if saved is not None:
             try:

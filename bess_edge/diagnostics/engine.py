@@ -80,8 +80,14 @@ class Diagnostician:
         capacity_ah: float,
         *,
         initial_soc_pct: float | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.device_id = device_id
+        # Seconds of battery life per second of Reading timestamps: 1 for every real device;
+        # a simulator run faster than the wall clock (the demo's 60) moves 60 s of charge
+        # between Readings stamped 1 s apart, and the estimators must count battery time.
+        self.time_scale = time_scale
+        self._clock_origin_ms: int | None = None
         self.chemistry = chemistry
         self.nominal_capacity_ah = float(capacity_ah)
         self.initial_soc_pct = initial_soc_pct
@@ -130,7 +136,8 @@ class Diagnostician:
 
     def _update(self, reading: Reading) -> Diagnosis:
         inputs = self.quality.clean(reading)
-        dt_s = self._advance_clock(reading.ts_ms)
+        battery_ms = self._battery_ms(reading.ts_ms)
+        dt_s = self._advance_clock(battery_ms)
         cells = inputs.cell_voltage_v
         if cells.size != self.cells.count or inputs.temperature_c.size != self.cells.sensors:
             if self.cells.count or self.cells.sensors:
@@ -159,8 +166,8 @@ class Diagnostician:
         self._step_resistance(dt_s, inputs, cell_temps, mean_temp)
 
         diagnosis = Diagnosis(self.device_id, reading.ts_ms)
-        self._track_rest(dt_s, corrected, reading.ts_ms)
-        self._capacity_and_cycles(dt_s, current, corrected, string_v, reading.ts_ms, diagnosis)
+        self._track_rest(dt_s, corrected, battery_ms)
+        self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
         self._safety(dt_s, inputs, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
@@ -172,6 +179,16 @@ class Diagnostician:
         diagnosis.quality_flags = reading.quality.names()
         self._last = inputs
         return diagnosis
+
+    def _battery_ms(self, ts_ms: int) -> int:
+        """The battery's own clock for a timestamp: the timestamp itself at time_scale 1, else
+        stretched from the first timestamp this process saw (trends and EOL dates of a sped-up
+        simulator are then in simulated time)."""
+        if self.time_scale == 1.0:
+            return ts_ms
+        if self._clock_origin_ms is None:
+            self._clock_origin_ms = ts_ms
+        return self._clock_origin_ms + round((ts_ms - self._clock_origin_ms) * self.time_scale)
 
     def _advance_clock(self, ts_ms: int) -> float:
         last, self._last_ts_ms = self._last_ts_ms, ts_ms
