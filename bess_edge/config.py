@@ -8,17 +8,20 @@ can fix a site's file without reading Python. Environment variables
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,11 +29,35 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from bess_edge.chemistry import Chemistry, get_chemistry
 
+# The API's rule file and the cloud's config phrase their errors the same way.
+from bess_edge.config_reasons import key_path as _key_path  # noqa: F401
+from bess_edge.config_reasons import reason as _reason  # noqa: F401
+
 DEFAULT_CONFIG_PATH = Path("/etc/bess-edge/bess-edge.toml")
 
 # Site and device ids become MQTT topic levels and file names: keep them to a safe alphabet.
 TopicId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 Severity = Literal["info", "warning", "critical"]
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _host(value: str) -> str:
+    """An IP address or a DNS name (RFC 1123), e.g. not ``127.0.0.1:9464`` or ``http://x``."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a host name or an IP address"
+                + (" (the port goes in 'port')" if ":" in value and "." in value else "")
+            ) from None
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
 # Topic levels and store names that a device id would collide with.
 RESERVED_DEVICE_IDS = {
     "cmd": "the MQTT command topic <prefix>/<site>/cmd/...",
@@ -75,7 +102,7 @@ class TlsConfig(Section):
 
 class MqttConfig(Section):
     enabled: bool = False
-    host: str = "localhost"
+    host: Host = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     client_id: str | None = None  # default: "bess-edge-<site id>"
     topic_prefix: str = Field("bess", pattern=r"^[^#+]+$")
@@ -106,7 +133,7 @@ class LoggingConfig(Section):
 
 class HttpConfig(Section):
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(9464, ge=1, le=65535)
 
 
@@ -345,37 +372,42 @@ class Settings(BaseSettings):
         return "\n".join(lines)
 
 
-class ConfigError(Exception):
-    """A config file that cannot be used; ``problems`` holds (key path, reason) pairs."""
+class Problem(NamedTuple):
+    """One reason a config cannot be used, and where: the key path and, when it is not the
+    config file itself, the source (an included file, an environment variable)."""
 
-    def __init__(self, path: Path | str, problems: list[tuple[str, str]]) -> None:
+    key: str
+    reason: str
+    source: str = ""
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` holds every :class:`Problem` found."""
+
+    def __init__(self, path: Path | str, problems: Sequence[tuple[str, str] | Problem]) -> None:
         self.path = Path(path)
-        self.problems = problems
+        self.problems = [Problem(*p) for p in problems]
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        """One line per problem: ``FILE: KEY.PATH: reason``."""
-        return [
-            f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}"
-            for key, reason in self.problems
-        ]
+        """One line per problem: ``SOURCE: KEY.PATH: reason``, the source being the file."""
+        out = []
+        for key, reason, source in self.problems:
+            where = source or str(self.path)
+            out.append(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        return out
 
 
-def load_config(path: Path | str) -> Settings:
-    """Read, validate and return the config at ``path``, or raise ConfigError."""
+def load_config(path: Path | str, *, runnable: bool = False) -> Settings:
+    """Read, validate and return the config at ``path``, or raise ConfigError with every
+    problem found in one pass. ``runnable`` also checks that this machine can run it (files
+    named by the config exist and are readable, the storage path is usable): ``run`` and
+    ``check-config`` ask for it; ``status`` as an unprivileged user does not."""
+    # Imported here: the checker imports the drivers, whose modules import this one.
+    from bess_edge.config_check import check_config
+
     path = Path(path)
-    raw = read_toml(path)
-    _include_api_thresholds(raw)
-    if isinstance(raw.get("include_thresholds"), list):
-        raw["thresholds"] = _merge_included(path, raw)
-    try:
-        settings = Settings(**raw)
-    except ValidationError as exc:
-        raise ConfigError(path, [(_key_path(e["loc"]), _reason(e)) for e in exc.errors()]) from None
-    problems = _check_devices(settings)
-    if problems:
-        raise ConfigError(path, problems)
-    return settings
+    return check_config(path, read_toml(path), runnable=runnable)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -384,152 +416,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, [("", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, [("", "is a directory, not a config file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [("", f"cannot read: {exc}")]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [("", f"invalid TOML: {exc}")]) from None
-
-
-def _include_api_thresholds(raw: dict[str, Any]) -> None:
-    """Read the API's rule file, when it exists, first among the included ones: an API edit
-    overrides a shipped default of the same name, never a rule of this file itself."""
-    api, storage = raw.get("api", {}), raw.get("storage", {})
-    includes = raw.get("include_thresholds", [])
-    if not (isinstance(api, dict) and isinstance(storage, dict) and isinstance(includes, list)):
-        return  # the Settings model reports the type error with its key path
-    path = api_thresholds_path(
-        api.get("thresholds_file"), storage.get("path", StorageConfig().path)
-    )
-    if path.is_file():
-        raw["include_thresholds"] = [str(path), *includes]
-
-
-def _merge_included(path: Path, raw: dict[str, Any]) -> Any:
-    """This file's rules, then those of the included files it does not override by name."""
-    own = raw.get("thresholds", [])
-    if not isinstance(own, list):
-        return own  # the Settings model reports the type error with its key path
-    names = {r.get("name") for r in own if isinstance(r, dict)}
-    merged = list(own)
-    for i, name in enumerate(raw["include_thresholds"]):
-        included = _find_included(path, str(name))
-        if included is None:
-            raise ConfigError(path, [(f"include_thresholds[{i}]", f"{name!r}: file not found")])
-        rules = read_toml(included).get("thresholds", [])
-        problems = []
-        for j, rule in enumerate(rules):
-            try:
-                ThresholdRule.model_validate(rule)
-            except ValidationError as exc:
-                problems += [
-                    (_key_path(("thresholds", j, *e["loc"])), _reason(e)) for e in exc.errors()
-                ]
-        if problems:
-            raise ConfigError(included, problems)
-        merged += [r for r in rules if r.get("name") not in names]
-        names |= {r.get("name") for r in rules}
-    return merged
-
-
-def _find_included(path: Path, name: str) -> Path | None:
-    from bess_edge.resources import data_dir
-
-    for candidate in (path.parent / name, data_dir("config") / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _check_devices(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that span fields: unique ids, known drivers, each driver's own options model."""
-    # Imported here: drivers import the model, which must not import config at import time.
-    from bess_edge.drivers.base import driver_class
-
-    problems: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
-    for i, device in enumerate(settings.devices):
-        if device.id in seen:
-            problems.append(
-                (
-                    f"devices[{i}].id",
-                    f"duplicate device id {device.id!r} (also devices[{seen[device.id]}])",
-                )
-            )
-        seen.setdefault(device.id, i)
-        if device.id in RESERVED_DEVICE_IDS:
-            problems.append(
-                (
-                    f"devices[{i}].id",
-                    f"{device.id!r} is reserved ({RESERVED_DEVICE_IDS[device.id]})",
-                )
-            )
-        try:
-            device.chemistry_preset()
-        except ValueError as exc:
-            problems.append((f"devices[{i}].chemistry_overrides", str(exc)))
-        try:
-            cls = driver_class(device.driver)
-        except ValueError as exc:
-            problems.append((f"devices[{i}].driver", str(exc)))
-            continue
-        try:
-            device._parsed_options = cls.Options.model_validate(
-                device.options, context={"timeout_s": device.timeout_s}
-            )
-        except ValidationError as exc:
-            problems.extend(
-                (_key_path((f"devices[{i}]", "options", *e["loc"])), _reason(e))
-                for e in exc.errors()
-            )
-    names: dict[str, int] = {}
-    for i, rule in enumerate(settings.thresholds):
-        if rule.name in names:
-            problems.append(
-                (
-                    f"thresholds[{i}].name",
-                    f"duplicate rule name {rule.name!r} (also thresholds[{names[rule.name]}])",
-                )
-            )
-        names.setdefault(rule.name, i)
-    return problems
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    """``("devices", 1, "poll_interval_s")`` -> ``devices[1].poll_interval_s``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "tagged-union", "literal[")):
-            continue  # pydantic's internal validator names, meaningless to a user
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _reason(error: Any) -> str:
-    """Pydantic's message, phrased for someone editing a TOML file."""
-    kind, ctx = error["type"], error.get("ctx") or {}
-    given = error.get("input")
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling against config/bess-edge.toml)"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']:g} (got {given!r})"
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']:g} (got {given!r})"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']:g} (got {given!r})"
-    if kind == "too_short" and isinstance(given, list):
-        return "must not be empty"
-    if kind == "string_pattern_mismatch":
-        return f"{given!r} may only use letters, digits, '_', '.' and '-' (at most 64)"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{error['msg'].lower()} (got {given!r})"
-    message = str(error["msg"])
-    return message[:1].lower() + message[1:]

@@ -10,6 +10,7 @@ missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v socat >/dev/null || missing+=(socat)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v setpriv >/dev/null || missing+=(util-linux)  # tests drop root's file access with it
 # systemd-analyze checks the unit (verify, security score); only the tools, no init change.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 # The cloud ingest tests start their own PostgreSQL cluster (initdb in a temporary directory).

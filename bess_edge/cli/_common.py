@@ -25,10 +25,11 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_or_exit(path: Path) -> Settings:
-    """The config, or every problem printed on stderr and exit code 2."""
+def load_or_exit(path: Path, *, runnable: bool = False) -> Settings:
+    """The config, or every problem printed on stderr and exit code 2 (``runnable``: see
+    :func:`bess_edge.config.load_config`)."""
     try:
-        return load_config(path)
+        return load_config(path, runnable=runnable)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)

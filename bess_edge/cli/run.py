@@ -22,6 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, runnable=True)
     setup_logging(settings.logging)
     return run_daemon(settings, args.config)
