@@ -203,7 +203,9 @@ class DeviceConfig(Section):
 
 
 # Alerts the engine raises by itself (docs/alerts.md); a [[thresholds]] rule may not reuse them.
-BUILTIN_ALERTS = frozenset({"comms_lost", "buffer_dropping", "thermal_runaway_precursor"})
+BUILTIN_ALERTS = frozenset(
+    {"comms_lost", "buffer_dropping", "thermal_runaway_precursor", "store_corrupt"}
+)
 # Placeholders a rule's message template may use, with sample values to check it at load time.
 MESSAGE_FIELDS: dict[str, Any] = {
     "device": "rack-1",

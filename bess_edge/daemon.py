@@ -33,6 +33,8 @@ from bess_edge.pipeline import DevicePipeline
 from bess_edge.poller import DevicePoller
 from bess_edge.service import ServiceNotifier, warn_about_exposed_secrets
 from bess_edge.store import CommitResult, Cycle, Store, StoreFull
+from bess_edge.store_recovery import is_corrupt, open_store
+from bess_edge.storelock import StoreLock, StoreLocked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,22 +84,32 @@ class Daemon:
         self._dropped_since_housekeeping = 0
         self.last_drop_mono: float | None = None  # when unsent telemetry was last dropped
         self.polled: set[str] = set()  # devices polled at least once since start (READY=1)
+        self.store_error: str | None = None  # why the last commit failed; None once one succeeds
 
     def request_stop(self) -> None:
         self.stop.set()
 
     async def run(self) -> int:
         s = self.settings
-        store = Store(
-            s.storage.path,
-            max_size_mb=s.storage.max_size_mb,
-            retention_days=s.storage.retention_days,
-            synchronous=s.storage.synchronous,
-        )
+        lock = StoreLock(s.storage.path)
+        try:
+            lock.acquire()
+        except StoreLocked as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            return await self._run_locked()
+        finally:
+            lock.release()
+
+    async def _run_locked(self) -> int:
+        s = self.settings
+        store, moved_to = open_store(s.storage)
         self.worker = worker = StoreWorker(store)
         self.alerts = AlertEngine(
             s.thresholds, store.max_alert_id(), store.active_alerts(), store.last_cleared_alerts()
         )
+        if moved_to is not None:
+            await self._commit([Cycle(alerts=self.alerts.store_corrupt(str(moved_to), now_ms()))])
         try:
             drivers = self._build_drivers(store)
         except StartupError:
@@ -219,11 +231,23 @@ class Daemon:
         try:
             result = await self.worker.call(self.worker.store.commit_cycles, cycles)
         except StoreFull as exc:
+            self.store_error = f"store full: cycles not written ({exc})"
             log.error("store full: cycle not written", extra={"error": str(exc)})
             return None
         except Exception as exc:
-            log.exception("store write failed: cycle not written", extra={"error": repr(exc)})
+            corrupt, first = is_corrupt(exc), self.store_error is None
+            what = "store file corrupt" if corrupt else "store writes failing"
+            self.store_error = f"{what}: cycles not written ({exc})"
+            if not corrupt:
+                log.exception("store write failed: cycle not written", extra={"error": repr(exc)})
+            elif first:  # every commit fails from now on: one line, not one a poll
+                log.error(
+                    "store file corrupt: cycles are not written until it is replaced (restart "
+                    "the daemon: a corrupt file is moved aside at start)",
+                    extra={"path": str(self.settings.storage.path), "error": str(exc)},
+                )
             return None
+        self.store_error = None
         for cycle in cycles:
             if cycle.reading is not None:
                 metrics.SAMPLES_WRITTEN.labels(cycle.reading.device_id).inc()

@@ -1,7 +1,8 @@
 """Is the site healthy? One snapshot for /health, /metrics and systemd's STATUS= line.
 
 Unhealthy means someone should look: a device is ``comms_lost``, the buffer is dropping unsent
-telemetry at its cap, or the store does not answer. A broker that is down is *not* unhealthy:
+telemetry at its cap, the store does not answer, or its commits fail (a corrupt file: nothing
+is being written). A broker that is down is *not* unhealthy:
 working offline is the normal life of an edge gateway (the buffer exists for it), and the
 broker state and backlog are reported for a human or an alert rule to judge.
 """
@@ -155,6 +156,8 @@ async def check(daemon: Daemon) -> Health:
     for d in health.devices:
         if d.comms == CommsState.LOST:
             health.problems.append(f"{d.id}: comms lost ({d.last_error})")
+    if daemon.store_error is not None:
+        health.problems.append(daemon.store_error)
     try:
         facts = await asyncio.wait_for(
             daemon.worker.call(_store_facts, daemon.worker.store), STORE_TIMEOUT_S

@@ -282,7 +282,8 @@ def test_unknown_metric_is_warned_about_at_load(caplog):
 def test_builtin_names_match_the_ones_the_config_reserves():
     from bess_edge.alerts import engine
 
-    assert {engine.COMMS_LOST_RULE, engine.BUFFER_RULE, engine.THERMAL_RULE} == BUILTIN_ALERTS
+    builtins = {engine.COMMS_LOST_RULE, engine.BUFFER_RULE, engine.THERMAL_RULE}
+    assert builtins | {engine.STORE_CORRUPT_RULE} == BUILTIN_ALERTS
     with pytest.raises(ValueError, match="built-in"):
         rule(name="comms_lost")
 

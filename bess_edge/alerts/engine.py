@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 COMMS_LOST_RULE = "comms_lost"
 BUFFER_RULE = "buffer_dropping"
 THERMAL_RULE = "thermal_runaway_precursor"
+STORE_CORRUPT_RULE = "store_corrupt"
+# Alerts about an event, not a state that can go back: acknowledging one also clears it.
+EVENT_RULES = frozenset({STORE_CORRUPT_RULE})
 
 # The diagnostics' thermal-runaway precursor at "high" (level 2) or "critical" (3) needs no rule.
 # Cleared only after a minute below "high", so a risk estimate hovering at the boundary stays
@@ -266,6 +269,12 @@ class AlertEngine:
             return [self._end(episode, ts_ms, "storage no longer dropping data", dropped_total)]
         return []
 
+    def store_corrupt(self, moved_to: str, ts_ms: int) -> list[AlertTransition]:
+        """Raise ``store_corrupt``: the store was unreadable at start and replaced by a fresh
+        one. An event, so it stays active until acknowledged, which clears it."""
+        message = f"store file was corrupt: moved aside to {moved_to}, a fresh store started"
+        return [self._open(SITE_DEVICE, STORE_CORRUPT_RULE, None, "critical", message, None, ts_ms)]
+
     # -- acknowledgement --------------------------------------------------------------------
 
     def acknowledge(
@@ -290,6 +299,8 @@ class AlertEngine:
         rule = self._by_name.get(episode.rule)
         if rule is not None and rule.action is not None:
             run_action(rule.action, transition)
+        if episode.rule in EVENT_RULES:
+            return [transition, self._end(episode, ts_ms, f"{episode.message} (acknowledged)")]
         return [transition]
 
     # -- episodes ---------------------------------------------------------------------------
