@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
@@ -36,6 +36,7 @@ from bess_edge.config_reasons import Loc, key_path, reason, wrong_scalar_types
 # (key path, reason, source): source "" is the file being checked.
 Found = list[tuple[Loc, str, str]]
 ENV_PREFIX = "BESS_EDGE__"
+_PATH: TypeAdapter[Path | None] = TypeAdapter(Path | None)
 MAX_PASSES = 8  # each pass takes out the keys that failed; a real file needs two or three
 
 
@@ -199,9 +200,12 @@ def _include_api_thresholds(data: dict[str, Any]) -> None:
     includes = data.get("include_thresholds", [])
     if not (isinstance(api, dict) and isinstance(storage, dict) and isinstance(includes, list)):
         return  # the Settings model reports the type error with its key path
-    path = api_thresholds_path(
-        api.get("thresholds_file"), storage.get("path", StorageConfig().path)
-    )
+    try:
+        thresholds_file = _PATH.validate_python(api.get("thresholds_file"))
+        storage_path = _PATH.validate_python(storage.get("path", StorageConfig().path))
+        path = api_thresholds_path(thresholds_file, storage_path)
+    except (ValidationError, ValueError):
+        return  # not paths (or a NUL in one): reported with their key paths
     if path.is_file():
         data["include_thresholds"] = [str(path), *includes]
 
