@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TextIO
 
 from bess_edge.cli._common import EXIT_OK, add_config_argument, load_or_exit, open_store_readonly
+from bess_edge.cli._csv import flatten, json_safe
 from bess_edge.cli._progress import Progress
 from bess_edge.store import Store
 
@@ -51,22 +51,6 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive times are the site controller's local time
     return int(moment.timestamp() * 1000)
-
-
-def utc_text(ts_ms: int) -> str:
-    """Epoch ms as ISO 8601 UTC with milliseconds, what a spreadsheet reads as a time."""
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
-
-
-def with_utc_time(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with ``time_utc`` right after ``ts_ms``, where a reader of the CSV looks."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        out[key] = value
-        if key == "ts_ms":
-            out["time_utc"] = utc_text(value)
-    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -146,18 +130,6 @@ def _reporting(
         progress.update((window[1] - window[0]) / 1000)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and infinities (a cell the BMS did not report) as null: JSON has no NaN, and a bare
-    ``NaN`` token breaks every strict parser downstream."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    return value
-
-
 def write_jsonl(rows: Any, out: TextIO) -> int:
     count = 0
     for row in rows:
@@ -172,12 +144,7 @@ def write_csv(rows: Any, out: TextIO) -> int:
     count = 0
     for row in rows:
         row.pop("id", None)
-        row = with_utc_time(row)
-        cells = {f"cell_voltage_v_{i}": v for i, v in enumerate(row.pop("cell_voltage_v"))}
-        temps = {f"cell_temperature_c_{i}": v for i, v in enumerate(row.pop("cell_temperature_c"))}
-        row["extra"] = json.dumps(json_safe(row["extra"]), allow_nan=False) if row["extra"] else ""
-        row["quality_notes"] = "; ".join(row["quality_notes"])
-        flat = {**row, **cells, **temps}
+        flat = flatten(row)
         if writer is None:
             writer = csv.DictWriter(out, fieldnames=list(flat), extrasaction="ignore")
             writer.writeheader()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import signal
 import sys
@@ -12,9 +11,19 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from bess_edge.cli._common import EXIT_FAILURE, EXIT_OK, add_config_argument, load_or_exit
+from bess_edge.cli._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_config_argument,
+    load_or_exit,
+)
+from bess_edge.cli._csv import WideCsv, flatten
+from bess_edge.cli._progress import Progress
 
-CSV_COLUMNS = ("site", "device", "stream", "seq", "ts_ms", "item")
+NEEDS_CLOUD_EXTRA = (
+    "It validates payloads with jsonschema, which the gateway does not need: install it with "
+    "pip install 'bess-edge[cloud]'."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Subscribe to a site's telemetry, diagnostics and alerts on the broker of "
         "the config's [mqtt] table, validate each payload against the JSON Schemas, drop "
         "duplicates by (site, device, stream, seq), ask the gateway to re-publish any gap "
-        "(cmd/republish) and write each new item once. Prints a summary on exit (Ctrl-C).",
+        "(cmd/republish) and write each new item once. With --from-first, shows its progress "
+        "through the gateway's backlog on stderr; prints a summary on exit (Ctrl-C). "
+        + NEEDS_CLOUD_EXTRA,
     )
     add_config_argument(parser)
     parser.add_argument(
-        "-o", "--output", type=Path, help="FILE.jsonl or FILE.csv (default: JSON lines on stdout)"
+        "-o",
+        "--output",
+        type=Path,
+        help="FILE.jsonl, or FILE.csv with one column per field (cells as cell_voltage_v_0, "
+        "...; a new field widens the file); default: JSON lines on stdout",
     )
     parser.add_argument("--site", help="site id (default: the config's site.id)")
     parser.add_argument(
@@ -56,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     from bess_edge.sync.consumer import Consumer  # paho and jsonschema only for this command
 
     settings = load_or_exit(args.config)
+    try:
+        import jsonschema  # noqa: F401 - checked before connecting or creating the output
+    except ImportError:
+        print(f"bess-edge subscribe: jsonschema is not installed. {NEEDS_CLOUD_EXTRA}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
     out, writer = _open_output(args.output)
     lock = threading.Lock()
 
@@ -76,38 +97,44 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     consumer.start()
+    progress = Progress(None, sys.stderr if args.from_first else None, unit="seqs")
     deadline = time.monotonic() + args.duration if args.duration else None
     synced = False
     while not stop.wait(args.tick_s):
         consumer.tick()
+        received, progress.total = consumer.progress()
+        progress.update(received)
         if args.exit_when_synced and consumer.synced():
             synced = True
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
     consumer.stop()
+    elapsed_s = progress.finish()
     with lock:
         out.flush()
         if out is not sys.stdout:
             out.close()
-    summary = {**consumer.summary.as_dict(), "synced": synced or consumer.synced()}
+    summary = {
+        **consumer.summary.as_dict(),
+        "synced": synced or consumer.synced(),
+        "elapsed_s": round(elapsed_s, 1),
+    }
     print(json.dumps(summary), file=sys.stderr)
     if args.exit_when_synced and not synced:
         return EXIT_FAILURE
     return EXIT_OK
 
 
-def _open_output(path: Path | None) -> tuple[TextIO, Any]:
-    out: TextIO = path.open("w", newline="") if path else sys.stdout
+def _open_output(path: Path | None) -> tuple[Any, Any]:
     if path is not None and path.suffix == ".csv":
-        table = csv.writer(out)
-        table.writerow(CSV_COLUMNS)
+        table = WideCsv(path)
 
         def write_csv(site: str, device: str, stream: str, item: dict[str, Any]) -> None:
-            rest = {k: v for k, v in item.items() if k not in ("seq", "ts_ms")}
-            table.writerow((site, device, stream, item["seq"], item["ts_ms"], json.dumps(rest)))
+            table.write(flatten({"site": site, "device": device, "stream": stream, **item}))
 
-        return out, write_csv
+        return table, write_csv
+    out: TextIO = path.open("w", newline="") if path else sys.stdout
 
     def write_jsonl(site: str, device: str, stream: str, item: dict[str, Any]) -> None:
         out.write(json.dumps({"site": site, "device": device, "stream": stream, **item}) + "\n")

@@ -346,6 +346,20 @@ class Consumer:
             with self.lock:
                 self.summary.republish_requests += 1
 
+    def progress(self) -> tuple[int, int]:
+        """(seqs received, seqs expected): the expected run from each stream's first seq (1 with
+        from_first) to the newer of its last seq and the gateway's head; a caught-up
+        subscriber shows them equal."""
+        with self.lock:
+            received = expected = 0
+            for key in set(self.seen) | set(self.heads):
+                seen = self.seen.get(key) or SeqSet()
+                start = 1 if self.from_first else (seen.first or 1)
+                stop = max(seen.last or 0, self.heads.get(key, 0))
+                received += len(seen)
+                expected += max(stop - start + 1, 0)
+            return received, expected
+
     def synced(self) -> bool:
         """The last ping showed an empty outbox and nothing is missing up to the heads (the
         summary's open-gap count is refreshed with it, so the two never disagree)."""
