@@ -202,7 +202,7 @@ def _include_api_thresholds(data: dict[str, Any]) -> None:
         return  # the Settings model reports the type error with its key path
     try:
         thresholds_file = _PATH.validate_python(api.get("thresholds_file"))
-        storage_path = _PATH.validate_python(storage.get("path", StorageConfig().path))
+        storage_path = _PATH.validate_python(storage.get("path")) or StorageConfig().path
         path = api_thresholds_path(thresholds_file, storage_path)
     except (ValidationError, ValueError):
         return  # not paths (or a NUL in one): reported with their key paths
@@ -216,7 +216,7 @@ def _merge_included(path: Path, data: dict[str, Any], found: Found) -> Any:
     own = data.get("thresholds", [])
     if not isinstance(own, list):
         return own  # the Settings model reports the type error with its key path
-    names = {r.get("name") for r in own if isinstance(r, dict)}
+    names = {r.get("name") for r in own if isinstance(r, dict) and isinstance(r.get("name"), str)}
     merged = list(own)
     for i, name in enumerate(data["include_thresholds"]):
         included = _find_included(path, str(name))
