@@ -256,10 +256,21 @@ class Daemon:
             self.telemetry_dropped += result.dropped_telemetry
             self._dropped_since_housekeeping += result.dropped_telemetry
             # Raised at once, not at the next housekeeping: the operator must know data is going.
-            transitions = self.alerts.buffer_dropping(True, self.telemetry_dropped, now_ms())
-            if transitions:
-                await self._commit([Cycle(alerts=transitions)])
+            await self._buffer_alert(True)
         return result
+
+    async def _buffer_alert(self, dropping: bool) -> None:
+        store = self.worker.store
+        try:
+            samples, diagnoses = await self.worker.call(
+                lambda: (store.counter("samples_dropped"), store.counter("diagnoses_dropped"))
+            )
+        except Exception:  # a failing store is reported by /health; the alert waits
+            log.exception("reading the drop counters failed")
+            return
+        transitions = self.alerts.buffer_dropping(dropping, samples, diagnoses, now_ms())
+        if transitions:
+            await self._commit([Cycle(alerts=transitions)])
 
     async def _housekeeping(self) -> None:
         store = self.worker.store
@@ -277,9 +288,7 @@ class Daemon:
             # Cleared after a whole housekeeping interval without a drop.
             dropping = bool(dropped or self._dropped_since_housekeeping)
             self._dropped_since_housekeeping = 0
-            transitions = self.alerts.buffer_dropping(dropping, self.telemetry_dropped, now_ms())
-            if transitions:
-                await self._commit([Cycle(alerts=transitions)])
+            await self._buffer_alert(dropping)
 
     async def _ack_requests(self) -> None:
         """Apply acknowledgements queued by ``bess-edge ack`` (this process owns alert state)."""

@@ -4,8 +4,10 @@ One :meth:`Store.commit_cycles` call is one transaction: the samples, their diag
 transitions, device states and the outbox rows that tell sync what to publish, with per-stream
 sequence numbers that are committed with the data so they never repeat after a crash.
 
-The file is capped at ``storage.max_size_mb``: when full, the oldest *telemetry* (samples and
-diagnoses) goes first, unsent rows counted as dropped; alerts are never dropped (invariant 2).
+The files are capped at ``storage.max_size_mb``, the WAL and its index included: the WAL gets a
+share of the cap (checkpointed at half of it, truncated back to it), the database file the rest.
+When full, the oldest *telemetry* (samples and diagnoses) goes first, unsent rows counted as
+dropped; alerts are never dropped (invariant 2).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ log = logging.getLogger(__name__)
 # Outbox priorities: sync drains lower numbers first, so live alerts overtake a telemetry backlog.
 STREAM_PRIORITY = {"alerts": 0, "diagnostics": 1, "telemetry": 2}
 SITE_DEVICE = "_site"  # the device name of site-wide alerts (buffer full, ...)
+# The WAL's share of the cap: an eighth, at most SQLite's default checkpoint size (1,000 pages of
+# 4 KiB); without a limit the WAL keeps its largest size for ever (a 2 MB cap reached 6.35 MB).
+WAL_MAX_BYTES = 4 * 1024 * 1024
+WAL_MIN_BYTES = 64 * 1024
+SHM_BYTES = 32 * 1024  # the WAL index (-shm): 32 KiB per 4,096 WAL frames
+CAP_SLACK = 1.05  # SQLITE_FULL only this far past the data cap that enforce_cap keeps to
+SCHEMA_PAGES = 28  # a new store's pages after MIGRATIONS
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -191,7 +200,12 @@ class Store(SqliteReads):
         readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.max_size_bytes = int(max_size_mb * 1024 * 1024)
+        self.max_size_bytes = int(max_size_mb * 1024 * 1024)  # the database, WAL and index
+        self.wal_limit_bytes = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, self.max_size_bytes // 8))
+        # What the database file's data may use; with CAP_SLACK the file stays within the rest.
+        self.data_cap_bytes = int(
+            max(0, self.max_size_bytes - self.wal_limit_bytes - SHM_BYTES) / CAP_SLACK
+        )
         self.retention_ms = int(retention_days * 86_400_000)
         if readonly:
             # For the CLI beside a running daemon: never creates, migrates or locks the file.
@@ -231,8 +245,13 @@ class Store(SqliteReads):
         page_size = c.execute("PRAGMA page_size").fetchone()[0]
         # SQLite refuses to grow past this, so a runaway never fills the disk: we get
         # SQLITE_FULL first and make room by dropping old telemetry (see _make_room).
-        cap_pages = self.max_size_bytes // page_size
-        c.execute(f"PRAGMA max_page_count = {cap_pages + max(16, cap_pages // 20)}")
+        cap_pages = self.data_cap_bytes // page_size
+        # Whatever the cap, room for the tables and indexes of MIGRATIONS: a store must open.
+        c.execute(f"PRAGMA max_page_count = {max(SCHEMA_PAGES, int(cap_pages * CAP_SLACK))}")
+        # Checkpoint at half the WAL's share; after a checkpoint the WAL file is cut back to it.
+        wal_pages = self.wal_limit_bytes // page_size
+        c.execute(f"PRAGMA wal_autocheckpoint = {max(8, wal_pages // 2)}")
+        c.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -309,7 +328,7 @@ class Store(SqliteReads):
                 # The cap or the disk itself is full: free a fifth of the data, and keep the
                 # freed pages in the file so the retry can reuse them even on a full disk.
                 log.warning("store full, dropping oldest telemetry", extra={"error": str(exc)})
-                target = int(min(self.max_size_bytes, self.used_bytes()) * 0.8)
+                target = int(min(self.data_cap_bytes, self.used_bytes()) * 0.8)
                 dropped += self._make_room(target, release_space=False)
         self.alert_rows_committed += sum(len(cycle.alerts) for cycle in cycles)
         dropped += self.enforce_cap()
@@ -433,9 +452,9 @@ class Store(SqliteReads):
 
         Cheap enough to run after every commit: three PRAGMAs that read the file header.
         """
-        if self.used_bytes() <= self.max_size_bytes * 0.95:
+        if self.used_bytes() <= self.data_cap_bytes * 0.95:
             return 0
-        return self._make_room(int(self.max_size_bytes * 0.85), release_space=True)
+        return self._make_room(int(self.data_cap_bytes * 0.85), release_space=True)
 
     def _make_room(self, target_bytes: int, release_space: bool) -> int:
         """Delete the oldest samples and diagnoses until under ``target_bytes``.
@@ -464,10 +483,13 @@ class Store(SqliteReads):
                     if not ids:
                         continue
                     marks = ",".join("?" * len(ids))
-                    unsent_here += c.execute(
+                    unsent = c.execute(
                         f"DELETE FROM outbox WHERE stream = ? AND ref_id IN ({marks})",
                         (stream, *ids),
                     ).rowcount
+                    if unsent:  # the split for the buffer_dropping alert's message
+                        self._add_counter(c, f"{table}_dropped", unsent)
+                    unsent_here += unsent
                     c.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
                     deleted += len(ids)
                 if unsent_here:

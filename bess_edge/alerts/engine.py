@@ -254,19 +254,20 @@ class AlertEngine:
         return []
 
     def buffer_dropping(
-        self, dropping: bool, dropped_total: int, ts_ms: int
+        self, dropping: bool, samples_dropped: int, diagnoses_dropped: int, ts_ms: int
     ) -> list[AlertTransition]:
-        """Raise ``buffer_dropping`` while the storage cap forces unsent telemetry out."""
+        """Raise ``buffer_dropping`` while the storage cap forces unsent telemetry out; the
+        counts (the store's totals) name samples and diagnosis rows apart."""
         episode = self.active.get((SITE_DEVICE, BUFFER_RULE, None))
+        total = samples_dropped + diagnoses_dropped
         if dropping and episode is None:
-            message = f"storage full: {dropped_total} unsent samples dropped"
-            return [
-                self._open(
-                    SITE_DEVICE, BUFFER_RULE, None, "critical", message, dropped_total, ts_ms
-                )
-            ]
+            message = (
+                f"storage full: {samples_dropped} unsent samples and {diagnoses_dropped} unsent "
+                "diagnosis rows dropped"
+            )
+            return [self._open(SITE_DEVICE, BUFFER_RULE, None, "critical", message, total, ts_ms)]
         if not dropping and episode is not None:
-            return [self._end(episode, ts_ms, "storage no longer dropping data", dropped_total)]
+            return [self._end(episode, ts_ms, "storage no longer dropping data", total)]
         return []
 
     def store_corrupt(self, moved_to: str, ts_ms: int) -> list[AlertTransition]:
