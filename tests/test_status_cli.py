@@ -133,3 +133,24 @@ def test_status_watch_redraws_until_ctrl_c(make_config, daemon):
     assert readings == sorted(readings) and readings[-1] > readings[0]
     assert "Traceback" not in err
     assert os.environ.get("TERM") is None or "\x1b[2J" not in out  # not a terminal: no clearing
+
+
+def test_a_frozen_daemon_is_reported_as_not_responding(make_config, daemon):
+    """SIGSTOP: the process lives and holds the store, but nothing is polled any more."""
+    config = make_config()
+    proc = daemon(config)
+    proc.wait_for_log("first reading")
+    wait_until(lambda: status_json(config)["daemon"]["responding"], timeout=20)
+    proc.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not status_json(config)["daemon"]["responding"], timeout=30)
+        text = status(config)
+        assert re.search(
+            rf"^daemon: pid {proc.proc.pid} holds the store but is NOT RESPONDING "
+            r"\(its state last refreshed \d+ s ago\)$",
+            text,
+            re.MULTILINE,
+        ), text
+        assert status_json(config)["daemon"]["running"] is True
+    finally:
+        proc.signal(signal.SIGCONT)

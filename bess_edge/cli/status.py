@@ -17,7 +17,7 @@ from typing import Any
 
 from bess_edge.cli._common import EXIT_OK, add_config_argument, load_or_exit, open_store_readonly
 from bess_edge.config import DeviceConfig, Settings
-from bess_edge.daemon_state import read_state, running
+from bess_edge.daemon_state import fresh, lock_holder, read_state
 from bess_edge.model import now_ms
 from bess_edge.store import DeviceStatus, Store
 
@@ -129,14 +129,20 @@ def collect(settings: Settings, store: Store) -> dict[str, Any]:
     """The status as plain data (what --json prints)."""
     now = now_ms()
     state = read_state(store.path)
-    alive = running(state)
-    daemon: dict[str, Any] = {"running": alive, "pid": state.pid if state else None}
-    if state is not None:
-        daemon["uptime_s"] = round((now - state.started_ts_ms) / 1000) if alive else None
-        daemon["last_seen_age_s"] = round((now - state.updated_ts_ms) / 1000, 1)
+    holder = lock_holder(store.path)
+    if state is not None and state.pid != holder:
+        state = state if holder is None else None  # a state file from an earlier daemon
+    alive = holder is not None
+    daemon: dict[str, Any] = {
+        "running": alive,
+        "responding": alive and state is not None and fresh(state),
+        "pid": holder if alive else (state.pid if state else None),
+        "uptime_s": round((now - state.started_ts_ms) / 1000) if alive and state else None,
+        "last_seen_age_s": round((now - state.updated_ts_ms) / 1000, 1) if state else None,
+    }
     oldest = store.outbox_oldest_ts_ms()
     mqtt_state = "disabled" if not settings.mqtt.enabled else "unknown"
-    if settings.mqtt.enabled and alive and state is not None:
+    if settings.mqtt.enabled and daemon["responding"] and state is not None:
         mqtt_state = state.mqtt
     unsent = store.outbox_depth()
     last_sync = store.meta("last_sync_ts_ms")
@@ -189,8 +195,12 @@ def _num(value: Any, fmt: str, unit: str) -> str:
 
 
 def _daemon_line(d: dict[str, Any]) -> str:
-    if d["running"]:
+    if d["running"] and d["responding"]:
         return f"daemon: running, pid {d['pid']}, up {duration(d['uptime_s'])}"
+    if d["running"]:
+        seen = d["last_seen_age_s"]
+        since = f"its state last refreshed {duration(seen)} ago" if seen else "starting?"
+        return f"daemon: pid {d['pid']} holds the store but is NOT RESPONDING ({since})"
     if d["pid"] is None:
         return "daemon: NOT RUNNING (values below are what it last stored)"
     return (
