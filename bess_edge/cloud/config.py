@@ -30,8 +30,10 @@ class IngestConfig(Section):
     database_url: str = Field(min_length=1)  # libpq URL or key=value string
     group: str = Field("bess-ingest", pattern=r"^[^/#+]+$")  # the shared-subscription group
     prefix: str = Field("bess", pattern=r"^[^#+]+$")  # the gateways' mqtt.topic_prefix
-    # A batch is committed when it holds this many items or its oldest message waited this long.
-    batch_max_items: int = Field(2000, ge=1)
+    # A batch (one transaction) is committed when it holds this many messages or its oldest
+    # message waited this long. mosquitto sends a subscriber at most max_inflight_messages
+    # unacknowledged messages (20 by default): raise it, or batches stay that small.
+    batch_max_messages: int = Field(500, ge=1)
     batch_max_delay_s: float = Field(0.05, gt=0)
     # Payloads above this are dead-lettered unread (gateways send <= mqtt.max_message_bytes).
     max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -198,14 +198,14 @@ class IngestWorker:
 
     def _collect(self, timeout_s: float) -> list[Incoming]:
         """A batch: whatever arrives within batch_max_delay_s of the first message, up to
-        batch_max_items messages (a message is usually one or a few items)."""
+        batch_max_messages messages."""
         try:
             first = self.inbox.get(timeout=timeout_s)
         except queue.Empty:
             return []
         batch = [first]
         deadline = time.monotonic() + self.cfg.batch_max_delay_s
-        while len(batch) < self.cfg.batch_max_items:
+        while len(batch) < self.cfg.batch_max_messages:
             left = deadline - time.monotonic()
             try:
                 batch.append(self.inbox.get_nowait() if left <= 0 else self.inbox.get(timeout=left))

@@ -1,0 +1,224 @@
+"""Ingest write rate against a raw psycopg COPY of the same rows, and workers through mosquitto.
+
+Starts its own PostgreSQL cluster (tests/pg_server.py: a temporary directory, a free loopback
+port) and mosquitto, builds 16-cell telemetry payloads as a gateway publishes them (JSON, batches
+of ``--items-per-message`` samples), then measures in one run:
+
+1. **raw COPY**: the same rows, already as Python tuples, ``COPY telemetry FROM STDIN`` with
+   psycopg into the same partitioned table with the same indexes: the reference;
+2. **ingest write path**: those payloads through :class:`Parser` (JSON, schema validation) and
+   :class:`Writer` (staging COPY, ``INSERT ... ON CONFLICT DO NOTHING``, one transaction per
+   batch), in process: the headline ratio (target >= 0.5);
+3. **one worker / two workers end to end**: ``bess-edge ingest`` processes on a shared
+   subscription, the payloads published to mosquitto while they run, timed from the first
+   publish to the last row committed (target >= 5,000
+   samples/s for one worker; two >= 1.6x where the cores allow).
+
+    .venv/bin/python benchmarks/ingest_bench.py [--samples 60000] [--items-per-message 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bess_edge.cloud.messages import Parser
+from bess_edge.cloud.schema import migrate
+from bess_edge.cloud.writer import _TELEMETRY_COLUMNS, Writer, _telemetry_row
+from bess_edge.sync.payload import dumps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pg_server import PostgresServer, free_port
+
+CELLS = 16
+
+
+def payloads(samples: int, per_message: int, devices: int) -> list[tuple[str, bytes]]:
+    """Telemetry messages as a gateway publishes them, round-robin over devices."""
+    rng = np.random.default_rng(1)
+    start_ms = int(time.time() * 1000) - samples * 1000
+    out = []
+    per_device = samples // devices
+    for d in range(devices):
+        for first in range(1, per_device + 1, per_message):
+            items = []
+            for seq in range(first, min(first + per_message, per_device + 1)):
+                cells = np.round(3.3 + rng.normal(0, 0.002, CELLS), 3).tolist()
+                items.append({
+                    "seq": seq, "ts_ms": start_ms + seq * 1000, "quality": 0,
+                    "quality_flags": [], "pack_voltage_v": round(sum(cells), 3),
+                    "pack_current_a": 20.0, "pack_power_w": round(20 * sum(cells), 3),
+                    "bms_soc_pct": 61.0, "bms_soh_pct": None, "cell_voltage_min_v": min(cells),
+                    "cell_voltage_max_v": max(cells), "cell_temperature_min_c": 25.1,
+                    "cell_temperature_max_c": 25.4, "status_flags": 0, "fault_flags": 0,
+                    "cell_voltage_v": cells, "cell_temperature_c": [25.1, 25.2, 25.3, 25.4],
+                    "extra": {}, "quality_notes": [],
+                })  # fmt: skip
+            doc = {"schema": "bess-edge/telemetry/1", "site": "site-1", "device": f"rack-{d}",
+                   "stream": "telemetry", "seq_first": first, "seq_last": items[-1]["seq"],
+                   "count": len(items), "items": items}  # fmt: skip
+            out.append((f"bess/site-1/rack-{d}/telemetry", dumps(doc)))
+    return out
+
+
+def fresh_db(server: PostgresServer, name: str) -> str:
+    url = server.create_database(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("INSERT INTO sites (site, created_ms) VALUES ('site-1', 0)")
+    return url
+
+
+def raw_copy(url: str, messages: list[tuple[str, bytes]]) -> float:
+    """Samples/s of COPY of ready tuples (decoded beforehand, outside the timing)."""
+    import json
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        writer = Writer(conn, worker="bench", retention_days=30)  # registers devices, partitions
+        rows = []
+        for _topic, payload in messages:
+            doc = json.loads(payload)
+            device_id = writer._device_id("site-1", doc["device"])
+            assert device_id is not None
+            rows += [_telemetry_row(device_id, item) for item in doc["items"]]
+        from bess_edge.cloud.partitions import day_of
+
+        writer.partitions.ensure(conn, {day_of(r[2]) for r in rows})
+        names = ", ".join(_TELEMETRY_COLUMNS)
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor().copy(f"COPY telemetry ({names}) FROM STDIN") as cp:  # type: ignore[arg-type]
+            for row in rows:
+                cp.write_row(row)
+        elapsed = time.perf_counter() - started
+    return len(rows) / elapsed
+
+
+def write_path(url: str, messages: list[tuple[str, bytes]], batch_items: int) -> float:
+    """Samples/s of parse + validate + write, one transaction per batch_items samples."""
+    parser = Parser("bess", 4 << 20)
+    with psycopg.connect(url, autocommit=True) as conn:
+        writer = Writer(conn, worker="bench", retention_days=30)
+        samples = 0
+        started = time.perf_counter()
+        batch: list[Any] = []
+        items = 0
+        for topic, payload in messages:
+            message = parser.parse(topic, payload)
+            batch.append(message)
+            items += len(message.items)  # type: ignore[union-attr]
+            if items >= batch_items:
+                samples += writer.write(batch).inserted.get("telemetry", 0)
+                batch, items = [], 0
+        if batch:
+            samples += writer.write(batch).inserted.get("telemetry", 0)
+        elapsed = time.perf_counter() - started
+    return samples / elapsed
+
+
+def through_broker(url: str, messages: list[tuple[str, bytes]], workers: int, tmp: Path) -> float:
+    """Samples/s with N ingest worker processes, from the first publish to the last commit."""
+    port = free_port()
+    conf = tmp / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_inflight_messages 1000\nmax_queued_messages 1000000\n")  # fmt: skip
+    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c",
+                               str(conf)], stderr=subprocess.DEVNULL)  # fmt: skip
+    cloud = tmp / f"cloud-{port}.toml"
+    cloud.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n[ingest]\n'
+                     f'database_url = "{url}"\ngroup = "bench"\ngrace_s = 60\n'
+                     '[logging]\nlevel = "info"\nformat = "json"\n')  # fmt: skip
+    logs = [tmp / f"worker-{port}-{i}.log" for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bess_edge",
+                "ingest",
+                "--config",
+                str(cloud),
+                "--client-id",
+                f"bench-{i}",
+            ],
+            env=os.environ.copy(),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for i, log in enumerate(logs)
+    ]
+    total = sum(payload.count(b'"seq":') for _, payload in messages)
+    try:
+        deadline = time.monotonic() + 60  # every worker subscribed: the broker drops the rest
+        while not all(b"connected to the broker" in log.read_bytes() for log in logs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not connect: " + logs[0].read_text()[-2000:])
+            time.sleep(0.1)
+        time.sleep(0.5)  # the SUBACK
+        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        client.max_inflight_messages_set(1000)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        started = time.perf_counter()
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+                if row and row[0] >= total:
+                    break
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError(f"only {row} of {total} rows after 300 s")
+                time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        client.loop_stop()
+        return total / elapsed
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(20)
+        broker.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=60_000)
+    parser.add_argument("--items-per-message", type=int, default=20)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--batch-items", type=int, default=2000)
+    args = parser.parse_args()
+    messages = payloads(args.samples, args.items_per_message, args.devices)
+    size = sum(len(p) for _, p in messages) / args.samples
+    print(f"{args.samples} samples of {CELLS} cells in {len(messages)} messages, "
+          f"{size:.0f} B per sample on the wire; {os.cpu_count()} cores")  # fmt: skip
+    server = PostgresServer().start()
+    tmp = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    try:
+        raw = raw_copy(fresh_db(server, "raw"), messages)
+        ours = write_path(fresh_db(server, "ours"), messages, args.batch_items)
+        print(f"raw COPY of ready tuples      {raw:10,.0f} samples/s")
+        print(f"ingest write path (in process){ours:10,.0f} samples/s  ratio {ours / raw:.2f} "
+              "(target >= 0.50)")  # fmt: skip
+        one = through_broker(fresh_db(server, "one"), messages, 1, tmp)
+        print(f"1 worker via mosquitto        {one:10,.0f} samples/s  (target >= 5,000)")
+        two = through_broker(fresh_db(server, "two"), messages, 2, tmp)
+        print(f"2 workers via mosquitto       {two:10,.0f} samples/s  {two / one:.2f}x "
+              "(target >= 1.6x where the cores allow)")  # fmt: skip
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
