@@ -95,6 +95,7 @@ class Repairer:
         )
         self.last_tick = now
         self._ping_sites()
+        self._send_acks()
         self._start_new_streams()
         for progress in self._progress():
             self._repair(progress)
@@ -114,6 +115,23 @@ class Repairer:
         ).fetchall()
         for (site,) in rows:
             self.send(site, "ping", {})
+
+    def _send_acks(self) -> None:
+        """Acknowledgements asked for through the cloud API, as the gateway's ``cmd/ack``; the
+        reply (``id`` ``ack-<n>``) closes the request. Sent again after retry_s without one."""
+        now = now_ms()
+        rows = self.conn.execute(
+            "UPDATE ack_requests a SET sent_ms = %s FROM sites s WHERE s.id = a.site_id AND "
+            "a.done_ms IS NULL AND (a.sent_ms IS NULL OR a.sent_ms < %s) "
+            "RETURNING a.id, s.site, a.alert_id, a.actor, a.note",
+            (now, now - int(self.cfg.retry_s * 1000)),
+        ).fetchall()
+        for request_id, site, alert_id, actor, note in rows:
+            body: dict[str, Any] = {"id": f"ack-{request_id}", "alert_id": alert_id,
+                                    "actor": actor[:256]}  # fmt: skip
+            if note is not None:
+                body["note"] = note[:256]
+            self.send(site, "ack", body)
 
     def _start_new_streams(self) -> None:
         """A progress row for each stream with stored rows and none yet: from seq 1 with

@@ -186,7 +186,24 @@ CREATE VIEW gaps AS
     JOIN stream_progress p ON p.device_id = g.device_id AND p.stream = g.stream;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Acknowledgements asked for through the cloud API: the ingest sends each as the gateway's
+# cmd/ack (the gateway owns its alert state) and records the reply.
+_V2 = """
+CREATE TABLE ack_requests (
+    id bigserial PRIMARY KEY,
+    site_id int NOT NULL REFERENCES sites ON DELETE CASCADE,
+    alert_id bigint NOT NULL,   -- the gateway's alert id
+    actor text NOT NULL,
+    note text,
+    requested_ms bigint NOT NULL,
+    sent_ms bigint,             -- last cmd/ack sent (again after retry_s without a reply)
+    done_ms bigint,
+    result text                 -- 'acknowledged', or the gateway's reason for refusing
+);
+CREATE INDEX ack_requests_pending ON ack_requests (requested_ms) WHERE done_ms IS NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 
 def migrate(conn: psycopg.Connection) -> int:

@@ -116,7 +116,7 @@ class IngestWorker:
         base = f"{self.cfg.prefix}/{site}/cmd"
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = f"{base}/{verb}/reply"
-        self.client.publish(f"{base}/{verb}", dumps({"id": uuid.uuid4().hex[:12], **body}),
+        self.client.publish(f"{base}/{verb}", dumps({"id": uuid.uuid4().hex[:12]} | body),
                             qos=1, properties=props)  # fmt: skip
         if verb == "republish":
             metrics.REPUBLISH_REQUESTS.inc()
@@ -258,8 +258,11 @@ class IngestWorker:
             error = doc.get("error")
             log.warning("a gateway refused a command", extra={"site": site, "verb": verb,
                                                               "error": error})  # fmt: skip
-        elif verb == "ping" and isinstance(doc.get("result"), dict):
+        if verb == "ping" and ok and isinstance(doc.get("result"), dict):
             self.writer.record_heads(site, doc["result"].get("published_heads") or {})
+        elif verb == "ack" and str(doc.get("id", "")).removeprefix("ack-").isdigit():
+            result = "acknowledged" if ok else str(doc.get("error") or "refused")
+            self.writer.record_ack(int(str(doc["id"]).removeprefix("ack-")), result)
 
     def _state(self, m: Incoming) -> None:
         assert self.writer is not None

@@ -304,6 +304,13 @@ class Writer:
                         (device_id, stream, base, base, head),
                     )
 
+    def record_ack(self, request_id: int, result: str) -> None:
+        """The gateway's reply to a ``cmd/ack`` the cloud API asked for."""
+        self.conn.execute(
+            "UPDATE ack_requests SET done_ms = %s, result = %s WHERE id = %s AND done_ms IS NULL",
+            (now_ms(), result[:500], request_id),
+        )
+
     def record_state(self, site: str, state: str, ts_ms: int) -> None:
         """The gateway's retained online/offline message."""
         with self.conn.transaction():
