@@ -204,7 +204,7 @@ class DeviceConfig(Section):
 
 # Alerts the engine raises by itself (docs/alerts.md); a [[thresholds]] rule may not reuse them.
 BUILTIN_ALERTS = frozenset(
-    {"comms_lost", "buffer_dropping", "thermal_runaway_precursor", "store_corrupt"}
+    {"comms_lost", "buffer_dropping", "thermal_runaway_precursor", "store_corrupt", "polls_skipped"}
 )
 # Placeholders a rule's message template may use, with sample values to check it at load time.
 MESSAGE_FIELDS: dict[str, Any] = {

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from bess_edge import health, metrics
 from bess_edge.alerts import AlertEngine
+from bess_edge.alerts.engine import POLLS_SKIPPED_RULE
 from bess_edge.alerts.requests import ACK_POLL_INTERVAL_S, apply_ack_requests
 from bess_edge.config import ConfigError, Settings, load_config
 from bess_edge.daemon_state import REFRESH_S as STATE_REFRESH_S
@@ -41,6 +42,12 @@ T = TypeVar("T")
 
 HOUSEKEEPING_INTERVAL_S = 60.0  # cap enforcement, retention purge, buffer alert
 SUMMARY_INTERVAL_S = 60.0  # one status line per device in the log
+# polls_skipped is raised when a device skipped this share of its slots (at least SKIP_RAISE_MIN
+# polls) within the window, and cleared after a whole window without a skip: a single slow poll
+# (a GC pause, one slow read) is only counted in the metrics.
+SKIP_WINDOW_S = 60.0
+SKIP_RAISE_SHARE = 0.05
+SKIP_RAISE_MIN = 3
 SYNC_STOP_S = 5.0  # for the sync task's clean stop (offline state's PUBACK, acked rows deleted)
 
 
@@ -204,18 +211,35 @@ class Daemon:
         return drivers
 
     def _reading_handler(self, pipeline: DevicePipeline) -> Callable[[Reading], Any]:
-        device_id = pipeline.device.id
-        poll_duration = metrics.POLL_DURATION.labels(device_id)
+        device = pipeline.device
+        poll_duration = metrics.POLL_DURATION.labels(device.id)
+        poll_lateness = metrics.POLL_LATENESS.labels(device.id)
+        polls_skipped = metrics.POLLS_SKIPPED.labels(device.id)
+        skipped_seen = 0
+        skip_raise = max(SKIP_RAISE_MIN, SKIP_RAISE_SHARE * SKIP_WINDOW_S / device.poll_interval_s)
 
         async def handle(reading: Reading) -> None:
-            poll_duration.observe(self.pollers[device_id].last_poll_duration_s)
-            self.polled.add(device_id)
+            nonlocal skipped_seen
+            poller = self.pollers[device.id]
+            poll_duration.observe(poller.last_poll_duration_s)
+            poll_lateness.observe(poller.last_lateness_s)
+            if poller.skipped_polls > skipped_seen:
+                polls_skipped.inc(poller.skipped_polls - skipped_seen)
+                skipped_seen = poller.skipped_polls
+            self.polled.add(device.id)
             if pipeline.status.polls == 0:
                 log.info(
                     "first reading",
                     extra={"device": reading.device_id, **_brief(reading)},
                 )
-            await self._commit([pipeline.on_reading(reading)])
+            cycle = pipeline.on_reading(reading)
+            skipped = poller.skipped_within(SKIP_WINDOW_S)
+            active = (device.id, POLLS_SKIPPED_RULE, None) in self.alerts.active
+            skipping = skipped > 0 if active else skipped >= skip_raise
+            cycle.alerts += self.alerts.polls_skipped(
+                device.id, skipping, poller.skipped_polls, device.poll_interval_s, reading.ts_ms
+            )
+            await self._commit([cycle])
 
         return handle
 

@@ -56,6 +56,19 @@ POLL_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+POLL_LATENESS = Histogram(
+    "bess_edge_poll_lateness_seconds",
+    "How long after its scheduled slot each poll started (an overloaded gateway runs late)",
+    ["device"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+POLLS_SKIPPED = Counter(
+    "bess_edge_polls_skipped",
+    "Scheduled polls skipped whole because the previous poll of the device ended past their slot",
+    ["device"],
+    registry=REGISTRY,
+)
 
 # -- MQTT sync (bess_edge/sync): set these from the sync task ----------------------------------
 MQTT_CONNECTED = Gauge(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from bess_edge.config import DeviceConfig
@@ -44,9 +45,19 @@ class DevicePoller:
         self.stop = stop
         self.consecutive_failures = 0
         self.last_poll_duration_s = 0.0
+        self.last_lateness_s = 0.0  # how long after its slot the last poll started
+        self.skipped_polls = 0  # slots skipped whole because the previous poll ended past them
+        self._skips: deque[tuple[float, int]] = deque()  # (monotonic time, slots skipped)
         self._opened = False
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
         self._failures_unlogged = 0
+
+    def skipped_within(self, window_s: float) -> int:
+        """Polls skipped in the last ``window_s`` seconds."""
+        horizon = time.monotonic() - window_s
+        while self._skips and self._skips[0][0] < horizon:
+            self._skips.popleft()
+        return sum(missed for _, missed in self._skips)
 
     def backoff_s(self) -> float:
         """Delay before the next attempt after ``consecutive_failures`` failures in a row."""
@@ -54,17 +65,26 @@ class DevicePoller:
         return min(d.poll_interval_s * 2 ** max(self.consecutive_failures - 1, 0), d.max_backoff_s)
 
     async def run(self) -> None:
-        next_due = time.monotonic()
+        interval = self.device.poll_interval_s
+        due = time.monotonic()
         while not self.stop.is_set():
+            self.last_lateness_s = max(0.0, time.monotonic() - due)
             ok = await self.poll_once()
             now = time.monotonic()
             if ok:
-                # Keep a fixed cadence (no drift), but never try to catch up missed polls.
-                next_due = max(next_due + self.device.poll_interval_s, now)
+                # The schedule is a fixed grid: a poll that ends past its successor's slot makes
+                # that slot (and any after it) skipped whole, counted, never caught up in a burst
+                # nor shifted, so an overloaded gateway sheds polls evenly and predictably.
+                due += interval
+                if now >= due:
+                    missed = int((now - due) // interval) + 1
+                    due += missed * interval
+                    self.skipped_polls += missed
+                    self._skips.append((now, missed))
             else:
-                next_due = now + self.backoff_s()
+                due = now + self.backoff_s()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=max(next_due - now, 0))
+                await asyncio.wait_for(self.stop.wait(), timeout=max(due - now, 0))
         await self._close()
 
     async def poll_once(self) -> bool:

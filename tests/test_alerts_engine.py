@@ -283,7 +283,7 @@ def test_builtin_names_match_the_ones_the_config_reserves():
     from bess_edge.alerts import engine
 
     builtins = {engine.COMMS_LOST_RULE, engine.BUFFER_RULE, engine.THERMAL_RULE}
-    assert builtins | {engine.STORE_CORRUPT_RULE} == BUILTIN_ALERTS
+    assert builtins | {engine.STORE_CORRUPT_RULE, engine.POLLS_SKIPPED_RULE} == BUILTIN_ALERTS
     with pytest.raises(ValueError, match="built-in"):
         rule(name="comms_lost")
 

@@ -35,6 +35,7 @@ COMMS_LOST_RULE = "comms_lost"
 BUFFER_RULE = "buffer_dropping"
 THERMAL_RULE = "thermal_runaway_precursor"
 STORE_CORRUPT_RULE = "store_corrupt"
+POLLS_SKIPPED_RULE = "polls_skipped"
 # Alerts about an event, not a state that can go back: acknowledging one also clears it.
 EVENT_RULES = frozenset({STORE_CORRUPT_RULE})
 
@@ -268,6 +269,26 @@ class AlertEngine:
             return [self._open(SITE_DEVICE, BUFFER_RULE, None, "critical", message, total, ts_ms)]
         if not dropping and episode is not None:
             return [self._end(episode, ts_ms, "storage no longer dropping data", total)]
+        return []
+
+    def polls_skipped(
+        self, device: str, skipping: bool, skipped_total: int, interval_s: float, ts_ms: int
+    ) -> list[AlertTransition]:
+        """Raise ``polls_skipped`` while the gateway cannot keep a device's poll schedule."""
+        episode = self.active.get((device, POLLS_SKIPPED_RULE, None))
+        if skipping and episode is None:
+            message = (
+                f"{device}: polls skipped ({skipped_total} so far): the gateway cannot keep up "
+                f"with a poll every {interval_s:g} s"
+            )
+            return [
+                self._open(
+                    device, POLLS_SKIPPED_RULE, None, "warning", message, skipped_total, ts_ms
+                )
+            ]
+        if not skipping and episode is not None:
+            message = f"{device}: polls on schedule again"
+            return [self._end(episode, ts_ms, message, skipped_total)]
         return []
 
     def store_corrupt(self, moved_to: str, ts_ms: int) -> list[AlertTransition]:
