@@ -181,6 +181,9 @@ class DeviceConfig(Section):
     failures_before_lost: int = Field(3, ge=1)
     chemistry: str = "lfp"
     capacity_ah: float = Field(100.0, gt=0)  # nominal capacity of the series string
+    # Cells in series: required for a device that reports no cell voltages (check-config says
+    # so where the map or mapping shows it), else learned from the cell array.
+    series_cells: int | None = Field(None, ge=1, le=20_000)
     chemistry_overrides: dict[str, Any] = {}
     options: dict[str, Any] = {}
     _parsed_options: BaseModel | None = PrivateAttr(default=None)

@@ -319,7 +319,19 @@ def _device_problems(devices: list[Any], parsed: dict[int, BaseModel]) -> list[t
         problems += [((*at, *p), why) for p, why in errors]
         if model is not None:
             parsed[i] = model
+            if device.get("series_cells") is None and _reports_no_cells(model):
+                why = (
+                    "required: this device reports no cell voltages, so the number of cells in "
+                    "series cannot be learned (it is not guessed from the pack voltage)"
+                )
+                problems.append(((*loc, "series_cells"), why))
     return problems
+
+
+def _reports_no_cells(options: BaseModel) -> bool:
+    """True when the driver's options show no per-cell voltages (a Modbus map or a CAN mapping
+    without ``cell_voltage_v``); False when they do or cannot tell before discovery (SunSpec)."""
+    return getattr(options, "reports_cell_voltages", None) is False
 
 
 def _chemistry_override_problems(loc: Loc, device: dict[str, Any]) -> list[tuple[Loc, str]]:

@@ -66,6 +66,10 @@ class Reading:
     cell_temperature_c: FloatArray = field(default_factory=empty_cells)
     status_flags: int = 0  # device-specific status bits, passed through
     fault_flags: int = 0  # device-specific fault/alarm bits, passed through
+    # The device's own cell-voltage extremes, for a device that reports them without a per-cell
+    # array (SunSpec 802 CellVMax/CellVMin); with an array, the array's extremes are used.
+    cell_voltage_min_v: float = math.nan
+    cell_voltage_max_v: float = math.nan
     quality: Quality = Quality.OK
     quality_notes: list[str] = field(default_factory=list)
     # Mapped values without a dedicated field (e.g. "max_charge_current_a"), SI units in the name.
@@ -96,10 +100,12 @@ class Reading:
 
     def cell_stats(self) -> dict[str, float]:
         """Min/max/mean/spread of cell voltages and temperatures, ignoring NaN cells."""
-        return {
-            **_stats(self.cell_voltage_v, "cell_voltage", "v"),
-            **_stats(self.cell_temperature_c, "cell_temperature", "c"),
-        }
+        voltage = _stats(self.cell_voltage_v, "cell_voltage", "v")
+        lo, hi = self.cell_voltage_min_v, self.cell_voltage_max_v
+        if math.isnan(voltage["cell_voltage_min_v"]) and not (math.isnan(lo) and math.isnan(hi)):
+            voltage["cell_voltage_min_v"], voltage["cell_voltage_max_v"] = lo, hi
+            voltage["cell_voltage_spread_v"] = hi - lo
+        return {**voltage, **_stats(self.cell_temperature_c, "cell_temperature", "c")}
 
     def scalars(self) -> dict[str, Any]:
         """The pack-level values as a flat dict (NaN where absent), for rules and payloads."""

@@ -34,7 +34,11 @@ class DevicePipeline:
         # Only the simulator has a time_scale: its battery ages faster than its timestamps.
         time_scale = float(getattr(device.parsed_options, "time_scale", 1.0))
         self.diagnostician = Diagnostician(
-            device.id, device.chemistry_preset(), device.capacity_ah, time_scale=time_scale
+            device.id,
+            device.chemistry_preset(),
+            device.capacity_ah,
+            time_scale=time_scale,
+            series_cells=device.series_cells,
         )
         saved = store.estimator_state(device.id)
         if saved is not None:

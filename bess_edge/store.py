@@ -350,6 +350,8 @@ class Store(SqliteReads):
                 sample_seqs.append(seq)
                 seqs_written.add((r.device_id, "telemetry"))
                 v_min, v_max = _min_max(r.cell_voltage_v)
+                if v_min is None:  # no per-cell array: the extremes the device reports
+                    v_min, v_max = _real(r.cell_voltage_min_v), _real(r.cell_voltage_max_v)
                 t_min, t_max = _min_max(r.cell_temperature_c)
                 sample_rows.append((
                     r.device_id, seq, r.ts_ms, int(r.quality),

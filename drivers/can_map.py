@@ -102,6 +102,10 @@ class DecodeOptions(_Table):
         bind(load_dbc(self.dbc), self.signals)
         return self
 
+    @property
+    def reports_cell_voltages(self) -> bool:
+        return "cell_voltage_v" in self.signals
+
     def slots(self) -> list[Slot]:
         return bind(load_dbc(self.dbc), self.signals)
 

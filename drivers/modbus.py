@@ -47,6 +47,10 @@ class ModbusOptions(ConnectionOptions):
     # A shipped map's name (``bess-edge probe modbus --list-maps``) or a path to a TOML file.
     map: str
 
+    @property
+    def reports_cell_voltages(self) -> bool:
+        return any(f.name == "cell_voltage_v" for f in load_map(self.map).fields)
+
     @model_validator(mode="after")
     def _map_loads(self) -> ModbusOptions:
         try:
@@ -120,6 +124,8 @@ class ModbusDriver(Driver):
         self._size = 0
         self._decoder: Decoder | None = None
         self.info: dict[str, str] = {}  # identity strings read at open (serial number, ...)
+        # Problems met at open (identity strings refused), flagged on the next Reading.
+        self._open_problems: list[tuple[Quality, str]] = []
 
     def _use_fields(self, fields: tuple[Field, ...], max_registers: int, max_gap: int) -> None:
         self._blocks = plan_blocks(fields, max_registers, max_gap)
@@ -152,11 +158,15 @@ class ModbusDriver(Driver):
     async def _read_strings(self, fields: tuple[Field, ...] | list[Field]) -> dict[str, str]:
         """Identity strings (``info.<name>`` fields), by name; those refused are left out."""
         blocks = plan_blocks(fields)
+        names = ", ".join(f.name for f in fields)
         try:
             assert self._conn is not None  # called by open(), once connected
             got = await read_image(self._conn, self.options.unit_id, blocks, image_size(blocks))
-        except NothingReadable:
-            return {}  # identity is nice to have; the measurements are what matter
+        except NothingReadable as exc:
+            # Polling goes on without them, but the operator must see why they are missing.
+            self._open_problems.append((Quality.PARTIAL, f"identity ({names}) not read: {exc}"))
+            return {}
+        self._open_problems += [(q, f"identity: {note}") for q, note in got.problems]
         info = {}
         for f in fields:
             text = decode_string(got.image, got.ok, blocks, f)
@@ -197,11 +207,19 @@ class ModbusDriver(Driver):
             # The common case, every value usable, decoded without numpy (see _compile_clean).
             values = self._decoder.values_if_clean(got.wire)
             if values is not None:
-                return self._layout.clean_reading(self.device_id, ts_ms, values)
+                reading = self._layout.clean_reading(self.device_id, ts_ms, values)
+                return self._flag_open_problems(reading) if self._open_problems else reading
         decoded, problems = self._decode(got)
         reading = self._layout.reading(self.device_id, ts_ms, decoded.flat)
         for quality, note in problems:
             reading.flag(quality, note)
+        return self._flag_open_problems(reading)
+
+    def _flag_open_problems(self, reading: Reading) -> Reading:
+        """The problems met at open, on the first Reading after it (then they are history)."""
+        for quality, note in self._open_problems:
+            reading.flag(quality, note)
+        self._open_problems = []
         return reading
 
     async def close(self) -> None:

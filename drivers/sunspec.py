@@ -48,6 +48,11 @@ READING_POINTS: dict[int, dict[str, str]] = {
     },
     805: {"CellV": "cell_voltage_v", "CellTmp": "cell_temperature_c"},
 }
+# 802's cell-voltage extremes: the Reading's own fields, used when no 805 gives the cells.
+EXTREME_POINTS: dict[str, str] = {
+    "CellVMax": "cell_voltage_max_v",
+    "CellVMin": "cell_voltage_min_v",
+}
 # Points that go to Reading.extra, by model: SunSpec name -> our name (SI unit in the name).
 EXTRA_POINTS: dict[int, dict[str, str]] = {
     802: {
@@ -58,8 +63,6 @@ EXTRA_POINTS: dict[int, dict[str, str]] = {
         "DoD": "depth_of_discharge_pct",
         "NCyc": "cycle_count",
         "ChaSt": "charge_status",
-        "CellVMax": "cell_voltage_max_v",
-        "CellVMin": "cell_voltage_min_v",
         "CellVAvg": "cell_voltage_avg_v",
         "AChaMax": "max_charge_current_a",
         "ADisChaMax": "max_discharge_current_a",
@@ -114,6 +117,8 @@ def point_field(model: ModelInstance, point: Point) -> Field:
     leaf = point.name.rsplit(".", 1)[-1]
     target = READING_POINTS.get(model.id, {}).get(leaf)
     extra = EXTRA_POINTS.get(model.id, {}).get(leaf)
+    if model.id == 802 and leaf in EXTREME_POINTS:
+        extra = EXTREME_POINTS[leaf]
     valid = plausible_range(target or extra) if (target or extra) else (-math.inf, math.inf)
     missing = NOT_IMPLEMENTED.get(point.type)
     return Field(
@@ -238,7 +243,7 @@ class SunSpecDriver(ModbusDriver):
         for quality, note in problems:
             reading.flag(quality, note)
         self._check_sign(decoded.values, reading)
-        return reading
+        return self._flag_open_problems(reading)
 
     def _assemble(self, values: dict[str, FloatArray], ts_ms: int) -> Reading:
         sign = -1.0 if self.options.invert_current else 1.0
@@ -278,7 +283,9 @@ class SunSpecDriver(ModbusDriver):
             fault_flags=fault_flags,
             cell_voltage_v=np.asarray(cells_v),
             cell_temperature_c=np.asarray(cells_t),
-            extra=extra,
+            cell_voltage_min_v=value(base + "CellVMin"),
+            cell_voltage_max_v=value(base + "CellVMax"),
+            extra=_with_series_cells(extra, value(base + "V")),
         )
 
     @staticmethod
@@ -303,6 +310,23 @@ class SunSpecDriver(ModbusDriver):
                 f"802.A = {current:g} A disagrees with ChaSt = {int(status[0])}; "
                 "check the device's sign convention (option invert_current)",
             )
+
+
+# The pack voltage over the average cell voltage is the series count to within busbar drops
+# and rounding of both: a ratio this far from a whole number is no count.
+SERIES_RATIO_TOLERANCE = 0.1
+
+
+def _with_series_cells(extra: dict[str, float], pack_voltage_v: float) -> dict[str, float]:
+    """``series_cells`` from 802's V / CellVAvg when the device gives both, so the diagnostics
+    need not guess it from the chemistry's nominal voltage (53.18 V of a 16S LFP pack is 17
+    cells at 3.2 V nominal)."""
+    avg = extra.get("cell_voltage_avg_v", math.nan)
+    if math.isfinite(pack_voltage_v) and math.isfinite(avg) and avg > 0:
+        ratio = pack_voltage_v / avg
+        if round(ratio) >= 1 and abs(ratio - round(ratio)) <= SERIES_RATIO_TOLERANCE:
+            extra["series_cells"] = float(round(ratio))
+    return extra
 
 
 def _int(number: float, default: int) -> int:

@@ -26,6 +26,7 @@ driver = "sim"
 SLCAN_DEVICE = """id = "b"
 driver = "can"
 timeout_s = 2
+series_cells = 16
 [devices.options]
 interface = "slcan"
 channel = "/dev/ttyACM0"

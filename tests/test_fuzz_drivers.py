@@ -30,7 +30,8 @@ from thirdparty import FOXBMS
 
 from bess_edge.model import Quality, Reading
 
-pytestmark = pytest.mark.fuzz
+# The slow profile's thousands of examples outlast the suite's per-test timeout by design.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parent.parent
 CAN_CONFIGS = ["can-rack.toml", "can-pylontech.toml", "can-foxbms.toml"]
@@ -90,8 +91,7 @@ FRAMES = st.lists(
 @pytest.mark.parametrize("config", CAN_CONFIGS)
 @given(frames=FRAMES, now_s=st.floats(0.0, 100.0))
 def test_any_frames_decode_to_plausible_or_flagged_values(config: str, frames, now_s: float):
-    options = decode_options(config)
-    decoder = FrameDecoder.for_options(options, "dev")
+    decoder = FrameDecoder.for_options(decode_options(config), "dev")
     ids = sorted({s.message.frame_id for s in decoder.slots})
     lengths = {s.message.frame_id: s.message.length for s in decoder.slots}
     for ts, (pick, any_id, data) in enumerate(frames):
@@ -115,7 +115,7 @@ def test_in_range_values_survive_the_can_decode_unchanged(config: str, data):
     """A payload whose values are all plausible decodes with no out-of-range flag and with the
     values cantools' own Message.decode gives."""
     options = decode_options(config)
-    decoder = FrameDecoder.for_options(options, "dev")
+    decoder = FrameDecoder.for_options(decode_options(config), "dev")
     messages = {s.message.frame_id: s.message for s in decoder.slots}
     message = messages[data.draw(st.sampled_from(sorted(messages)))]
     payload = data.draw(st.binary(min_size=message.length, max_size=message.length))

@@ -108,6 +108,22 @@ def test_bad_map_in_a_device_is_reported_by_the_config_loader(tmp_path: Path) ->
     assert "no shipped register map 'no-such-map'" in str(info.value)
 
 
+def test_a_device_without_cell_voltages_needs_its_series_count(tmp_path: Path) -> None:
+    """Without cells the series count cannot be learned, and the pack voltage over the
+    nominal cell voltage misjudged a 16S LFP pack near empty as 17 cells."""
+    pack_map = write_map(
+        tmp_path, '[fields.pack_voltage_v]\naddress = 0\nscale = 0.01\nunit = "V"\n'
+    )
+    site = '[site]\nid = "s"\n[[devices]]\nid = "bms"\ndriver = "modbus"\n{}'
+    site += f'[devices.options]\nhost = "127.0.0.1"\nmap = "{pack_map}"\n'
+    config = tmp_path / "site.toml"
+    config.write_text(site.format(""))
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.series_cells: required"):
+        load_config(config)
+    config.write_text(site.format("series_cells = 16\n"))
+    assert load_config(config).devices[0].series_cells == 16
+
+
 def test_shipped_modbus_example_config_is_valid() -> None:
     settings = load_config(REPO / "config" / "modbus-example.toml")
     assert {d.driver for d in settings.devices} >= {"modbus", "sunspec"}

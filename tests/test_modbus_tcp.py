@@ -134,7 +134,7 @@ def test_one_unimplemented_register_does_not_blank_the_device() -> None:
     assert driver._blocks == blocks_after_split
 
 
-def test_identity_registers_refused_leave_info_empty_but_poll_works() -> None:
+def test_identity_registers_refused_leave_info_empty_and_are_flagged_but_poll_works() -> None:
     image = {
         "units": {"1": {"holding": generic_16s_image()}},
         "exceptions": [[1, "holding", 0x0100, 4]],  # server device failure on the serial number
@@ -143,7 +143,8 @@ def test_identity_registers_refused_leave_info_empty_but_poll_works() -> None:
         driver = make_driver(tcp_options(server.port))
         reading = asyncio.run(poll_once(driver))
     assert driver.info == {}
-    assert reading.quality == Quality.OK and reading.bms_soc_pct == 87.0
+    assert reading.quality == Quality.PARTIAL and reading.bms_soc_pct == 87.0
+    assert any("identity" in note for note in reading.quality_notes), reading.quality_notes
 
 
 def test_device_refusing_every_register_fails_the_poll() -> None:

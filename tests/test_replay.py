@@ -38,6 +38,7 @@ def pylontech_device(driver: str = "can", **options: Any) -> dict[str, Any]:
         "poll_interval_s": 1.0,
         "chemistry": "lfp",
         "capacity_ah": 50.0,
+        "series_cells": 16,  # the simulated string below
         "options": {**shipped, **options},
     }
 

@@ -99,7 +99,8 @@ def test_sunspec_storage_device_is_discovered_and_decoded_with_scale_factors() -
     extra = reading.extra
     assert extra["capacity_rating_ah"] == 280.0 and extra["energy_rating_wh"] == 17_920.0
     assert extra["cycle_count"] == 123_456.0
-    assert extra["cell_voltage_max_v"] == pytest.approx(3.345)
+    assert reading.cell_voltage_max_v == pytest.approx(3.345)  # 802 CellVMax: the Reading's own
+    assert reading.cell_voltage_min_v == pytest.approx(3.301)
     assert extra["module_temperature_max_c"] == pytest.approx(31.2)
     assert extra["string1_soc_pct"] == pytest.approx(87.0)
     assert extra["string2_soc_pct"] == pytest.approx(88.0)

@@ -23,6 +23,8 @@ READING_INTS = ("quality", "fault_flags", "status_flags", "cell_count")
 # The diagnostics' thermal-risk words (Diagnosis.thermal_risk) as numbers, so that a rule can
 # compare them: ``metric = "thermal_risk", above = 1.5`` means "high or worse".
 RISK_LEVELS = {"normal": 0, "elevated": 1, "high": 2, "critical": 3}
+# The SOC estimates a rule may not use while the Diagnosis says they disagree with the BMS.
+DISPUTED_SOC = frozenset({"soc_pct", "cell_soc_pct"})
 
 
 def known_metrics() -> set[str]:
@@ -51,6 +53,8 @@ class MetricSource:
             self._scalars = r.scalars()
         if metric in self._scalars:
             return _number(self._scalars[metric])
+        if metric in DISPUTED_SOC and getattr(self.diagnosis, "soc_disputed", False):
+            return None  # an estimate the BMS contradicts raises nothing (the Reading says so)
         return _number(getattr(self.diagnosis, metric, None))
 
 

@@ -32,6 +32,9 @@ class Diagnosis:
     soc_pct: float = NAN
     soc_uncertainty_pct: float = NAN
     current_offset_a: float = NAN  # estimated current-sensor offset, already removed
+    # The estimate and the BMS's own SOC disagree beyond the estimate's uncertainty (the
+    # Reading is flagged inconsistent); SOC rules skip the estimate while this holds.
+    soc_disputed: bool = False
     # Capacity and health.
     capacity_ah: float = NAN  # estimated, NaN until two rested SOC points were seen
     capacity_uncertainty_ah: float = NAN

@@ -81,8 +81,11 @@ class Diagnostician:
         *,
         initial_soc_pct: float | None = None,
         time_scale: float = 1.0,
+        series_cells: int | None = None,
     ) -> None:
         self.device_id = device_id
+        # Cells in series, from config, for a device that reports no cell voltages.
+        self.configured_series_cells = series_cells
         # Seconds of battery life per second of Reading timestamps: 1 for every real device;
         # a simulator run faster than the wall clock (the demo's 60) moves 60 s of charge
         # between Readings stamped 1 s apart, and the estimators must count battery time.
@@ -151,7 +154,7 @@ class Diagnostician:
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
         self._last_current_a = current
 
-        string_v = self._string_cell_voltage(inputs)
+        string_v = self._string_cell_voltage(inputs, reading)
         cell_temps = (
             inputs.temperature_c[self.cells.sensor_index]
             if inputs.temperature_c.size
@@ -174,7 +177,7 @@ class Diagnostician:
         if self.string_soc.initialised:
             diagnosis.soc_pct, diagnosis.soc_uncertainty_pct = soc, sigma
             diagnosis.current_offset_a = bias
-            check_soc_agreement(reading, soc, sigma)
+            diagnosis.soc_disputed = check_soc_agreement(reading, soc, sigma)
         diagnosis.rest_s = self.rest_s
         diagnosis.quality_flags = reading.quality.names()
         self._last = inputs
@@ -203,19 +206,27 @@ class Diagnostician:
                 self.cells.soc.p[:, 0, 0] += grow
         return dt_s if 0.0 < dt_s <= MAX_GAP_S else 0.0
 
-    def _string_cell_voltage(self, inputs: CleanInputs) -> float:
-        """The string's average cell voltage [V]: mean of the cells, or pack / series count."""
+    def _string_cell_voltage(self, inputs: CleanInputs, reading: Reading) -> float:
+        """The string's average cell voltage [V]: mean of the cells, or pack / series count.
+
+        Without cell voltages the series count comes from config or from the device (SunSpec
+        802's V / CellVAvg), never from the chemistry's nominal voltage: 53.18 V of a 16S LFP
+        pack near empty looks like 17 cells, and the SOC read from 3.13 V per cell was 5 %
+        against the BMS's 63.75 %. With neither, the SOC is not estimated from voltage.
+        """
         cells = inputs.cell_voltage_v
         mean = finite_mean(cells)
         if math.isfinite(mean):
             self.series_cells = cells.size
             return mean
+        device_count = reading.extra.get("series_cells", math.nan)
+        if self.configured_series_cells:
+            self.series_cells = self.configured_series_cells
+        elif math.isfinite(device_count) and device_count >= 1:
+            self.series_cells = int(device_count)
         pack = inputs.pack_voltage_v
-        if not math.isfinite(pack):
+        if not math.isfinite(pack) or self.series_cells == 0:
             return math.nan
-        if self.series_cells == 0:
-            # No cell voltages at all: infer the series count once from the nominal voltage.
-            self.series_cells = max(1, round(pack / self.chemistry.nominal_voltage_v))
         return pack / self.series_cells
 
     def _step_soc(

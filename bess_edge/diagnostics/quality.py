@@ -103,16 +103,21 @@ class QualityMonitor:
             cell_v[jumped] = np.nan
 
 
-def check_soc_agreement(reading: Reading, soc_pct: float, soc_sigma_pct: float) -> None:
-    """Flag INCONSISTENT when the BMS's SOC [%] and our converged estimate disagree."""
+def check_soc_agreement(reading: Reading, soc_pct: float, soc_sigma_pct: float) -> bool:
+    """Flag INCONSISTENT, and say True, when the BMS's SOC [%] and our estimate disagree by
+    more than the estimate's own uncertainty (3 sigma) plus the BMS's usual error: then one of
+    the two is wrong, and an alert must not be raised from ours as if it were known."""
     bms = reading.bms_soc_pct
-    if not (math.isfinite(bms) and math.isfinite(soc_pct) and soc_sigma_pct < 5.0):
-        return
+    if not (math.isfinite(bms) and math.isfinite(soc_pct) and math.isfinite(soc_sigma_pct)):
+        return False
     if abs(bms - soc_pct) > SOC_DISAGREEMENT_PCT + 3.0 * soc_sigma_pct:
         reading.flag(
             Quality.INCONSISTENT,
-            f"bms_soc_pct={bms:.1f} but estimated {soc_pct:.1f} ± {soc_sigma_pct:.1f} %",
+            f"bms_soc_pct={bms:.1f} but estimated {soc_pct:.1f} ± {soc_sigma_pct:.1f} %: "
+            "no SOC alert is raised from the estimate while they disagree",
         )
+        return True
+    return False
 
 
 def _scalar(reading: Reading, value: float, name: str, limit: float) -> float:
