@@ -17,6 +17,9 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null \
   || missing+=(postgresql)
 python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
+# The dashboard's browser test drives Debian's own Chromium through its matching chromedriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get" >&2
   as_root apt-get update -qq

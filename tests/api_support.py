@@ -53,7 +53,11 @@ class Site:
             self.daemon.stop()
 
 
-def start_site(workdir: Path, devices: list[dict[str, Any]] | None = None) -> Site:
+def start_site(
+    workdir: Path,
+    devices: list[dict[str, Any]] | None = None,
+    extra_rules: list[dict[str, Any]] | None = None,
+) -> Site:
     port = free_port()
     config = workdir / "bess-edge.toml"
     config.write_text(
@@ -63,7 +67,7 @@ def start_site(workdir: Path, devices: list[dict[str, Any]] | None = None) -> Si
             "logging": {"format": "json", "level": "info"},
             "api": {"port": port},
             "devices": devices or [sim_device(poll_interval_s=0.2)],
-            "thresholds": [PACK_RULE],
+            "thresholds": [PACK_RULE, *(extra_rules or [])],
         })
     )  # fmt: skip
     db = workdir / "bess-edge.db"

@@ -1,0 +1,174 @@
+"""The dashboard in a real headless Chromium against a real daemon and `bess-edge api`.
+
+An operator signs in, sees the device and its cells, acknowledges an active alert and sees it
+acknowledged; a viewer is refused the acknowledgement; a revoked key brings the sign-in prompt
+back. Screenshots at laptop and phone width go to docs/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_support import Site, bess_edge, start_site
+from conftest import REPO, sim_device, wait_until
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="chromium and chromium-driver are not installed (scripts/test.sh installs them)",
+)
+LAPTOP, PHONE = (1366, 1200), (390, 844)
+SECOND_RULE = {"name": "pack-high-2", "metric": "pack_voltage_v", "above": 2.0}
+
+
+def _device() -> dict:
+    # Cell 5 heated: its sensor shows hot; frequency regulation gives the trend a shape.
+    fault = {"kind": "over_temperature", "cell": 5, "heat_w": 25.0, "at_s": 0.0}
+    return sim_device(
+        poll_interval_s=0.5,
+        options={"profile": "regulation", "time_scale": 30.0, "c_rate": 0.5,
+                 "initial_soc_pct": 55, "faults": [fault]},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[Site]:
+    s = start_site(tmp_path_factory.mktemp("dash"), [_device()], extra_rules=[SECOND_RULE])
+    wait_until(lambda: len(s.get("/api/v1/alerts", state="active")) == 2, timeout=30)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium look for a driver online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--hide-scrollbars"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(*LAPTOP)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, js: str, timeout: float = 20.0):
+    """Poll a JavaScript expression in the page until it is truthy."""
+    return wait_until(lambda: driver.execute_script(f"return {js}"), timeout=timeout)
+
+
+def _sign_in(driver, site: Site, key: str) -> None:
+    driver.get(site.url + "/#/")
+    driver.execute_script("localStorage.clear()")
+    driver.refresh()  # a new page: a hash-only navigation would keep the signed-in one
+    _wait(driver, "document.querySelector('#login-dialog').open")
+    driver.find_element("id", "key").send_keys(key)
+    driver.find_element("id", "login").click()
+    _wait(driver, "!document.querySelector('#login-dialog').open")
+
+
+def _shot(driver, name: str) -> None:
+    driver.execute_script("document.querySelector('#toast').hidden = true")
+    path = REPO / "docs" / name
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def _samples(site: Site) -> int:
+    conn = sqlite3.connect(f"file:{site.db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM samples").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _alert_row(site: Site, rule: str) -> dict:
+    (alert,) = site.get("/api/v1/alerts", state="active", rule=rule)
+    return alert
+
+
+def test_operator_sees_the_device_and_cells_and_acks_an_alert(site, browser):
+    d = browser
+    _sign_in(d, site, site.keys["operator"])
+    _wait(d, "document.querySelector('.device-card[data-device=\"rack-1\"] .soc')")
+    assert "operator" in d.find_element("id", "who").text
+    # Give the trend a few minutes of simulated cycling and the heated cell time to stand out.
+    wait_until(lambda: _samples(site) >= 150, timeout=120)
+    _wait(d, "document.querySelector('.device-card .soc').textContent !== '–'", timeout=30)
+    _shot(d, "dashboard-overview.png")
+    d.find_element("css selector", '.device-card[data-device="rack-1"]').click()
+    _wait(d, "document.querySelectorAll('#cells .cell').length === 16")
+    d.find_element("css selector", 'button[data-range="5m"]').click()
+    _wait(d, "document.querySelector('button[data-range=\"5m\"]').classList.contains('on')")
+    _wait(d, "document.querySelectorAll('#temps .temp').length === 16")
+    _wait(d, "document.querySelector('#temps .temp.hot')", timeout=60)
+    hot = d.execute_script("return document.querySelector('#temps .temp.hot').dataset.sensor")
+    assert hot == "5"
+    # The trend was drawn: the canvas holds non-background pixels.
+    drawn = d.execute_script(
+        "const c = document.querySelector('#trend'); const g = c.getContext('2d');"
+        "const px = g.getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
+    )
+    assert drawn > 1000
+    assert "SOC" in d.find_element("id", "diagnosis").text
+    _shot(d, "dashboard-device.png")
+
+    alert = _alert_row(site, "pack-high")
+    d.get(site.url + "/#/alerts")
+    button = f'tr[data-alert-id="{alert["id"]}"] button.ack'
+    _wait(d, f"document.querySelector('{button}') && !document.querySelector('{button}').disabled")
+    d.find_element("css selector", button).click()
+    _wait(d, f"document.querySelector('#active-alerts tr[data-alert-id=\"{alert['id']}\"] .acked')")
+    text = d.find_element("css selector", f'#active-alerts tr[data-alert-id="{alert["id"]}"]').text
+    assert "acknowledged by api:op-key" in text
+    assert site.get(f"/api/v1/alerts/{alert['id']}")["acked_by"] == "api:op-key"
+    _shot(d, "dashboard-alerts.png")
+
+    d.set_window_size(*PHONE)
+    d.get(site.url + "/#/device/rack-1")
+    _wait(d, "document.querySelectorAll('#cells .cell').length === 16")
+    _wait(d, "document.querySelector('#dev-comms').textContent === 'ok'")
+    width = d.execute_script("return document.documentElement.scrollWidth")
+    assert width <= PHONE[0]  # no sideways scrolling on a phone
+    _shot(d, "dashboard-phone.png")
+    d.set_window_size(*LAPTOP)
+
+
+def test_viewer_is_refused_the_ack(site, browser):
+    d = browser
+    _sign_in(d, site, site.keys["viewer"])
+    alert = _alert_row(site, "pack-high-2")
+    d.get(site.url + "/#/alerts")
+    button = f'tr[data-alert-id="{alert["id"]}"] button.ack'
+    _wait(d, f"document.querySelector('{button}')")
+    assert d.find_element("css selector", button).get_attribute("disabled") is not None
+    # Forced past the disabled button, the server refuses and the page says why.
+    d.execute_script(f"window.bess.ack({alert['id']})")
+    _wait(d, "!document.querySelector('#toast').hidden")
+    assert "needs the operator role" in d.find_element("id", "toast").text
+    conn = sqlite3.connect(f"file:{site.db}?mode=ro", uri=True)
+    (acked,) = conn.execute(
+        "SELECT acked_ts_ms FROM alerts WHERE id = ?", (alert["id"],)
+    ).fetchone()
+    conn.close()
+    assert acked is None
+
+
+def test_a_revoked_key_brings_back_the_sign_in_prompt(site, browser):
+    d = browser
+    out = bess_edge("api-key", "create", "temp", "--role", "viewer", "--config", str(site.config))
+    _sign_in(d, site, out.stdout.strip().splitlines()[-1])
+    _wait(d, "document.querySelector('.device-card')")
+    assert bess_edge("api-key", "revoke", "temp", "--config", str(site.config)).returncode == 0
+    _wait(d, "document.querySelector('#login-dialog').open", timeout=10)
+    assert "sign in again" in d.find_element("id", "login-error").text
