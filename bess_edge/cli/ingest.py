@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import secrets
 import signal
 import sys
 import threading
@@ -91,16 +89,16 @@ def _admin(args: argparse.Namespace, database_url: str) -> int:
                 )
                 print(f"site {args.add_site} registered")
             if args.add_user:
-                key = "bek_" + secrets.token_urlsafe(32)
-                conn.execute(
-                    "INSERT INTO users (name, role, key_sha256, created_ms) "
-                    "VALUES (%s, %s, %s, %s)",
-                    (args.add_user, args.role, hashlib.sha256(key.encode()).hexdigest(), now_ms()),
-                )
+                from bess_edge.cloud.keys import PgKeyStore
+
+                key = PgKeyStore(database_url).create(args.add_user, args.role)
                 print(f"user {args.add_user} ({args.role}); API key, shown only now:\n{key}")
             if args.migrate:
                 print(f"schema version {version}")
     except psycopg.Error as exc:
         print(f"database: {str(exc).strip()}", file=sys.stderr)
         return EXIT_FAILURE
+    except ValueError as exc:  # KeyRefused, or a name the API would not accept
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK

@@ -203,7 +203,10 @@ CREATE TABLE ack_requests (
 CREATE INDEX ack_requests_pending ON ack_requests (requested_ms) WHERE done_ms IS NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# The API's key listing tells keys apart by their last characters (bess_edge/storage/keys.py).
+_V3 = "ALTER TABLE users ADD COLUMN key_hint text NOT NULL DEFAULT ''"
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 
 
 def migrate(conn: psycopg.Connection) -> int:
