@@ -232,3 +232,16 @@ def test_gap_repair_asks_once_per_stream_and_the_view_empties_when_the_gap_close
     assert db.execute("SELECT * FROM gaps").fetchall() == []
     assert _count(db, "SELECT contiguous_seq FROM stream_progress WHERE stream = 'telemetry'") == 10
     assert repairer.open_seqs == 0
+
+
+def test_the_repair_leader_drops_days_past_the_retention_and_keeps_the_rest(db):
+    from bess_edge.cloud.partitions import Partitions, day_of, partition_name
+
+    today = day_of(NOW_MS)
+    days = {today - 95, today - 91, today - 89, today}
+    Partitions().ensure(db, days)
+    cfg = IngestConfig(database_url="x", retention_days=90)
+    Repairer(db, cfg, lambda *cmd: None).tick()
+    tables = {r for (r,) in db.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
+                                       "relname LIKE 'telemetry_%'")}  # fmt: skip
+    assert tables == {partition_name("telemetry", d) for d in (today - 89, today)}

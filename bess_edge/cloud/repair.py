@@ -11,6 +11,9 @@ missing range older than ``grace_s`` is asked for with ``cmd/republish``; at mos
 stream is in flight (a new one only after ``retry_s``, or once the range arrived), and at most
 ``max_requests_per_s`` over the fleet. A gateway's retention bounds what it can send again: a
 range it no longer holds stays in the ``gaps`` view, with the time it was first seen missing.
+
+The same leader drops the daily partitions past ``retention_days`` and sends the acknowledgements
+asked for through the cloud API.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from typing import Any
 import psycopg
 
 from bess_edge.cloud.config import IngestConfig
+from bess_edge.cloud.partitions import DAY_MS, Partitions
 from bess_edge.cloud.writer import now_ms
 from bess_edge.sync.commands import MAX_REPUBLISH_ROWS
 
 log = logging.getLogger(__name__)
 
 REPAIR_LOCK = 0x62657375
+RETENTION_EVERY_S = 600.0  # dropping old days is cheap but needs an exclusive lock on them
 ACTIVE_SITE_MS = 3_600_000  # sites that sent data within this long are pinged
 TABLES = {"telemetry": "telemetry", "diagnostics": "battery_diagnostics", "alerts": "alert_history"}
 
@@ -79,6 +84,8 @@ class Repairer:
         self.last_tick = time.monotonic()
         self.open_seqs = 0  # for the metric, as of the last tick
         self.oldest_gap_ms: int | None = None
+        self.partitions = Partitions()
+        self.next_retention = 0.0
 
     def tick(self) -> bool:
         """One round if this worker holds the repair lock; False otherwise."""
@@ -94,6 +101,9 @@ class Repairer:
             self.tokens + (now - self.last_tick) * self.cfg.max_requests_per_s,
         )
         self.last_tick = now
+        if now >= self.next_retention:
+            self.next_retention = now + RETENTION_EVERY_S
+            self.partitions.drop_older_than(self.conn, now_ms() - self.cfg.retention_days * DAY_MS)
         self._ping_sites()
         self._send_acks()
         self._start_new_streams()
