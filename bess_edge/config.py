@@ -58,6 +58,16 @@ def _host(value: str) -> str:
 
 
 Host = Annotated[str, AfterValidator(_host)]
+
+
+def _no_nul(value: Path) -> Path:
+    if "\0" in str(value):
+        raise ValueError("a path may not contain a NUL character")
+    return value
+
+
+# A file system path: the OS refuses a NUL in one (ValueError deep inside open, not a message).
+FsPath = Annotated[Path, AfterValidator(_no_nul)]
 # Topic levels and store names that a device id would collide with.
 RESERVED_DEVICE_IDS = {
     "cmd": "the MQTT command topic <prefix>/<site>/cmd/...",
@@ -78,7 +88,7 @@ class SiteConfig(Section):
 
 
 class StorageConfig(Section):
-    path: Path = Path("/var/lib/bess-edge/bess-edge.db")
+    path: FsPath = Path("/var/lib/bess-edge/bess-edge.db")
     max_size_mb: float = Field(1024.0, gt=0)
     # Published data is kept this long so a subscriber can ask for a gap to be re-sent.
     retention_days: float = Field(30.0, gt=0)
@@ -88,9 +98,9 @@ class StorageConfig(Section):
 
 class TlsConfig(Section):
     enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FsPath | None = None
+    cert_file: FsPath | None = None
+    key_file: FsPath | None = None
     insecure_skip_verify: bool = False
 
     @model_validator(mode="after")
@@ -113,7 +123,7 @@ class MqttConfig(Section):
     keepalive_s: float = Field(30.0, gt=0)
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: FsPath | None = None
     tls: TlsConfig = TlsConfig()
     encoding: Literal["json", "compact"] = "json"
     max_inflight: int = Field(32, ge=1, le=65535)
@@ -142,14 +152,14 @@ class ApiConfig(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    tls_cert_file: Path | None = None  # HTTPS when both are given
-    tls_key_file: Path | None = None
+    tls_cert_file: FsPath | None = None  # HTTPS when both are given
+    tls_key_file: FsPath | None = None
     cors_origins: list[str] = []  # browser origins allowed to call the API from other pages
     # Hashed API keys; default api-keys.json beside storage.path (docs/api.md says why a file).
-    keys_file: Path | None = None
+    keys_file: FsPath | None = None
     # Rules created or edited through the API; default api-thresholds.toml beside storage.path.
     # Read after this file's own [[thresholds]] and before include_thresholds.
-    thresholds_file: Path | None = None
+    thresholds_file: FsPath | None = None
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
     @model_validator(mode="after")

@@ -65,6 +65,8 @@ def _value(data: Any, loc: Loc, kind: type[T], default: T | None) -> T | None:
 
 def readable_file_problems(path: Path) -> list[str]:
     """Why the service could not read ``path``, if it could not."""
+    if "\0" in str(path):
+        return []  # refused by the model, with its key path
     try:
         with path.open("rb") as f:
             empty = not f.read(1)
@@ -81,6 +83,8 @@ def readable_file_problems(path: Path) -> list[str]:
 
 def storage_path_problems(path: Path) -> list[str]:
     """Why SQLite could not keep its database at ``path``, if it could not."""
+    if "\0" in str(path):
+        return []  # refused by the model, with its key path
     resolved = path.resolve()
     for root in VIRTUAL_FILESYSTEMS:
         if resolved == root or root in resolved.parents:

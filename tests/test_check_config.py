@@ -277,3 +277,9 @@ def test_a_thresholds_file_alone_is_checked_as_a_thresholds_file(tmp_path: Path)
     assert any(e.startswith(f"{bad}: thresholds[1].message: bad message template") for e in errors)
     assert f"{bad}: thresholds[1].name: duplicate rule name 'x' (also thresholds[0])" in errors
     assert "site" not in result.stderr
+
+
+@pytest.mark.parametrize("key", ["[storage]\npath", "[mqtt]\nenabled = true\npassword_file"])
+def test_a_nul_in_a_path_is_a_config_error_not_a_crash(tmp_path: Path, key):
+    (found,) = problems(tmp_path, SITE + f'{key} = "x\\u0000y"\n' + DEVICE)
+    assert found.endswith("a path may not contain a NUL character"), found
