@@ -37,7 +37,7 @@ class Site:
     def client(self, role: str | None = None, key: str | None = None) -> httpx.Client:
         key = key or (self.keys[role] if role else None)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=False)
 
     def get(self, path: str, role: str = "viewer", **params: Any) -> Any:
         with self.client(role) as c:
@@ -57,6 +57,7 @@ def start_site(
     workdir: Path,
     devices: list[dict[str, Any]] | None = None,
     extra_rules: list[dict[str, Any]] | None = None,
+    api_options: dict[str, Any] | None = None,
 ) -> Site:
     port = free_port()
     config = workdir / "bess-edge.toml"
@@ -65,7 +66,7 @@ def start_site(
             "site": {"id": "test-site"},
             "storage": {"path": str(workdir / "bess-edge.db")},
             "logging": {"format": "json", "level": "info"},
-            "api": {"port": port},
+            "api": {"port": port, **(api_options or {})},
             "devices": devices or [sim_device(poll_interval_s=0.2)],
             "thresholds": [PACK_RULE, *(extra_rules or [])],
         })
@@ -84,12 +85,12 @@ def start_site(
         [sys.executable, "-m", "bess_edge", "api", "--config", str(config)],
         stdout=api_log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if (api_options or {}).get('tls_cert_file') else 'http'}://127.0.0.1:{port}"
     site = Site(workdir, config, db, url, daemon, api, api_log, keys)
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + "/health", timeout=2, verify=False).status_code == 200:
                 return site
         except httpx.HTTPError:
             pass
