@@ -172,3 +172,31 @@ def test_a_revoked_key_brings_back_the_sign_in_prompt(site, browser):
     assert bess_edge("api-key", "revoke", "temp", "--config", str(site.config)).returncode == 0
     _wait(d, "document.querySelector('#login-dialog').open", timeout=10)
     assert "sign in again" in d.find_element("id", "login-error").text
+
+
+def test_operator_adds_a_threshold_and_admin_creates_a_key_in_the_page(site, browser):
+    d = browser
+    _sign_in(d, site, site.keys["operator"])
+    d.get(site.url + "/#/thresholds")
+    _wait(d, "document.querySelector('tr[data-rule=\"pack-high\"]')")
+    form = d.find_element("id", "rule-form")
+    for name, value in (("name", "cell-cold"), ("metric", "cell_temperature_c"),
+                        ("level", "5"), ("for_s", "10")):  # fmt: skip
+        form.find_element("name", name).send_keys(value)
+    form.find_element("name", "dir").send_keys("below")
+    form.find_element("css selector", "button[type=submit]").click()
+    _wait(d, "document.querySelector('tr[data-rule=\"cell-cold\"]')")
+    row = d.find_element("css selector", 'tr[data-rule="cell-cold"]').text
+    assert "< 5" in row and "api" in row
+    rules = {r["rule"]["name"]: r for r in site.get("/api/v1/thresholds")}
+    assert rules["cell-cold"]["rule"]["below"] == 5 and rules["cell-cold"]["rule"]["for_s"] == 10
+
+    _sign_in(d, site, site.keys["admin"])
+    d.get(site.url + "/#/keys")
+    _wait(d, "document.querySelector('#key-form')")
+    d.find_element("css selector", "#key-form input[name=name]").send_keys("night-shift")
+    d.find_element("css selector", "#key-form button[type=submit]").click()
+    _wait(d, "document.querySelector('#new-key .created-key')")
+    key = d.find_element("css selector", "#new-key .created-key").text
+    with site.client(key=key) as c:
+        assert c.get("/api/v1/me").json() == {"name": "night-shift", "role": "viewer"}
