@@ -4,6 +4,7 @@ gateway really publishes (built from a real SQLite store by the gateway's own En
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from typing import Any
@@ -245,3 +246,26 @@ def test_the_repair_leader_drops_days_past_the_retention_and_keeps_the_rest(db):
     tables = {r for (r,) in db.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
                                        "relname LIKE 'telemetry_%'")}  # fmt: skip
     assert tables == {partition_name("telemetry", d) for d in (today - 89, today)}
+
+
+def test_copy_text_round_trips_through_postgresql(db):
+    from psycopg.types.json import Jsonb
+
+    from bess_edge.cloud.copytext import copy_text
+
+    db.execute("CREATE TEMP TABLE t (i bigint, x real, a real[], j jsonb, s text)")
+    doc = {"note": 'tab\there, new\nline, back\\slash, quote " and ünïcode', "n": [1, None]}
+    rows = [
+        (2**40, -1.25e-7, [3.301, None, -0.5, 4], Jsonb(doc), "a\tb\\c\nd"),
+        (None, None, [], None, None),
+        (0, float("nan"), [float("nan")], Jsonb([]), ""),
+    ]
+    with db.cursor().copy("COPY t FROM STDIN") as copy:
+        copy.write(copy_text(rows))
+    back = db.execute("SELECT i, x, a, j, s FROM t").fetchall()
+    assert back[0][0] == 2**40 and back[0][1] == pytest.approx(-1.25e-7)
+    cells = back[0][2]
+    assert cells[1] is None and np.allclose([cells[i] for i in (0, 2, 3)], [3.301, -0.5, 4])
+    assert back[0][3] == doc and back[0][4] == "a\tb\\c\nd"
+    assert back[1] == (None, None, [], None, None)
+    assert math.isnan(back[2][1]) and math.isnan(back[2][2][0]) and back[2][3] == []

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bess_edge.cloud.copytext import copy_text
 from bess_edge.cloud.messages import Batch, Refusal
 from bess_edge.cloud.partitions import DAY_MS, Partitions, day_of
 from bess_edge.cloud.schema import DIAGNOSIS_HEADLINES, TELEMETRY_SCALARS
@@ -227,17 +228,16 @@ class Writer:
         staging table with ON CONFLICT DO NOTHING. Duplicates are rare, so the common batch
         pays for one COPY only: the staging path cost 40 % of the write rate."""
         names = ", ".join(columns)
+        text = copy_text(rows)
         try:
             sql = f"COPY {table} ({names}) FROM STDIN"
             with self.conn.transaction(), cur.copy(sql) as copy:  # type: ignore[arg-type]
-                for row in rows:
-                    copy.write_row(row)
+                copy.write(text)
             return len(rows)
         except psycopg.errors.UniqueViolation:
             pass
         with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:  # type: ignore[arg-type]
-            for row in rows:
-                copy.write_row(row)
+            copy.write(text)
         cur.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "  # type: ignore[arg-type]
             "ON CONFLICT DO NOTHING"
