@@ -45,8 +45,10 @@ from pg_server import PostgresServer, free_port
 CELLS = 16
 
 
-def payloads(samples: int, per_message: int, devices: int) -> list[tuple[str, bytes]]:
-    """Telemetry messages as a gateway publishes them, round-robin over devices."""
+def payloads(
+    samples: int, per_message: int, devices: int, cells: int = CELLS
+) -> list[tuple[str, bytes]]:
+    """Telemetry messages as a gateway publishes them, device after device."""
     rng = np.random.default_rng(1)
     start_ms = int(time.time() * 1000) - samples * 1000
     out = []
@@ -55,15 +57,16 @@ def payloads(samples: int, per_message: int, devices: int) -> list[tuple[str, by
         for first in range(1, per_device + 1, per_message):
             items = []
             for seq in range(first, min(first + per_message, per_device + 1)):
-                cells = np.round(3.3 + rng.normal(0, 0.002, CELLS), 3).tolist()
+                volts = np.round(3.3 + rng.normal(0, 0.002, cells), 3).tolist()
+                temps = np.round(25 + rng.normal(0, 0.2, max(1, cells // 4)), 1).tolist()
                 items.append({
                     "seq": seq, "ts_ms": start_ms + seq * 1000, "quality": 0,
-                    "quality_flags": [], "pack_voltage_v": round(sum(cells), 3),
-                    "pack_current_a": 20.0, "pack_power_w": round(20 * sum(cells), 3),
-                    "bms_soc_pct": 61.0, "bms_soh_pct": None, "cell_voltage_min_v": min(cells),
-                    "cell_voltage_max_v": max(cells), "cell_temperature_min_c": 25.1,
-                    "cell_temperature_max_c": 25.4, "status_flags": 0, "fault_flags": 0,
-                    "cell_voltage_v": cells, "cell_temperature_c": [25.1, 25.2, 25.3, 25.4],
+                    "quality_flags": [], "pack_voltage_v": round(sum(volts), 3),
+                    "pack_current_a": 20.0, "pack_power_w": round(20 * sum(volts), 3),
+                    "bms_soc_pct": 61.0, "bms_soh_pct": None, "cell_voltage_min_v": min(volts),
+                    "cell_voltage_max_v": max(volts), "cell_temperature_min_c": min(temps),
+                    "cell_temperature_max_c": max(temps), "status_flags": 0, "fault_flags": 0,
+                    "cell_voltage_v": volts, "cell_temperature_c": temps,
                     "extra": {}, "quality_notes": [],
                 })  # fmt: skip
             doc = {"schema": "bess-edge/telemetry/1", "site": "site-1", "device": f"rack-{d}",
@@ -119,10 +122,10 @@ def write_path(url: str, messages: list[tuple[str, bytes]], batch_items: int) ->
             batch.append(message)
             items += len(message.items)  # type: ignore[union-attr]
             if items >= batch_items:
-                samples += writer.write(batch).inserted.get("telemetry", 0)
+                samples += sum(writer.write(batch).inserted.values())
                 batch, items = [], 0
         if batch:
-            samples += writer.write(batch).inserted.get("telemetry", 0)
+            samples += sum(writer.write(batch).inserted.values())
         elapsed = time.perf_counter() - started
     return samples / elapsed
 
@@ -191,12 +194,60 @@ def through_broker(url: str, messages: list[tuple[str, bytes]], workers: int, tm
         broker.kill()
 
 
+def diagnoses(samples: int, per_message: int) -> list[tuple[str, bytes]]:
+    """Diagnostics messages with the daemon's own Diagnosis document (one device)."""
+    from bess_edge.diagnostics.diagnosis import Diagnosis
+
+    start_ms = int(time.time() * 1000) - samples * 1000
+    out = []
+    for first in range(1, samples + 1, per_message):
+        seqs = range(first, min(first + per_message, samples + 1))
+        items = [{"seq": seq, "ts_ms": start_ms + seq * 1000,
+                  "diagnosis": Diagnosis("rack-0", start_ms + seq * 1000).to_dict()}
+                 for seq in seqs]  # fmt: skip
+        doc = {"schema": "bess-edge/diagnostics/1", "site": "site-1", "device": "rack-0",
+               "stream": "diagnostics", "seq_first": first, "seq_last": seqs[-1],
+               "count": len(items), "items": items}  # fmt: skip
+        out.append(("bess/site-1/rack-0/diagnostics", dumps(doc)))
+    return out
+
+
+def disk_per_row(server: PostgresServer, name: str, messages: list[tuple[str, bytes]]) -> float:
+    """Bytes on disk per row (heap, TOAST and indexes of every partition) after a VACUUM."""
+    url = fresh_db(server, name)
+    write_path(url, messages, 2000)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        row = conn.execute(
+            "SELECT sum(pg_total_relation_size(c.oid)), (SELECT count(*) FROM telemetry) + "
+            "(SELECT count(*) FROM battery_diagnostics) FROM pg_inherits i JOIN pg_class c "
+            "ON c.oid = i.inhrelid WHERE c.relkind = 'r'"
+        ).fetchone()
+    assert row is not None
+    return float(row[0]) / float(row[1])
+
+
+def sizing(server: PostgresServer) -> None:
+    """Wire and disk bytes per sample and per diagnosis: the inputs of docs/cloud.md's table."""
+    for cells, n in ((16, 5000), (1000, 500)):
+        msgs = payloads(n, 20, 1, cells)
+        wire = sum(len(p) for _, p in msgs) / n
+        disk = disk_per_row(server, f"size{cells}", msgs)
+        print(f"telemetry, {cells:4} cells: {wire:8,.0f} B/sample as JSON, {disk:8,.0f} B/row "
+              "on disk")  # fmt: skip
+    msgs = diagnoses(5000, 20)
+    wire = sum(len(p) for _, p in msgs) / 5000
+    disk = disk_per_row(server, "sizediag", msgs)
+    print(f"diagnoses:              {wire:8,.0f} B/item as JSON,   {disk:8,.0f} B/row on disk")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=60_000)
     parser.add_argument("--items-per-message", type=int, default=20)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--batch-items", type=int, default=2000)
+    parser.add_argument("--sizing", action="store_true", help="only bytes per row, wire and disk")
     args = parser.parse_args()
     messages = payloads(args.samples, args.items_per_message, args.devices)
     size = sum(len(p) for _, p in messages) / args.samples
@@ -205,6 +256,9 @@ def main() -> None:
     server = PostgresServer().start()
     tmp = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
+        if args.sizing:
+            sizing(server)
+            return
         raw = raw_copy(fresh_db(server, "raw"), messages)
         ours = write_path(fresh_db(server, "ours"), messages, args.batch_items)
         print(f"raw COPY of ready tuples      {raw:10,.0f} samples/s")
