@@ -92,6 +92,8 @@ class Daemon:
         self.last_drop_mono: float | None = None  # when unsent telemetry was last dropped
         self.polled: set[str] = set()  # devices polled at least once since start (READY=1)
         self.store_error: str | None = None  # why the last commit failed; None once one succeeds
+        # Devices' identity strings, as last stored, then as drivers read them (sync sends them).
+        self.device_info: dict[str, dict[str, str]] = {}
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -112,6 +114,7 @@ class Daemon:
         s = self.settings
         store, moved_to = open_store(s.storage)
         self.worker = worker = StoreWorker(store)
+        self.device_info.update(store.device_identities())
         self.alerts = AlertEngine(
             s.thresholds, store.max_alert_id(), store.active_alerts(), store.last_cleared_alerts()
         )
@@ -275,6 +278,8 @@ class Daemon:
         for cycle in cycles:
             if cycle.reading is not None:
                 metrics.SAMPLES_WRITTEN.labels(cycle.reading.device_id).inc()
+                if cycle.reading.identity:
+                    self.device_info[cycle.reading.device_id] = cycle.reading.identity
         if result.dropped_telemetry:
             self.last_drop_mono = time.monotonic()
             self.telemetry_dropped += result.dropped_telemetry
@@ -366,7 +371,7 @@ class Daemon:
     async def _sync(self) -> None:
         from bess_edge.sync import Syncer  # paho is only imported when MQTT is enabled
 
-        await Syncer(self.settings, self.worker, self.alerts).run(self.stop)
+        await Syncer(self.settings, self.worker, self.alerts, self.device_info).run(self.stop)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -74,6 +74,9 @@ class Reading:
     quality_notes: list[str] = field(default_factory=list)
     # Mapped values without a dedicated field (e.g. "max_charge_current_a"), SI units in the name.
     extra: dict[str, float] = field(default_factory=dict)
+    # The device's identity strings (manufacturer, model, serial_number, firmware), on the first
+    # Reading after a driver read them; the store keeps the latest per device.
+    identity: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Drivers mostly hand float64 arrays already: checked in Python, as np.asarray costs

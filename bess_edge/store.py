@@ -169,6 +169,9 @@ def _real(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+IDENTITY_KEY = "identity:"  # meta key prefix of a device's identity strings
+
+
 def _json(value: Any) -> str:
     """JSON without NaN (which JSON cannot carry): NaN and inf become null."""
     return json.dumps(_finite(value), separators=(",", ":"))
@@ -349,6 +352,11 @@ class Store(SqliteReads):
                 seq = self._take_seq(r.device_id, "telemetry")
                 sample_seqs.append(seq)
                 seqs_written.add((r.device_id, "telemetry"))
+                if r.identity:
+                    c.execute(
+                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (IDENTITY_KEY + r.device_id, _json(r.identity)),
+                    )
                 v_min, v_max = _min_max(r.cell_voltage_v)
                 if v_min is None:  # no per-cell array: the extremes the device reports
                     v_min, v_max = _real(r.cell_voltage_min_v), _real(r.cell_voltage_max_v)
@@ -538,6 +546,14 @@ class Store(SqliteReads):
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def device_identities(self) -> dict[str, dict[str, str]]:
+        """Each device's identity strings as last read (manufacturer, model, serial, ...)."""
+        rows = self.conn.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+            (IDENTITY_KEY, IDENTITY_KEY[:-1] + chr(ord(IDENTITY_KEY[-1]) + 1)),
+        )
+        return {key.removeprefix(IDENTITY_KEY): json.loads(value) for key, value in rows}
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -124,8 +124,15 @@ class ModbusDriver(Driver):
         self._size = 0
         self._decoder: Decoder | None = None
         self.info: dict[str, str] = {}  # identity strings read at open (serial number, ...)
-        # Problems met at open (identity strings refused), flagged on the next Reading.
+        # Problems met at open (identity strings refused), flagged on the next Reading, which
+        # also carries the identity read (see _first_after_open).
         self._open_problems: list[tuple[Quality, str]] = []
+        self._identity_pending = False
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """The identity strings, by the map's own ``[info.*]`` names."""
+        return dict(self.info)
 
     def _use_fields(self, fields: tuple[Field, ...], max_registers: int, max_gap: int) -> None:
         self._blocks = plan_blocks(fields, max_registers, max_gap)
@@ -150,6 +157,7 @@ class ModbusDriver(Driver):
         assert isinstance(self.options, ModbusOptions)
         register_map = load_map(self.options.map)
         self.info = await self._read_strings(register_map.info) if register_map.info else {}
+        self._identity_pending = True
         header = register_map.header
         self._use_fields(register_map.fields, header.max_registers, header.max_gap)
         assert self._decoder is not None
@@ -208,18 +216,20 @@ class ModbusDriver(Driver):
             values = self._decoder.values_if_clean(got.wire)
             if values is not None:
                 reading = self._layout.clean_reading(self.device_id, ts_ms, values)
-                return self._flag_open_problems(reading) if self._open_problems else reading
+                return self._first_after_open(reading) if self._identity_pending else reading
         decoded, problems = self._decode(got)
         reading = self._layout.reading(self.device_id, ts_ms, decoded.flat)
         for quality, note in problems:
             reading.flag(quality, note)
-        return self._flag_open_problems(reading)
+        return self._first_after_open(reading) if self._identity_pending else reading
 
-    def _flag_open_problems(self, reading: Reading) -> Reading:
-        """The problems met at open, on the first Reading after it (then they are history)."""
+    def _first_after_open(self, reading: Reading) -> Reading:
+        """The identity read at open and the problems met reading it, on the first Reading."""
         for quality, note in self._open_problems:
             reading.flag(quality, note)
         self._open_problems = []
+        reading.identity = self.identity
+        self._identity_pending = False
         return reading
 
     async def close(self) -> None:

@@ -34,6 +34,8 @@ from pydantic import Field as PydanticField
 from bess_edge.model import FloatArray, Quality, Reading, now_ms
 
 STORAGE_MODELS = (802, 803, 804, 805)
+# Model 1 (common) points -> identity names shared by every driver.
+IDENTITY = {"Mn": "manufacturer", "Md": "model", "SN": "serial_number", "Vr": "firmware"}
 MAX_MODELS = 200  # a chain longer than this is a device bug, not a real layout
 
 # Points whose values fill a Reading field: their plausible range comes from that field, and a
@@ -155,6 +157,7 @@ class SunSpecDriver(ModbusDriver):
         common = [m for m in self.models if m.id == 1]
         if common:
             self.info = await self._read_common(common[0])
+        self._identity_pending = True
         storage = [m for m in self.models if m.id in STORAGE_MODELS]
         if not storage:
             found = ", ".join(str(m.id) for m in self.models) or "none"
@@ -243,7 +246,12 @@ class SunSpecDriver(ModbusDriver):
         for quality, note in problems:
             reading.flag(quality, note)
         self._check_sign(decoded.values, reading)
-        return self._flag_open_problems(reading)
+        return self._first_after_open(reading) if self._identity_pending else reading
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Model 1's strings under the names every driver uses."""
+        return {name: self.info[k] for k, name in IDENTITY.items() if k in self.info}
 
     def _assemble(self, values: dict[str, FloatArray], ts_ms: int) -> Reading:
         sign = -1.0 if self.options.invert_current else 1.0

@@ -9,7 +9,9 @@ A real pymodbus server serves the registers; the diagnostics and alerts are the 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +21,13 @@ from test_modbus_tcp import poll_once
 
 from bess_edge.alerts.engine import AlertEngine
 from bess_edge.chemistry import LFP
-from bess_edge.config import DeviceConfig, ThresholdRule
+from bess_edge.cli.status import collect, render
+from bess_edge.config import DeviceConfig, ThresholdRule, load_config
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.model import Quality, Reading
+from bess_edge.store import Cycle, Store
+from bess_edge.sync.consumer import load_validators
+from bess_edge.sync.payload import Encoder
 
 COMMON = sunspec_model(1, {"Mn": "Acme Storage", "Md": "LV-16S", "SN": "P-0042", "Vr": "1.7"})
 PACK = {
@@ -109,3 +115,43 @@ def test_an_exception_reply_on_the_common_model_is_flagged_not_swallowed():
     assert Quality.PARTIAL in reading.quality
     assert any("identity" in n for n in reading.quality_notes), reading.quality_notes
     assert reading.bms_soc_pct == pytest.approx(63.75)
+
+
+def test_identity_strings_are_stored_shown_in_status_and_sent_with_telemetry(tmp_path):
+    with ServerProcess(pack_device(PACK)) as server:
+        driver = make_driver(server.port)
+
+        async def two_polls() -> list[Reading]:
+            await driver.open()
+            try:
+                return [await driver.read(), await driver.read()]
+            finally:
+                await driver.close()
+
+        first, second = asyncio.run(two_polls())
+    identity = {"manufacturer": "Acme Storage", "model": "LV-16S", "serial_number": "P-0042",
+                "firmware": "1.7"}  # fmt: skip
+    assert first.identity == identity and second.identity == {}
+    store = Store(tmp_path / "gw.db")
+    try:
+        store.commit_cycles([Cycle(reading=first), Cycle(reading=second)])
+        assert store.device_identities() == {"pack": identity}
+        status = render(collect(load_config(_site(tmp_path)), store))
+        rows = store.outbox_fetch("telemetry", 0, 10)
+    finally:
+        store.close()
+    assert "device: manufacturer Acme Storage, model LV-16S, serial_number P-0042" in status
+    (message,) = Encoder("bess", "s", "json", 65536, {"pack": identity}).messages("telemetry", rows)
+    doc = json.loads(message.payload)
+    assert doc["device_info"] == identity
+    assert list(load_validators()["telemetry"].iter_errors(doc)) == []
+
+
+def _site(tmp_path: Path) -> Path:
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'[site]\nid = "s"\n[storage]\npath = "{tmp_path / "gw.db"}"\n'
+        '[[devices]]\nid = "pack"\ndriver = "sunspec"\nseries_cells = 16\n'
+        '[devices.options]\nhost = "127.0.0.1"\n'
+    )
+    return config

@@ -118,6 +118,7 @@ def _device(device: DeviceConfig, store: Store, now: int) -> dict[str, Any]:
         })  # fmt: skip
         entry["cells"] = len(sample["cell_voltage_v"])
     entry["diagnosis"] = store.latest_diagnosis(device.id)
+    entry["identity"] = store.device_identities().get(device.id, {})
     return entry
 
 
@@ -237,6 +238,8 @@ def _device_lines(d: dict[str, Any]) -> list[str]:
         head = f"  {d['id']} ({d['driver']}): {d['comms']}, last poll {duration(poll_age)} ago"
     head += f", {d['readings']:,} readings"
     lines = [head]
+    if d.get("identity"):
+        lines.append("    device: " + ", ".join(f"{k} {v}" for k, v in d["identity"].items()))
     if d.get("pack_voltage_v") is not None or d.get("cells"):
         lines.append(
             f"    pack {_num(d.get('pack_voltage_v'), '.2f', ' V')}  "

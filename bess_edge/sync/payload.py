@@ -296,9 +296,19 @@ def _stack(blobs: list[bytes | None]) -> np.ndarray:
 class Encoder:
     """Turns outbox rows into size-limited batch messages for one site and encoding."""
 
-    def __init__(self, prefix: str, site: str, encoding: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        site: str,
+        encoding: str,
+        max_message_bytes: int,
+        device_info: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.site = site
+        # Each device's identity strings (manufacturer, model, serial_number, firmware), kept
+        # current by the daemon; telemetry envelopes carry them as device_info.
+        self.device_info = device_info if device_info is not None else {}
         self.encoding = encoding
         self.max_message_bytes = max_message_bytes
         # Learned compressed bytes per item, per stream: sizes the next compact batch.
@@ -361,7 +371,10 @@ class Encoder:
     ) -> Message:
         """Items already serialised, spliced into their envelope rather than encoded again."""
         seqs = batch.seqs[start:stop]
-        head = dumps(envelope(self.site, device, stream, seqs))[:-1]
+        doc = envelope(self.site, device, stream, seqs)
+        if stream == "telemetry" and self.device_info.get(device):
+            doc["device_info"] = self.device_info[device]
+        head = dumps(doc)[:-1]
         encoding = b',"encoding":"%s"' % COMPACT.encode() if compact else b""
         document = b"".join([head, encoding, b',"items":[', b",".join(texts), b"]}"])
         return Message(

@@ -44,7 +44,13 @@ COMMAND_QUEUE = 64  # commands waiting beyond this are refused (a flood must not
 
 
 class Syncer:
-    def __init__(self, settings: Settings, worker: StoreWorker, alerts: AlertEngine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker: StoreWorker,
+        alerts: AlertEngine,
+        device_info: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.cfg = cfg = settings.mqtt
         self.site = settings.site.id
@@ -65,7 +71,7 @@ class Syncer:
         )
         self.drainer = Drainer(
             worker,
-            Encoder(cfg.topic_prefix, self.site, cfg.encoding, cfg.max_message_bytes),
+            Encoder(cfg.topic_prefix, self.site, cfg.encoding, cfg.max_message_bytes, device_info),
             cfg.max_inflight,
             cfg.backlog_max_bytes_s,
         )
