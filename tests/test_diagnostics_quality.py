@@ -53,6 +53,8 @@ def test_out_of_range_cells_do_not_reach_the_estimators():
     r = Reading("d", ts_ms=1_000, pack_current_a=0.0, cell_voltage_v=cells)
     d = diag.update(r)
     assert Quality.OUT_OF_RANGE in r.quality
+    assert math.isnan(r.cell_voltage_v[3]), "stored as null, not as 65.535 V"
+    assert r.cell_voltage_v[2] == 3.70
     assert d.cell_spread_v == pytest.approx(0.0)
     assert math.isnan(d.cell_zscore[3])
     assert d.soc_pct == pytest.approx(float(NMC.soc_from_ocv(3.70)), abs=0.5)

@@ -66,6 +66,13 @@ class QualityMonitor:
         cell_v = _in_band(reading, reading.cell_voltage_v, lo, hi, "cell_voltage_v")
         temps = _in_band(reading, reading.cell_temperature_c, *TEMPERATURE_PLAUSIBLE_C,
                          "cell_temperature_c")  # fmt: skip
+        # What no cell of this chemistry can read is stored as null, not only kept from the
+        # estimators: a 8.191 V "cell" exported as a value is garbage with a flag on it.
+        # (Frozen and jumping cells below stay stored: their values are real, only doubtful.)
+        if cell_v.size == reading.cell_voltage_v.size:
+            reading.cell_voltage_v = cell_v.copy()
+        if temps.size == reading.cell_temperature_c.size:
+            reading.cell_temperature_c = temps.copy()
         current = _scalar(reading, reading.pack_current_a, "pack_current_a",
                           CURRENT_PLAUSIBLE_C * self.capacity_ah)  # fmt: skip
         pack_v = _scalar(reading, reading.pack_voltage_v, "pack_voltage_v",
