@@ -216,3 +216,28 @@ def test_a_clean_poll_builds_the_same_reading_either_way(fields: list[Field]) ->
                 assert a == b or (a != a and b != b), (attr, a, b)  # NaN equals NaN here
         built += 1
     assert built > 100
+
+
+def test_extra_values_are_range_checked_by_the_unit_in_their_name(tmp_path: Path) -> None:
+    """A 32-bit cycle counter reading all ones (4,294,967,295) and a 9.999 V cell maximum are
+    null with out_of_range; a map's own valid_max still wins."""
+    path = write_map(
+        tmp_path,
+        '[fields.pack_voltage_v]\naddress = 0\nscale = 0.01\nunit = "V"\n'
+        '[extra.cycle_count]\naddress = 1\ntype = "u32"\n'
+        '[extra.cell_voltage_max_v]\naddress = 3\nunit = "mV"\n'
+        '[extra.max_charge_current_a]\naddress = 4\nunit = "A"\nvalid_max = 100\n',
+    )
+    register_map = load_map(path)
+    blocks = plan_blocks(register_map.fields)
+    decoder = Decoder(register_map.fields, blocks)
+    image = np.array([5318, 0xFFFF, 0xFFFF, 9999, 140], dtype=np.uint16)
+    decoded = decoder.decode(image, np.ones(image_size(blocks), bool))
+    reading = ReadingLayout(decoder.slices).reading("d", 0, decoded.flat)
+    assert reading.pack_voltage_v == pytest.approx(53.18)
+    assert math.isnan(reading.extra["cycle_count"])
+    assert math.isnan(reading.extra["cell_voltage_max_v"])
+    assert math.isnan(reading.extra["max_charge_current_a"])  # 140 A beyond the map's 100 A
+    notes = " ".join(note for _, note in decoded.problems)
+    assert "extra.cycle_count" in notes and "extra.cell_voltage_max_v" in notes
+    assert {q for q, _ in decoded.problems} == {Quality.OUT_OF_RANGE}
