@@ -144,3 +144,17 @@ def test_health_reports_fresh_data(running):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="has the daemon run"):
         SqliteStorage(tmp_path / "none.db")
+
+
+def test_trends_read_the_covering_index_not_the_sample_rows(running):
+    _, _, storage = running
+    statements: list[str] = []
+    storage._r.conn.set_trace_callback(statements.append)
+    storage.series("rack-1", "readings", 0, 2**41, 10, fields=["pack_voltage_v"])
+    storage.series("rack-1", "readings", 0, 2**41, 10)
+    storage._r.conn.set_trace_callback(None)
+    trends = [s for s in statements if "GROUP BY" in s]
+    assert len(trends) == 2
+    for sql in trends:
+        plan = storage._r.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+        assert "COVERING INDEX samples_trend" in str(plan), plan
