@@ -248,3 +248,24 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(site, method, path, body
     assert r.status_code == code, r.text
     assert message in json.dumps(r.json()), r.text
     assert _state(site) == before
+
+
+def test_openapi_docs_describe_every_route_with_models(site):
+    with site.client() as c:
+        assert c.get("/docs").status_code == 200
+        spec = c.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in (
+        "/api/v1/devices",
+        "/api/v1/devices/{device}/readings",
+        "/api/v1/alerts/{alert_id}/ack",
+        "/api/v1/thresholds",
+        "/api/v1/diagnose/{kind}",
+        "/api/v1/events",
+        "/health",
+    ):
+        assert path in paths, path
+    assert {"Series", "DeviceOverview", "Alert", "CellSnapshot"} <= set(
+        spec["components"]["schemas"]
+    )
+    assert "text/csv" in paths["/api/v1/diagnose/{kind}"]["post"]["requestBody"]["content"]

@@ -130,7 +130,8 @@ async function devicePage(device, first) {
   const [d, trend, soc, cells] = await Promise.all([
     api(`/api/v1/devices/${enc}`),
     api(`/api/v1/devices/${enc}/readings?since_ms=${since}&until_ms=${until}&max_points=${points}&fields=${state.field}`),
-    api(`/api/v1/devices/${enc}/diagnoses?since_ms=${since}&until_ms=${until}&max_points=${points}&fields=soc_pct`),
+    // SOC moves slowly and each diagnosis is a large document: 300 points are plenty.
+    api(`/api/v1/devices/${enc}/diagnoses?since_ms=${since}&until_ms=${until}&max_points=300&fields=soc_pct`),
     api(`/api/v1/devices/${enc}/cells`).catch(() => null),
   ]);
   const comms = d.state ? d.state.comms : "unknown";
