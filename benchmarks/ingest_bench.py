@@ -130,8 +130,17 @@ def write_path(url: str, messages: list[tuple[str, bytes]], batch_items: int) ->
     return samples / elapsed
 
 
-def through_broker(url: str, messages: list[tuple[str, bytes]], workers: int, tmp: Path) -> float:
-    """Samples/s with N ingest worker processes, from the first publish to the last commit."""
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def through_broker(
+    url: str, messages: list[tuple[str, bytes]], workers: int, tmp: Path
+) -> tuple[float, float]:
+    """Samples/s with N ingest worker processes, from the first publish to the last commit,
+    and the workers' CPU seconds per sample (what a worker costs, whatever else runs)."""
     port = free_port()
     conf = tmp / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
@@ -173,6 +182,7 @@ def through_broker(url: str, messages: list[tuple[str, bytes]], workers: int, tm
         client.max_inflight_messages_set(1000)
         client.connect("127.0.0.1", port)
         client.loop_start()
+        cpu_before = sum(cpu_s(p.pid) for p in procs)
         started = time.perf_counter()
         for topic, payload in messages:
             client.publish(topic, payload, qos=1)
@@ -185,8 +195,9 @@ def through_broker(url: str, messages: list[tuple[str, bytes]], workers: int, tm
                     raise RuntimeError(f"only {row} of {total} rows after 300 s")
                 time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        cpu = sum(cpu_s(p.pid) for p in procs) - cpu_before
         client.loop_stop()
-        return total / elapsed
+        return total / elapsed, cpu / total
     finally:
         for p in procs:
             p.terminate()
@@ -264,11 +275,17 @@ def main() -> None:
         print(f"raw COPY of ready tuples      {raw:10,.0f} samples/s")
         print(f"ingest write path (in process){ours:10,.0f} samples/s  ratio {ours / raw:.2f} "
               "(target >= 0.50)")  # fmt: skip
-        one = through_broker(fresh_db(server, "one"), messages, 1, tmp)
-        print(f"1 worker via mosquitto        {one:10,.0f} samples/s  (target >= 5,000)")
-        two = through_broker(fresh_db(server, "two"), messages, 2, tmp)
-        print(f"2 workers via mosquitto       {two:10,.0f} samples/s  {two / one:.2f}x "
-              "(target >= 1.6x where the cores allow)")  # fmt: skip
+        one, cpu1 = through_broker(fresh_db(server, "one"), messages, 1, tmp)
+        print(
+            f"1 worker via mosquitto        {one:10,.0f} samples/s  (target >= 5,000); "
+            f"worker CPU {cpu1 * 1e6:.0f} us/sample = {1 / cpu1:,.0f} samples per CPU-second"
+        )
+        two, cpu2 = through_broker(fresh_db(server, "two"), messages, 2, tmp)
+        print(
+            f"2 workers via mosquitto       {two:10,.0f} samples/s  {two / one:.2f}x "
+            f"(target >= 1.6x where the cores allow); workers' CPU {cpu2 * 1e6:.0f} us/sample"
+        )
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)

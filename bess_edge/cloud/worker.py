@@ -1,8 +1,9 @@
 """One ``bess-edge ingest`` worker: an MQTT 5 shared subscription in, PostgreSQL out.
 
 Threads: paho's network loop queues each message as it comes (manual acknowledgement: paho
-sends no PUBACK by itself); the worker's own thread takes them in batches, validates, writes one
-transaction per batch and only then acknowledges the batch's messages. A message whose commit
+sends no PUBACK by itself); a parse thread takes them in batches and validates them; the
+worker's own thread writes one transaction per batch and only then acknowledges the batch's
+messages. A message whose commit
 failed is not acknowledged: it is retried while the database comes back, and if the worker
 dies first the broker (or gap repair) delivers it again. Every :attr:`IngestConfig.tick_s` the
 same thread refreshes its view of the fleet and, if it holds the lock, runs gap repair.
@@ -10,6 +11,7 @@ same thread refreshes its view of the fleet and, if it holds the lock, runs gap 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -51,6 +53,15 @@ class Incoming:
     generation: int  # the connection it came on: a PUBACK goes back on that one only
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch parsed and validated, waiting for its transaction."""
+
+    incoming: list[Incoming]  # everything to acknowledge after the commit
+    parsed: list[Batch | Refusal]
+    control: list[Incoming]  # replies and state messages, handled in the write thread
+
+
 class IngestWorker:
     def __init__(self, settings: CloudSettings, *, client_id: str | None = None) -> None:
         self.settings = settings
@@ -58,6 +69,9 @@ class IngestWorker:
         self.client_id = client_id or f"bess-ingest-{uuid.uuid4().hex[:8]}"
         self.parser = Parser(self.cfg.prefix, self.cfg.max_payload_bytes)
         self.inbox: queue.Queue[Incoming] = queue.Queue()
+        # Parsing the next batch overlaps the database's work on this one (GIL released while
+        # psycopg waits); two batches ahead at most, so memory stays bounded.
+        self.ready: queue.Queue[Prepared] = queue.Queue(maxsize=2)
         self.generation = 0
         self.connected = threading.Event()
         self.stopping = threading.Event()
@@ -158,15 +172,18 @@ class IngestWorker:
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self.client.connect_async(mqtt.host, mqtt.port, int(mqtt.keepalive_s), properties=props)
         self.client.loop_start()
+        preparer = threading.Thread(target=self._prepare_loop, name="ingest-parse", daemon=True)
+        preparer.start()
         next_tick = time.monotonic()
-        pending: list[Incoming] = []
+        pending: Prepared | None = None
         while not self.stopping.is_set():
-            if not pending:
-                pending = self._collect(max(0.0, next_tick - time.monotonic()))
-            if pending:
+            if pending is None:
+                with contextlib.suppress(queue.Empty):
+                    pending = self.ready.get(timeout=max(0.0, next_tick - time.monotonic()))
+            if pending is not None:
                 try:
-                    self._process(pending)
-                    pending = []
+                    self._write(pending)
+                    pending = None
                 except psycopg.Error as exc:
                     self._database_failed(exc, backoff)
                     continue
@@ -178,6 +195,7 @@ class IngestWorker:
                     self._database_failed(exc, backoff)
         self.client.disconnect()
         self.client.loop_stop()
+        preparer.join(5)
         for conn in self.db:
             conn.close()
 
@@ -213,38 +231,56 @@ class IngestWorker:
                 break
         return batch
 
-    def _process(self, incoming: list[Incoming]) -> None:
-        assert self.writer is not None
-        parsed: list[Batch | Refusal] = []
+    def _prepare_loop(self) -> None:
+        while not self.stopping.is_set():
+            batch = self._collect(0.2)
+            if not batch:
+                continue
+            prepared = self._prepare(batch)
+            while not self.stopping.is_set():
+                try:
+                    self.ready.put(prepared, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def _prepare(self, incoming: list[Incoming]) -> Prepared:
+        prepared = Prepared(incoming, [], [])
+        control_depth = self.cfg.prefix.count("/") + 2
         for m in incoming:
+            if m.topic.endswith("/reply") or (
+                m.topic.endswith("/state") and m.topic.count("/") == control_depth
+            ):
+                prepared.control.append(m)
+                continue
+            message = self.parser.parse(m.topic, m.payload)
+            if isinstance(message, Refusal):
+                log.warning("message refused", extra={"topic": m.topic, "reason": message.reason})
+            if message is not None:
+                prepared.parsed.append(message)
+        return prepared
+
+    def _write(self, prepared: Prepared) -> None:
+        assert self.writer is not None
+        for m in prepared.control:
             if m.topic.endswith("/reply"):
                 self._reply(m)
-            elif (
-                m.topic.endswith("/state") and m.topic.count("/") == self.cfg.prefix.count("/") + 2
-            ):
-                self._state(m)
             else:
-                message = self.parser.parse(m.topic, m.payload)
-                if isinstance(message, Refusal):
-                    log.warning(
-                        "message refused", extra={"topic": m.topic, "reason": message.reason}
-                    )
-                if message is not None:
-                    parsed.append(message)
-        if parsed:
-            result = self.writer.write(parsed)
+                self._state(m)
+        if prepared.parsed:
+            result = self.writer.write(prepared.parsed)
             inserted = sum(result.inserted.values())
             for stream, n in result.inserted.items():
                 metrics.ROWS.labels(stream).inc(n)
             metrics.DUPLICATES.inc(max(0, result.items - inserted - result.refused))
             metrics.DEAD_LETTERS.inc(result.refused)
-            metrics.MESSAGES.inc(len(parsed))
+            metrics.MESSAGES.inc(len(prepared.parsed))
             self.counts["items"] += result.items
             self.counts["rows"] += inserted
             self.counts["dead_letters"] += result.refused
-        self.counts["messages"] += len(incoming)
+        self.counts["messages"] += len(prepared.incoming)
         self.counts["batches"] += 1
-        self._ack(incoming)  # after the commit: the point of the whole design
+        self._ack(prepared.incoming)  # after the commit: the point of the whole design
 
     def _reply(self, m: Incoming) -> None:
         assert self.writer is not None
