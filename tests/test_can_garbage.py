@@ -107,14 +107,14 @@ def test_an_all_ones_frame_is_stored_as_nulls_with_out_of_range_flags():
 
 def test_an_extra_cell_voltage_beyond_any_cell_is_null_but_a_real_one_is_kept():
     # The rack DBC has no cell-max signal: ChargeVoltageLimit (0.1 V/bit) stands in for one.
-    d = decoder(cell_voltage_max_v="RACK_Limits.ChargeVoltageLimit")
+    d = decoder(max_cell_voltage_v="RACK_Limits.ChargeVoltageLimit")  # foxBMS's extra name
     d.feed(frame(LIMITS, bytes([0, 0, 0, 0, 100, 0, 0, 0])), 1.0)  # 10.0 V
     bad = d.reading("rack-1", 1.1, 0)
-    assert math.isnan(bad.extra["cell_voltage_max_v"])
+    assert math.isnan(bad.extra["max_cell_voltage_v"])
     assert Quality.OUT_OF_RANGE in bad.quality
     d.feed(frame(LIMITS, bytes([0, 0, 0, 0, 36, 0, 0, 0])), 2.0)  # 3.6 V
     good = d.reading("rack-1", 2.1, 0)
-    assert good.extra["cell_voltage_max_v"] == pytest.approx(3.6)
+    assert good.extra["max_cell_voltage_v"] == pytest.approx(3.6)
     assert good.quality == Quality.OK, good.quality_notes
 
 
