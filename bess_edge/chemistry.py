@@ -10,10 +10,14 @@ override limits with its cells' datasheet.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from bess_edge.model import FloatArray
 
@@ -216,3 +220,45 @@ def get_chemistry(name: str, overrides: dict[str, Any] | None = None) -> Chemist
             f"unknown chemistry {name!r}; known: {', '.join(sorted(PRESETS))}"
         ) from None
     return preset.with_overrides(overrides) if overrides else preset
+
+
+def override_problems(preset: Chemistry, overrides: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field or "", reason) for overrides that would only fail in the poll loop: a value not
+    typed like the preset's field, not finite, or OCV tables that do not rise."""
+    hints = typing.get_type_hints(Chemistry)
+    problems: list[tuple[str, str]] = []
+    for key, value in overrides.items():
+        if key not in hints or key == "name":
+            continue  # with_overrides names the unknown ones
+        try:
+            TypeAdapter(hints[key]).validate_python(_tuples(value), strict=True)
+        except ValidationError:
+            example = getattr(preset, key)
+            problems.append((key, f"must be like the preset's {example!r} (got {value!r})"))
+        else:
+            if not all(math.isfinite(x) for x in _numbers(value)):
+                problems.append((key, f"must be finite (got {value!r})"))
+    if problems:
+        return problems
+    try:
+        merged = preset.with_overrides(overrides)
+    except (ValueError, TypeError) as exc:
+        return [("", str(exc))]
+    soc, ocv = merged.ocv_soc_pct, merged.ocv_v
+    if len(soc) != len(ocv) or len(soc) < 2:
+        problems.append(("", "ocv_soc_pct and ocv_v must have the same length, at least 2"))
+    elif any(b <= a for table in (soc, ocv) for a, b in itertools.pairwise(table)):
+        problems.append(("", "ocv_soc_pct and ocv_v must both rise strictly"))
+    if merged.cell_voltage_min_v >= merged.cell_voltage_max_v:
+        problems.append(("", "cell_voltage_min_v must be below cell_voltage_max_v"))
+    return problems
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, int | float) else []

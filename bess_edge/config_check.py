@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from bess_edge.chemistry import get_chemistry
+from bess_edge.chemistry import get_chemistry, override_problems
 from bess_edge.config import (
     RESERVED_DEVICE_IDS,
     ConfigError,
@@ -339,11 +339,8 @@ def _chemistry_override_problems(loc: Loc, device: dict[str, Any]) -> list[tuple
     if not isinstance(chemistry, str) or not isinstance(overrides, dict) or not overrides:
         return []
     try:
-        get_chemistry(chemistry)
+        preset = get_chemistry(chemistry)
     except ValueError:
         return []  # the chemistry itself is reported by the Settings model
-    try:
-        get_chemistry(chemistry, overrides)
-    except (ValueError, TypeError) as exc:
-        return [((*loc, "chemistry_overrides"), str(exc))]
-    return []
+    at = (*loc, "chemistry_overrides")
+    return [((*at, key) if key else at, why) for key, why in override_problems(preset, overrides)]

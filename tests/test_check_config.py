@@ -283,3 +283,24 @@ def test_a_thresholds_file_alone_is_checked_as_a_thresholds_file(tmp_path: Path)
 def test_a_nul_in_a_path_is_a_config_error_not_a_crash(tmp_path: Path, key):
     (found,) = problems(tmp_path, SITE + f'{key} = "x\\u0000y"\n' + DEVICE)
     assert found.endswith("a path may not contain a NUL character"), found
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ('{ cell_voltage_max_v = "3.6" }', "chemistry_overrides.cell_voltage_max_v: must be like"),
+        ("{ cycle_life_ref = nan }", "chemistry_overrides.cycle_life_ref: must be finite"),
+        ("{ ocv_v = [3.4, 3.2] }", "chemistry_overrides: ocv_soc_pct and ocv_v must have the same"),
+        (
+            "{ ocv_soc_pct = [0, 100], ocv_v = [3.4, 3.2] }",
+            "chemistry_overrides: ocv_soc_pct and ocv_v must both rise strictly",
+        ),
+        ("{ cell_voltage_min_v = 3.7 }", "cell_voltage_min_v must be below cell_voltage_max_v"),
+    ],
+)
+def test_chemistry_overrides_that_would_fail_in_the_poll_loop_are_refused(
+    tmp_path: Path, overrides, expected
+):
+    text = SITE + storage(tmp_path) + DEVICE + f"chemistry_overrides = {overrides}\n"
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("devices[0].") and expected in found, found
