@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     window = _window(store, args.device, since, args.until)
     progress = Progress(
         (window[1] - window[0]) / 1000 if window else None,
-        None if args.no_progress else sys.stderr,
+        # Rows printed on the terminal are their own progress: a bar would cut through them.
+        None if args.no_progress or args.output.isatty() else sys.stderr,
         unit="s of data",
     )
     rows = _reporting(store.samples(args.device, since, args.until), progress, window)
