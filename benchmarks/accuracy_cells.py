@@ -1,0 +1,332 @@
+"""Ground truth for ``diagnostics_accuracy.py``: the validation cells, their duty and sensors.
+
+Every cell is a PyBaMM SPMe model (with a contact resistance) from a published parameter set,
+some aged through the parameters (loss of lithium inventory: less lithium in the electrodes at
+the start; loss of active material: smaller active volume fraction), some at 15 or 35 °C. Each
+is characterised as a commissioning test would (C/20 discharge from full: capacity and OCV
+table; a 1-s 0.5C pulse at 50 % SOC: the DC pulse resistance), then driven through a BESS
+duty and measured with sensors as they are.
+
+PyBaMM is solved in two-hour chunks with only the knots where the current changes (a
+drive-cycle ``Interpolant`` costs time in proportion to its number of knots at every
+evaluation). Solutions are cached as ``.npz`` under ``$BESS_EDGE_BENCH_CACHE`` (default: the
+temp dir), keyed by PyBaMM's version, the cell, the solver settings and the exact current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("PYBAMM_DISABLE_TELEMETRY", "true")
+import pybamm
+
+CHUNK_S = 7200
+SOLVER = {"rtol": 1e-6, "atol": 1e-8}  # IDAKLU defaults (1e-4) leave ~2 mV of solver error
+CACHE_VERSION = 2  # bump when solve() changes what it computes
+VOLTAGE, DISCHARGED, OCV = (
+    "Voltage [V]",
+    "Discharge capacity [A.h]",
+    "Bulk open-circuit voltage [V]",
+)
+DAYS = 3
+START_SOC_PCT = 55.0
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One validation cell: a parameter set, how it aged and where it lives."""
+
+    name: str
+    parameter_set: str
+    preset: str  # the bess-edge chemistry preset a user would pick
+    temperature_c: float = 25.0
+    lli: float = 0.0  # fraction of cyclable lithium lost
+    lam_pe: float = 0.0  # fraction of positive active material lost (negative: more)
+    lam_ne: float = 0.0
+    contact_ohm: float = 0.002
+    initial_soc: float = 1.0  # PyBaMM's SOC at the start of the duty (1 = full)
+
+    def parameters(self) -> pybamm.ParameterValues:
+        p = pybamm.ParameterValues(self.parameter_set)
+        kelvin = self.temperature_c + 273.15
+        p.update(
+            {
+                "Ambient temperature [K]": kelvin,
+                "Initial temperature [K]": kelvin,
+                "Contact resistance [Ohm]": self.contact_ohm,
+            },
+            check_already_exists=False,
+        )
+        # Starting full and at rest sits on the cut-off; the duty stays below it anyway.
+        p["Upper voltage cut-off [V]"] += 0.1
+        p["Lower voltage cut-off [V]"] -= 0.1
+        for electrode, loss in (("Positive", self.lam_pe), ("Negative", self.lam_ne)):
+            key = f"{electrode} electrode active material volume fraction"
+            p[key] = p[key] * (1.0 - loss)
+        if self.lli:
+            # PyBaMM derives the cyclable lithium from the initial concentrations when it sets
+            # the initial SOC, so less lithium there is lithium lost (SEI growth, plating).
+            for electrode in ("negative", "positive"):
+                key = f"Initial concentration in {electrode} electrode [mol.m-3]"
+                p[key] = p[key] * (1.0 - self.lli)
+        return p
+
+    @property
+    def label_ah(self) -> float:
+        """The nameplate capacity: what a user types into the config."""
+        return float(pybamm.ParameterValues(self.parameter_set)["Nominal cell capacity [A.h]"])
+
+
+@dataclass(frozen=True)
+class StringSpec:
+    """Cells in series under one current (each simulated on its own)."""
+
+    name: str
+    cells: tuple[CellSpec, ...]
+    weak_cell: int
+    high_r_cell: int
+    preset: str = "nmc"
+    temperature_c: float = 25.0
+
+    @property
+    def label_ah(self) -> float:
+        return self.cells[0].label_ah
+
+
+def _nmc_string() -> StringSpec:
+    lam = (0.0, 0.02, -0.01, 0.03, 0.12, -0.02, 0.01, 0.0)  # cell 4 is weak
+    soc = (0.97, 1.0, 0.99, 0.96, 1.0, 0.985, 0.95, 0.99)  # imbalance at the start
+    cells = tuple(
+        CellSpec(
+            f"string-{k}",
+            "Chen2020",
+            "nmc",
+            lam_pe=lam[k],
+            contact_ohm=0.02 if k == 6 else 0.002,  # cell 6: a loose busbar joint
+            initial_soc=soc[k],
+        )
+        for k in range(8)
+    )
+    return StringSpec("nmc-string", cells, weak_cell=4, high_r_cell=6)
+
+
+CELLS: tuple[CellSpec, ...] = (
+    CellSpec("nmc", "Chen2020", "nmc"),
+    CellSpec("nmc-aged-35c", "Chen2020", "nmc", temperature_c=35.0, lli=0.08, lam_ne=0.05),
+    CellSpec("nmc532-15c", "Mohtat2020", "nmc", temperature_c=15.0),
+    CellSpec("nca", "NCA_Kim2011", "nmc"),
+    CellSpec("lfp", "Prada2013", "lfp"),
+    CellSpec("lfp-aged-35c", "Prada2013", "lfp", temperature_c=35.0, lli=0.06, lam_pe=0.04),
+)
+STRINGS: tuple[StringSpec, ...] = (_nmc_string(),)
+
+
+def _cache_path(spec: CellSpec, t_s: np.ndarray, current_a: np.ndarray, variables) -> Path:
+    key = hashlib.sha256()
+    for part in (CACHE_VERSION, pybamm.__version__, spec, SOLVER, CHUNK_S, variables):
+        key.update(repr(part).encode())
+    key.update(np.ascontiguousarray(t_s, dtype=np.float64).tobytes())
+    key.update(np.ascontiguousarray(current_a, dtype=np.float64).tobytes())
+    cache_dir = Path(os.environ.get("BESS_EDGE_BENCH_CACHE", tempfile.gettempdir()))
+    return cache_dir / "bess-edge-pybamm" / f"{spec.name}-{key.hexdigest()[:24]}.npz"
+
+
+def solve(
+    spec: CellSpec,
+    t_s: np.ndarray,
+    current_a: np.ndarray,
+    initial_soc: float,
+    variables: tuple[str, ...] = (VOLTAGE, DISCHARGED),
+    use_cache: bool = True,
+) -> dict[str, np.ndarray]:
+    """PyBaMM SPMe driven by ``current_a`` (> 0 charging, our convention) at 1-s times ``t_s``:
+    each of ``variables`` at each time (fewer if the cell hit a voltage limit)."""
+    path = _cache_path(spec, t_s, current_a, (initial_soc, variables))
+    if use_cache and path.exists():
+        with np.load(path) as cached:
+            return {name: cached[name] for name in variables}
+    params = spec.parameters()
+    model = pybamm.lithium_ion.SPMe(options={"contact resistance": "true"})
+    out: dict[str, list[np.ndarray]] = {name: [] for name in variables}
+    sol = None
+    for start in range(0, t_s.size - 1, CHUNK_S):
+        end = min(start + CHUNK_S, t_s.size - 1)
+        i = current_a[start : end + 1]
+        # Knots only where the current changes: the piecewise-linear signal is the same.
+        change = np.flatnonzero(np.diff(i))
+        knots = np.unique(np.concatenate([[0, i.size - 1], change, change + 1]))
+        chunk = params.copy()
+        chunk["Current function [A]"] = pybamm.Interpolant(
+            t_s[start : end + 1][knots], -i[knots], pybamm.t
+        )
+        if sol is not None:
+            model = model.set_initial_conditions_from(sol, inplace=False)
+        sim = pybamm.Simulation(model, parameter_values=chunk, solver=pybamm.IDAKLUSolver(**SOLVER))
+        sol = sim.solve(
+            t_eval=[t_s[start], t_s[end]],
+            t_interp=t_s[start : end + 1],
+            initial_soc=initial_soc if start == 0 else None,
+        )
+        first = 0 if start == 0 else 1  # a chunk starts where the last one ended
+        for name in variables:
+            out[name].append(sol[name].entries[first:])
+        if sol.t[-1] < t_s[end]:
+            break  # a voltage limit ended the simulation
+    result = {name: np.concatenate(parts) for name, parts in out.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(partial, **result)
+    os.replace(partial, path)
+    return result
+
+
+@dataclass
+class Truth:
+    """What characterising a cell on a test bench gives."""
+
+    capacity_ah: float  # C/20 from full to the lower cut-off
+    grid_pct: np.ndarray
+    ocv_v: np.ndarray  # OCV table on grid_pct (the electrodes' equilibrium voltage)
+    r0_1s_ohm: float  # 1-s 0.5C discharge pulse at 50 % SOC
+    extra: dict = field(default_factory=dict)
+
+
+def characterise(spec: CellSpec, use_cache: bool) -> Truth:
+    full = CellSpec(**{**spec.__dict__, "initial_soc": 1.0})
+    t = np.arange(0.0, 26 * 3600.0, 10.0)
+    guess = spec.label_ah * 1.3
+    sol = solve(full, t, np.full(t.size, -guess / 20.0), 1.0, (DISCHARGED, OCV), use_cache)
+    discharged, ocv = sol[DISCHARGED], sol[OCV]
+    capacity = float(discharged[-1])
+    soc = 100.0 * (1.0 - discharged / capacity)
+    grid = np.linspace(0.0, 100.0, 41)
+    table = np.interp(grid, soc[::-1], ocv[::-1])
+    table = np.maximum.accumulate(table + np.arange(grid.size) * 1e-6)  # strictly increasing
+    t = np.arange(0.0, 121.0, 1.0)
+    pulse = np.where(t >= 61.0, -0.5 * capacity, 0.0)
+    v = solve(full, t, pulse, 0.5, (VOLTAGE,), use_cache)[VOLTAGE]
+    r0 = float((v[60] - v[61]) / (0.5 * capacity))  # the ramp ends at t = 61 s
+    return Truth(capacity, grid, table, r0)
+
+
+class _Duty:
+    """Builds a 1-Hz current profile while tracking the SOC it implies."""
+
+    def __init__(self, capacity_ah: float, soc_pct: float, rng: np.random.Generator) -> None:
+        self.c = capacity_ah
+        self.soc = soc_pct
+        self.rng = rng
+        self.blocks: list[np.ndarray] = []
+        self.seconds = 0
+
+    def add(self, current: np.ndarray) -> None:
+        self.blocks.append(current)
+        self.seconds += current.size
+        self.soc += 100.0 * float(np.sum(current)) / 3600.0 / self.c
+
+    def hold(self, seconds: float, c_rate: float) -> None:
+        n = int(seconds)
+        n += (self.seconds + n) % 2  # the next step starts at an even second (see duty)
+        self.add(np.full(n, c_rate * self.c))
+
+    def to_soc(self, target_pct: float, c_rate: float) -> None:
+        self.hold(3600.0 * abs(target_pct - self.soc) / 100.0 / abs(c_rate), c_rate)
+
+    def variable(self, seconds: int, mean_c: float, spread_c: float, setpoint_s: int) -> None:
+        """Setpoints every ``setpoint_s`` around a mean (solar clouds, regulation), pulled
+        back towards 50 % SOC when mean_c is zero."""
+        out = np.empty(seconds)
+        level = mean_c
+        for k in range(0, seconds, setpoint_s):
+            pull = 0.02 * (50.0 - self.soc) if mean_c == 0 else 0.0
+            level = mean_c + pull + 0.7 * (level - mean_c - pull)
+            level += spread_c * math.sqrt(1 - 0.49) * self.rng.standard_normal()
+            out[k : k + setpoint_s] = level * self.c
+            self.soc += 100.0 * level * min(setpoint_s, seconds - k) / 3600.0
+        self.blocks.append(out)
+        self.seconds += seconds
+
+    def solar(self, target_pct: float) -> None:
+        while self.soc < target_pct:
+            self.variable(300, 0.25, 0.08, 60)
+
+
+def duty(
+    capacity_ah: float,
+    rng: np.random.Generator,
+    low_pct: float = 15.0,
+    high_pct: float = 85.0,
+    calibration_pct: float = 99.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Current [A] at 1 Hz from full: a C/4 discharge to START_SOC_PCT, then DAYS of a
+    stationary-storage day; the index where the estimator starts is returned too.
+
+    A day: a 2-h rest, a 0.5C morning discharge to 30 %, a rest, a cloudy solar charge to the
+    day's top, a rest, 3 h of frequency regulation (10-s setpoints), an evening discharge, a
+    3-h rest, a night charge back to START_SOC_PCT and regulation for the rest of the day. Every
+    other day the top is a calibration charge: C/4 to 95 %, then C/10 and C/25 steps towards
+    ``calibration_pct`` as a BMS's CV taper does. Steps ramp from an odd to an even second, so a
+    2-s poll at even seconds sees the voltage before and right after each step: the 1-s
+    response that ``characterise`` measures as the truth.
+    """
+    d = _Duty(capacity_ah, 100.0, rng)
+    d.hold(600, 0.0)
+    d.to_soc(START_SOC_PCT, -0.25)
+    start = d.seconds
+    d.hold(1200, 0.0)
+    for day in range(DAYS):
+        day_start = d.seconds
+        d.hold(2 * 3600, 0.0)
+        d.to_soc(30.0, -0.5)
+        d.hold(3600, 0.0)
+        if day % 2 == 1:
+            d.to_soc(95.0 * calibration_pct / 99.0, 0.25)
+            d.to_soc(calibration_pct - 1.5, 0.1)
+            d.to_soc(calibration_pct, 0.04)
+        else:
+            d.solar(high_pct)
+        d.hold(5400, 0.0)
+        d.variable(3 * 3600, 0.0, 0.2, 10)
+        d.to_soc(low_pct, -0.4)
+        d.hold(3 * 3600, 0.0)
+        d.to_soc(START_SOC_PCT, 0.2)
+        left = 24 * 3600 - (d.seconds - day_start)
+        left -= left % 2
+        if left > 0:
+            d.variable(left, 0.0, 0.2, 10)
+    current = np.concatenate(d.blocks)
+    return np.arange(current.size, dtype=np.float64), current, start
+
+
+@dataclass(frozen=True)
+class Sensors:
+    """A BMS's measurement chain (fractions of 1C for current)."""
+
+    offset_c: float
+    gain: float  # relative error of the current reading
+    noise_c: float = 0.003
+    resolution_c: float = 0.001
+    voltage_noise_v: float = 0.001
+    voltage_resolution_v: float = 0.001
+
+    def current(self, true_a: np.ndarray, capacity_ah: float, rng) -> np.ndarray:
+        i = true_a * (1.0 + self.gain) + self.offset_c * capacity_ah
+        i = i + self.noise_c * capacity_ah * rng.standard_normal(true_a.size)
+        step = self.resolution_c * capacity_ah
+        return np.round(i / step) * step
+
+    def voltage(self, true_v: np.ndarray, rng) -> np.ndarray:
+        v = true_v + self.voltage_noise_v * rng.standard_normal(true_v.shape)
+        return np.round(v / self.voltage_resolution_v) * self.voltage_resolution_v
+
+
+def sensors_for(index: int) -> Sensors:
+    """Offsets of ±2 % of 1C and gain errors of ±1 %, signs varying across the set."""
+    return Sensors(offset_c=0.02 * (1 if index % 2 == 0 else -1), gain=0.01 * (-1) ** (index // 2))
