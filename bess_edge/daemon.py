@@ -23,6 +23,7 @@ from bess_edge import health, metrics
 from bess_edge.alerts import AlertEngine
 from bess_edge.alerts.engine import POLLS_SKIPPED_RULE
 from bess_edge.alerts.requests import ACK_POLL_INTERVAL_S, apply_ack_requests
+from bess_edge.commits import CommitQueue
 from bess_edge.config import ConfigError, Settings, load_config
 from bess_edge.daemon_state import REFRESH_S as STATE_REFRESH_S
 from bess_edge.daemon_state import DaemonState, remove_state, write_state
@@ -115,6 +116,7 @@ class Daemon:
         store, moved_to = open_store(s.storage)
         self.worker = worker = StoreWorker(store)
         self.device_info.update(store.device_identities())
+        self.commits = CommitQueue(worker)
         self.alerts = AlertEngine(
             s.thresholds, store.max_alert_id(), store.active_alerts(), store.last_cleared_alerts()
         )
@@ -256,7 +258,7 @@ class Daemon:
     async def _commit(self, cycles: list[Cycle]) -> CommitResult | None:
         """Commit cycles; a full or failing disk is logged and survived, never raised."""
         try:
-            result = await self.worker.call(self.worker.store.commit_cycles, cycles)
+            result = await self.commits.commit(cycles)
         except StoreFull as exc:
             self.store_error = f"store full: cycles not written ({exc})"
             log.error("store full: cycle not written", extra={"error": str(exc)})

@@ -68,13 +68,8 @@ class DevicePipeline:
             transitions += self.alerts.comms_changed(self.device.id, False, reading.ts_ms)
         try:
             diagnosis = self.diagnostician.update(reading)
-            diagnosis_dict = diagnosis.to_dict()
-            if self.status.polls % CELL_ARRAYS_EVERY_POLLS:
-                diagnosis_dict = {
-                    k: v
-                    for k, v in diagnosis_dict.items()
-                    if not (k.startswith("cell_") and isinstance(v, list))
-                }
+            cell_arrays = self.status.polls % CELL_ARRAYS_EVERY_POLLS == 0
+            diagnosis_dict = diagnosis.to_dict(cell_arrays=cell_arrays)
         except Exception as exc:  # a diagnostics bug must never stop data collection
             log.exception("diagnostics failed", extra={"device": self.device.id})
             reading.quality_notes.append(f"diagnostics failed: {exc!r}")

@@ -188,8 +188,14 @@ IDENTITY_KEY = "identity:"  # meta key prefix of a device's identity strings
 
 
 def _json(value: Any) -> str:
-    """JSON without NaN (which JSON cannot carry): NaN and inf become null."""
-    return json.dumps(_finite(value), separators=(",", ":"))
+    """JSON without NaN (which JSON cannot carry): NaN and inf become null.
+
+    A diagnosis from ``Diagnosis.to_dict`` has none: it is dumped as it is, and only a value
+    that JSON refuses is walked to replace them."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"))
 
 
 def _finite(value: Any) -> Any:
@@ -242,9 +248,10 @@ class Store(SqliteReads):
             self._configure(synchronous)
             self._migrate()
             self._create_read_indexes()
-        # Alert rows committed by this process: sync compares it with what it has fetched, so a
-        # new alert is looked for before every backlog message without a query each time.
-        self.alert_rows_committed = 0
+        # Outbox rows committed (or queued again) by this process, per stream: sync compares
+        # them with what it has fetched, so it looks for a new alert before every backlog message,
+        # and for new rows at all, without a query each time.
+        self.outbox_rows_committed = dict.fromkeys(STREAM_PRIORITY, 0)
         self._next_seq: dict[tuple[str, str], int] = {
             (d, s): n for d, s, n in self.conn.execute("SELECT device, stream, next_seq FROM seqs")
         }
@@ -346,7 +353,12 @@ class Store(SqliteReads):
                 log.warning("store full, dropping oldest telemetry", extra={"error": str(exc)})
                 target = int(min(self.data_cap_bytes, self.used_bytes()) * 0.8)
                 dropped += self._make_room(target, release_space=False)
-        self.alert_rows_committed += sum(len(cycle.alerts) for cycle in cycles)
+        counts = self.outbox_rows_committed
+        for cycle in cycles:
+            if cycle.reading is not None:
+                counts["telemetry"] += 1
+                counts["diagnostics"] += cycle.diagnosis is not None
+            counts["alerts"] += len(cycle.alerts)
         dropped += self.enforce_cap()
         return CommitResult(sample_seqs=sample_seqs, dropped_telemetry=dropped)
 
@@ -699,8 +711,7 @@ class Store(SqliteReads):
                 "WHERE o.stream = ? AND o.ref_id = t.id) ORDER BY t.seq LIMIT ?",
                 (STREAM_PRIORITY[stream], stream, *params, stream, limit),
             ).rowcount
-        if stream == "alerts":
-            self.alert_rows_committed += queued
+        self.outbox_rows_committed[stream] += queued
         return queued
 
     def published_heads(self) -> dict[str, dict[str, int]]:

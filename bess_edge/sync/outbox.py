@@ -83,7 +83,9 @@ class Drainer:
         self.inflight: dict[int, Message] = {}
         self.acked_ids: list[int] = []
         self.wake = asyncio.Event()
-        self.alerts_fetched = -1  # the store's alert_rows_committed when alerts were last fetched
+        # The store's outbox_rows_committed[stream] when a fetch last reached the stream's end:
+        # while it has not changed there is nothing new to fetch (no query at every PUBACK).
+        self.drained = dict.fromkeys(STREAMS, -1)
         self.acks_flushed_mono = time.monotonic()
         self.messages_acked = 0
         self.items_acked = 0
@@ -165,17 +167,13 @@ class Drainer:
             metrics.MQTT_INFLIGHT.set(len(self.inflight))
 
     def _alerts_due(self) -> bool:
-        return self.worker.store.alert_rows_committed != self.alerts_fetched
+        return self.worker.store.outbox_rows_committed["alerts"] != self.drained["alerts"]
 
     async def _fetch_alerts(self) -> None:
         """Fetch and encode every alert row not yet seen, before any backlog message goes out."""
-        self.alerts_fetched = self.worker.store.alert_rows_committed
-        while True:
-            cursor = self.cursor["alerts"]
+        while self._alerts_due():
             await self._fetch("alerts", 0)
             await self._landed("alerts", wait="all")
-            if self.cursor["alerts"] == cursor:
-                return
 
     async def _next(self) -> Message | None:
         for stream in STREAMS:
@@ -210,12 +208,17 @@ class Drainer:
         more than fetching or publishing it: with two encodings under way and publishing going
         on meanwhile, a backlog drain uses both cores of a site controller, not one in turn.
         """
+        committed = self.worker.store.outbox_rows_committed[stream]
+        if committed == self.drained[stream]:
+            return
         # Half a window at a time: alerts are looked for between fetches.
         wanted = max(1, free_slots // 2) * self.rows_per_message[stream]
         limit = int(min(MAX_FETCH_ROWS, max(16, wanted)))
         rows = await self.worker.call(
             self.worker.store.outbox_fetch, stream, self.cursor[stream], limit
         )
+        if len(rows) < limit:
+            self.drained[stream] = committed  # rows committed during the query: fetched next
         if not rows:
             return
         self.cursor[stream] = rows[-1]["outbox_id"]

@@ -105,6 +105,7 @@ class Syncer:
             # Rows the broker acknowledged are deleted even now: else every one is sent again
             # after the restart (thousands under a backlog).
             with contextlib.suppress(Exception):
+                await asyncio.sleep(0)  # PUBACKs handed over before the network thread stopped
                 await self.drainer.flush_acks()
             raise
         except Exception:  # a bug here must not take the daemon down: data stays buffered
