@@ -36,7 +36,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
-settings.register_profile("slow", parent=settings.get_profile("default"), max_examples=3000)
+settings.register_profile("slow", parent=settings.get_profile("default"), max_examples=2000)
+SLOW_FUZZ_TIMEOUT_S = 1200  # 2,000 examples of a config or command property on a loaded box
 
 
 def _selects_slow_tests(config: pytest.Config) -> bool:
@@ -58,6 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("fuzz"):
                 item.add_marker(pytest.mark.slow)
+                if not item.get_closest_marker("timeout"):
+                    item.add_marker(pytest.mark.timeout(SLOW_FUZZ_TIMEOUT_S))
 
 
 def free_port() -> int:
