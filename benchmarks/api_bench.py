@@ -120,9 +120,13 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 
 
 def time_requests(client: httpx.Client, path: str, params: dict, reps: int) -> dict[str, float]:
+    """Each repetition moves the window by 1 ms: a new query, never the API's shared answer."""
     out = []
     for _ in range(reps):
         start = time.perf_counter()
+        if "until_ms" in params:
+            params = {**params, "since_ms": params["since_ms"] + 1,
+                      "until_ms": params["until_ms"] + 1}  # fmt: skip
         r = client.get(path, params=params)
         r.raise_for_status()
         r.json()
@@ -156,16 +160,20 @@ def poll_intervals(db: Path, since_ms: int, until_ms: int) -> dict[str, float]:
 
 
 def dashboard_client(url: str, key: str, stop: threading.Event, latencies: list[float]) -> None:
+    """What an open device page on the 24 h range asks every 2 s (bess_edge/api/static/app.js)."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
         while not stop.is_set():
             start = time.perf_counter()
-            until = int(time.time() * 1000) + 1
-            c.get("/api/v1/devices").raise_for_status()
-            trend: dict[str, int | str] = {"since_ms": until - 86_400_000, "until_ms": until,
-                     "max_points": TREND_POINTS, "fields": "pack_voltage_v"}  # fmt: skip
+            step = math.ceil(86_400_000 / 1000)
+            until = math.ceil((time.time() * 1000 + 1) / step) * step
+            window: dict[str, int | str] = {"since_ms": until - 86_400_000, "until_ms": until}
+            trend: dict[str, int | str] = {**window, "max_points": 1000, "fields": "pack_voltage_v"}
+            soc: dict[str, int | str] = {**window, "max_points": 300, "fields": "soc_pct"}
+            c.get(f"/api/v1/devices/{DEVICE}").raise_for_status()
             c.get(f"/api/v1/devices/{DEVICE}/readings", params=trend).raise_for_status()
+            c.get(f"/api/v1/devices/{DEVICE}/diagnoses", params=soc).raise_for_status()
             c.get(f"/api/v1/devices/{DEVICE}/cells").raise_for_status()
-            c.get("/api/v1/alerts", params={"state": "active"}).raise_for_status()
+            c.get("/api/v1/alerts", params={"state": "active", "limit": 1000}).raise_for_status()
             elapsed = time.perf_counter() - start
             latencies.append(elapsed * 1000)
             stop.wait(max(0.0, 2.0 - elapsed))

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from bess_edge import __version__
+from bess_edge.api.cache import SharedAnswers
 from bess_edge.api.limits import BodyLimit
 from bess_edge.api.metrics import ApiMetrics
 from bess_edge.api.routers import alerts, devices, diagnose, keys, system, thresholds
@@ -44,6 +45,7 @@ def create_app(
     app.state.thresholds = thresholds_file
     app.state.site = site
     app.state.metrics = ApiMetrics()
+    app.state.answers = SharedAnswers(ttl_s=1.0)
     app.middleware("http")(app.state.metrics.middleware)
     if cors_origins:
         app.add_middleware(

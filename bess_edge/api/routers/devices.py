@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Security, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security, status
 
 from bess_edge.api import auth
+from bess_edge.api.cache import SharedAnswers
 from bess_edge.api.routers._deps import storage
 from bess_edge.storage.base import Storage
 from bess_edge.storage.models import (
@@ -42,8 +43,8 @@ def device(device: str, store: Store) -> DeviceOverview:
 
 
 def _series(
-    store: Storage, device: str, stream: Stream, since_ms: int | None, until_ms: int | None,
-    max_points: int, fields: str | None,
+    answers: SharedAnswers, store: Storage, device: str, stream: Stream,
+    since_ms: int | None, until_ms: int | None, max_points: int, fields: str | None,
 ) -> Series:  # fmt: skip
     until = until_ms if until_ms is not None else int(time.time() * 1000) + 1
     since = since_ms if since_ms is not None else until - 3_600_000
@@ -60,7 +61,8 @@ def _series(
             status.HTTP_422_UNPROCESSABLE_ENTITY,
             f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}",
         )
-    series = store.series(device, stream, since, until, max_points, names)
+    key = (device, stream, since, until, max_points, tuple(names or ()))
+    series = answers.get(key, lambda: store.series(device, stream, since, until, max_points, names))
     if series is None:
         raise _unknown(device)
     return series
@@ -74,18 +76,29 @@ FieldsQ = Annotated[str | None, Query(description="comma-separated subset of the
 
 @router.get("/{device}/readings", response_model=Series, summary="pack trends, downsampled")
 def readings(
-    device: str, store: Store, since_ms: SinceQ = None, until_ms: UntilQ = None,
+    device: str, store: Store, request: Request, since_ms: SinceQ = None, until_ms: UntilQ = None,
     max_points: PointsQ = 1000, fields: FieldsQ = None,
 ) -> Series:  # fmt: skip
-    return _series(store, device, "readings", since_ms, until_ms, max_points, fields)
+    return _series(
+        request.app.state.answers, store, device, "readings", since_ms, until_ms, max_points, fields
+    )
 
 
 @router.get("/{device}/diagnoses", response_model=Series, summary="estimates, downsampled")
 def diagnoses(
-    device: str, store: Store, since_ms: SinceQ = None, until_ms: UntilQ = None,
+    device: str, store: Store, request: Request, since_ms: SinceQ = None, until_ms: UntilQ = None,
     max_points: PointsQ = 1000, fields: FieldsQ = None,
 ) -> Series:  # fmt: skip
-    return _series(store, device, "diagnoses", since_ms, until_ms, max_points, fields)
+    return _series(
+        request.app.state.answers,
+        store,
+        device,
+        "diagnoses",
+        since_ms,
+        until_ms,
+        max_points,
+        fields,
+    )
 
 
 @router.get("/{device}/cells", response_model=CellSnapshot, summary="cell arrays at a time")

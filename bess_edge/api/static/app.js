@@ -125,8 +125,11 @@ async function devicePage(device, first) {
     document.querySelectorAll("[data-range]").forEach((b) => b.addEventListener("click", () => { state.range = b.dataset.range; route(); }));
   }
   document.querySelectorAll("[data-range]").forEach((b) => b.classList.toggle("on", b.dataset.range === state.range));
-  const enc = encodeURIComponent(device), until = Date.now() + 1, since = until - RANGES[state.range];
-  const points = Math.min(2000, Math.max(200, Math.round($("#trend").clientWidth)));
+  // The window ends on a bucket boundary, so every open page asks the same query and the
+  // server computes it once per refresh for all of them.
+  const points = 1000, step = Math.ceil(RANGES[state.range] / points);
+  const enc = encodeURIComponent(device), until = Math.ceil((Date.now() + 1) / step) * step;
+  const since = until - RANGES[state.range];
   const [d, trend, soc, cells] = await Promise.all([
     api(`/api/v1/devices/${enc}`),
     api(`/api/v1/devices/${enc}/readings?since_ms=${since}&until_ms=${until}&max_points=${points}&fields=${state.field}`),
