@@ -60,3 +60,20 @@ def test_demo_soc_estimate_follows_the_simulated_battery(tmp_path, daemon, curre
     moved_true, moved_est = true_1 - true_0, est_1 - est_0
     assert abs(moved_est - moved_true) <= SOC_ACCURACY_PCT, (moved_true, moved_est)
     assert abs(est_1 - true_1) <= 2 * sigma_1, (true_1, est_1, sigma_1)
+
+
+def test_a_restarted_demo_estimates_the_fresh_simulated_battery(tmp_path, daemon):
+    """The simulator builds its battery anew at each start (back to initial_soc_pct): the
+    estimate must follow it, not resume from the battery of the previous run."""
+    config = demo_config(tmp_path, profile="constant", current_a=280.0)  # 1C: 1 point a second
+    db = tmp_path / "demo.db"
+    proc = daemon(config)
+    proc.wait_for_log("first reading")
+    wait_until(lambda: (s := soc_series(db)) and s[-1][0] >= 70, timeout=90)
+    assert proc.stop() == 0  # saves the estimator state (at ~70 %)
+    polls_before = len(soc_series(db))
+    daemon(config)
+    after = wait_until(lambda: soc_series(db)[polls_before + 2 :], timeout=30)
+    true_soc, estimate, _ = after[0]
+    assert true_soc < 50  # the fresh battery, back at the demo's 45 %
+    assert abs(estimate - true_soc) <= 10, (true_soc, estimate)
