@@ -133,6 +133,18 @@ class MqttConfig(Section):
     # uplink; alerts are never limited. Unset: as fast as the broker acknowledges.
     backlog_max_bytes_s: float | None = Field(None, gt=0)
 
+    @model_validator(mode="after")
+    def _replies_apart_from_data(self) -> MqttConfig:
+        if self.reply_topic_prefix is not None:
+            replies = self.reply_topic_prefix.rstrip("/") + "/"
+            data = self.topic_prefix.rstrip("/") + "/"
+            if replies.startswith(data) or data.startswith(replies):
+                raise ValueError(
+                    f"reply_topic_prefix {self.reply_topic_prefix!r} overlaps the data topics "
+                    f"under {data!r}: replies need a tree of their own"
+                )
+        return self
+
 
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"

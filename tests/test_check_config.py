@@ -304,3 +304,13 @@ def test_chemistry_overrides_that_would_fail_in_the_poll_loop_are_refused(
     text = SITE + storage(tmp_path) + DEVICE + f"chemistry_overrides = {overrides}\n"
     (found,) = problems(tmp_path, text)
     assert found.startswith("devices[0].") and expected in found, found
+
+
+@pytest.mark.parametrize("prefix", ["bess/s1", "bess", "bess/s1/rack-1/alerts"])
+def test_a_reply_prefix_overlapping_the_data_topics_is_refused(tmp_path: Path, prefix):
+    text = SITE + storage(tmp_path) + f'[mqtt]\nreply_topic_prefix = "{prefix}/"\n' + DEVICE
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("mqtt: reply_topic_prefix") and "overlaps the data topics" in found
+    ok = SITE + storage(tmp_path) + '[mqtt]\nreply_topic_prefix = "ops/replies"\n' + DEVICE
+    (tmp_path / "ok.toml").write_text(ok)
+    assert load_config(tmp_path / "ok.toml").mqtt.reply_topic_prefix == "ops/replies"
