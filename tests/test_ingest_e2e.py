@@ -215,6 +215,19 @@ def test_bad_input_over_mqtt_is_dead_lettered_and_the_worker_goes_on(pg_url, tmp
         ]
         for t, payload in bad:
             client.publish(t, payload, qos=1).wait_for_publish(10)
+        # Replies and state messages are not data (no dead letter) but no less untrusted.
+        now = int(time.time() * 1000)
+        reply = {"schema": "bess-edge/reply/1", "site": "site-a", "verb": "ping", "id": None,
+                 "ok": True, "ts_ms": now, "result": {"published_heads": [1, 2]}}  # fmt: skip
+        state = {"schema": "bess-edge/state/1", "site": "site-b", "state": "online", "reason": "x",
+                 "ts_ms": now, "client_id": "x"}  # fmt: skip
+        control = [
+            ("bess/site-a/cmd/ping/reply", dumps(reply)),
+            ("bess/site-a/cmd/ping/reply", b"\xff not json"),
+            ("bess/site-a/state", dumps(state)),
+        ]
+        for t, payload in control:
+            client.publish(t, payload, qos=1).wait_for_publish(10)
         client.publish(topic, dumps(doc), qos=1).wait_for_publish(10)  # and a good one after
 
         def settled() -> bool:
@@ -229,7 +242,12 @@ def test_bad_input_over_mqtt_is_dead_lettered_and_the_worker_goes_on(pg_url, tmp
         assert any("unknown site 'site-nobody'" in r for r in reasons), reasons
         assert any("byte limit" in r for r in reasons), reasons
         assert worker.alive()
-        assert worker.log().count("refused") >= len(bad)
+        # One log line each (the log's repeat limiter passes 5 of one event a minute; the dead
+        # letters keep every one).
+        wait_until(lambda: worker.log().count("control message refused") == len(control))
+        log = worker.log()
+        assert log.count('"message refused"') + log.count('"item refused"') == len(bad)
+        assert "published_heads is not" in log and "names site 'site-b'" in log
         assert "Traceback" not in worker.log()
         assert worker.stop() == 0
     finally:

@@ -120,6 +120,30 @@ class Parser:
                           "match the topic")  # fmt: skip
         return Batch(site, device, stream, doc["items"])
 
+    def control(self, topic: str, payload: bytes) -> tuple[str, dict[str, Any]] | str:
+        """A gateway's command reply or state message as ``(kind, document)``, or why it is
+        refused: schema, the site it names against its topic, and the ping's heads' shape
+        (the reply schema leaves ``result`` open)."""
+        parts = topic.split("/")[len(self.prefix.split("/")):]  # fmt: skip
+        kind = "state" if len(parts) == 2 and parts[1] == "state" else "reply"
+        if len(payload) > 65536:
+            return f"{kind} message of {len(payload)} bytes"
+        try:
+            doc = json.loads(payload)
+            self.validators[kind](doc)
+        except Exception as exc:  # JSON or schema
+            return f"{kind}: {str(getattr(exc, 'message', exc))[:300]}"
+        if not parts or doc["site"] != parts[0]:
+            return f"{kind} names site {doc['site']!r} on another site's topic"
+        heads = (doc.get("result") or {}).get("published_heads") if kind == "reply" else None
+        if heads is not None and not (
+            isinstance(heads, dict)
+            and all(isinstance(streams, dict) for streams in heads.values())
+            and all(type(h) is int for streams in heads.values() for h in streams.values())
+        ):
+            return "reply: published_heads is not {device: {stream: seq}}"
+        return kind, doc
+
     def _decode(self, payload: bytes) -> Any:
         """JSON, or zlib-compressed JSON expanded to at most max_payload_bytes (a small zlib
         bomb must not take the worker's memory)."""

@@ -12,7 +12,6 @@ same thread refreshes its view of the fleet and, if it holds the lock, runs gap 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -59,7 +58,7 @@ class Prepared:
 
     incoming: list[Incoming]  # everything to acknowledge after the commit
     parsed: list[Batch | Refusal]
-    control: list[Incoming]  # replies and state messages, handled in the write thread
+    control: list[tuple[str, dict[str, Any]]]  # valid replies and states, for the write thread
 
 
 class IngestWorker:
@@ -251,7 +250,12 @@ class IngestWorker:
             if m.topic.endswith("/reply") or (
                 m.topic.endswith("/state") and m.topic.count("/") == control_depth
             ):
-                prepared.control.append(m)
+                control = self.parser.control(m.topic, m.payload)
+                if isinstance(control, str):
+                    log.warning("control message refused", extra={"topic": m.topic,
+                                                                  "reason": control})  # fmt: skip
+                else:
+                    prepared.control.append(control)
                 continue
             message = self.parser.parse(m.topic, m.payload)
             if isinstance(message, Refusal):
@@ -262,11 +266,11 @@ class IngestWorker:
 
     def _write(self, prepared: Prepared) -> None:
         assert self.writer is not None
-        for m in prepared.control:
-            if m.topic.endswith("/reply"):
-                self._reply(m)
+        for kind, doc in prepared.control:
+            if kind == "reply":
+                self._reply(doc)
             else:
-                self._state(m)
+                self.writer.record_state(doc["site"], doc["state"], doc["ts_ms"])
         if prepared.parsed:
             result = self.writer.write(prepared.parsed)
             inserted = sum(result.inserted.values())
@@ -282,31 +286,18 @@ class IngestWorker:
         self.counts["batches"] += 1
         self._ack(prepared.incoming)  # after the commit: the point of the whole design
 
-    def _reply(self, m: Incoming) -> None:
+    def _reply(self, doc: dict[str, Any]) -> None:
+        """A validated reply (:meth:`Parser.control`)."""
         assert self.writer is not None
-        try:
-            doc = json.loads(m.payload)
-            ok, verb, site = doc["ok"], doc["verb"], doc["site"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable command reply", extra={"topic": m.topic})
-            return
+        ok, verb, site = doc["ok"], doc["verb"], doc["site"]
         if not ok:
-            error = doc.get("error")
             log.warning("a gateway refused a command", extra={"site": site, "verb": verb,
-                                                              "error": error})  # fmt: skip
-        if verb == "ping" and ok and isinstance(doc.get("result"), dict):
+                                                              "error": doc["error"]})  # fmt: skip
+        if verb == "ping" and ok:
             self.writer.record_heads(site, doc["result"].get("published_heads") or {})
-        elif verb == "ack" and str(doc.get("id", "")).removeprefix("ack-").isdigit():
-            result = "acknowledged" if ok else str(doc.get("error") or "refused")
+        elif verb == "ack" and str(doc["id"]).removeprefix("ack-").isdigit():
+            result = "acknowledged" if ok else str(doc["error"])
             self.writer.record_ack(int(str(doc["id"]).removeprefix("ack-")), result)
-
-    def _state(self, m: Incoming) -> None:
-        assert self.writer is not None
-        try:
-            doc = json.loads(m.payload)
-            self.writer.record_state(doc["site"], str(doc["state"]), int(doc["ts_ms"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable state message", extra={"topic": m.topic})
 
     def _tick(self) -> None:
         assert self.writer is not None and self.repairer is not None
