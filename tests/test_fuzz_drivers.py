@@ -55,6 +55,17 @@ def decode_options(config: str) -> DecodeOptions:
     return _OPTIONS[config]
 
 
+_SHARED: dict[str, FrameDecoder] = {}
+
+
+def shared_decoder(config: str) -> FrameDecoder:
+    """One decoder per mapping for properties about the frame just fed, whatever came before
+    (building foxBMS's costs ~30 ms, most of an example)."""
+    if config not in _SHARED:
+        _SHARED[config] = FrameDecoder.for_options(decode_options(config), "dev")
+    return _SHARED[config]
+
+
 def assert_reading_is_plausible_or_flagged(r: Reading, names: set[str]) -> None:
     """Every value a driver produced is null or within its plausible range, and every null
     among the mapped values is explained by a flag."""
@@ -114,7 +125,7 @@ def test_in_range_values_survive_the_can_decode_unchanged(config: str, data):
     """A payload whose values are all plausible decodes with no out-of-range flag and with the
     values cantools' own Message.decode gives."""
     options = decode_options(config)
-    decoder = FrameDecoder.for_options(decode_options(config), "dev")
+    decoder = shared_decoder(config)
     messages = {s.message.frame_id: s.message for s in decoder.slots}
     message = messages[data.draw(st.sampled_from(sorted(messages)))]
     payload = data.draw(st.binary(min_size=message.length, max_size=message.length))
