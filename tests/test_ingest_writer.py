@@ -269,3 +269,20 @@ def test_copy_text_round_trips_through_postgresql(db):
     assert back[0][3] == doc and back[0][4] == "a\tb\\c\nd"
     assert back[1] == (None, None, [], None, None)
     assert math.isnan(back[2][1]) and math.isnan(back[2][2][0]) and back[2][3] == []
+
+
+def test_a_value_postgresql_refuses_is_dead_lettered_alone_and_the_batch_still_lands(store, db):
+    parser = Parser("bess", 1 << 20)
+    topic, payload = next((t, p) for t, p in _payloads(store, "json") if "telemetry" in t)
+    doc = json.loads(payload)
+    items = [dict(item) for item in doc["items"]]
+    items[1]["pack_voltage_v"] = 1e300  # valid JSON and schema, beyond PostgreSQL's real
+    items[2]["status_flags"] = 2**70  # beyond bigint
+    bad = parser.parse(topic, dumps({**doc, "items": items}))
+    other = next(parser.parse(t, p) for t, p in _payloads(store, "json") if "diagnostics" in t)
+    result = _writer(db).write_isolating([bad, other])  # type: ignore[list-item]
+    assert result.refused == 2
+    assert result.inserted["telemetry"] == len(items) - 2 and result.inserted["diagnostics"] > 0
+    refused = db.execute("SELECT seq, reason FROM dead_letter ORDER BY seq").fetchall()
+    assert [seq for seq, _ in refused] == [items[1]["seq"], items[2]["seq"]]
+    assert all("database refused it" in reason for _, reason in refused)

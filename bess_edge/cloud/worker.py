@@ -272,7 +272,7 @@ class IngestWorker:
             else:
                 self.writer.record_state(doc["site"], doc["state"], doc["ts_ms"])
         if prepared.parsed:
-            result = self.writer.write(prepared.parsed)
+            result = self.writer.write_isolating(prepared.parsed)
             inserted = sum(result.inserted.values())
             for stream, n in result.inserted.items():
                 metrics.ROWS.labels(stream).inc(n)

@@ -101,6 +101,36 @@ class Writer:
 
     # -- the batch ------------------------------------------------------------------------------
 
+    def write_isolating(self, messages: Sequence[Batch | Refusal]) -> WriteResult:
+        """:meth:`write`, and if PostgreSQL refuses a value the schema let through (a number
+        beyond ``real`` or ``bigint``), the batch again message by message and item by item:
+        the items it refuses become dead letters and the rest is written. Without this one
+        such item would fail its batch forever and stop the worker behind it."""
+        try:
+            return self.write(messages)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            if len(messages) > 1:
+                parts = [[m] for m in messages]
+            else:
+                (message,) = messages
+                if isinstance(message, Refusal) or len(message.items) == 1:
+                    assert isinstance(message, Batch)
+                    item = message.items[0]
+                    reason = f"database refused it: {str(exc).strip()[:300]}"
+                    log.warning("item refused", extra={"topic": message.stream, "reason": reason})
+                    refusal = self._refusal(message, reason, item, counted=True)
+                    return self.write([refusal])
+                parts = [[Batch(message.site, message.device, message.stream, [item])]
+                         for item in message.items]  # fmt: skip
+        total = WriteResult()
+        for part in parts:
+            result = self.write_isolating(part)
+            total.items += result.items
+            total.refused += result.refused
+            for stream, n in result.inserted.items():
+                total.inserted[stream] = total.inserted.get(stream, 0) + n
+        return total
+
     def write(self, messages: Sequence[Batch | Refusal]) -> WriteResult:
         """Commit every message of the batch (rows and dead letters) in one transaction."""
         result = WriteResult()
