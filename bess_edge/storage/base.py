@@ -14,8 +14,9 @@ Contract every backend keeps (tests/test_storage.py runs it against a real daemo
 - :meth:`Storage.series` is downsampled **in the database**: the range is cut into
   ``bucket_ms = ceil((until_ms - since_ms) / max_points)`` buckets counted from ``since_ms``;
   each non-empty bucket gives its row count and min / max / mean of each field (NULLs and
-  non-finite values ignored). A year of a 1,000-cell rack must stay one fast request, so a
-  backend never ships raw rows to Python to bucket them. For ``stream="diagnoses"`` (large JSON
+  non-finite values ignored; values exact to 15 significant digits at least). A year of a
+  1,000-cell rack must stay one fast request, so a backend never ships raw rows to Python to
+  bucket them. For ``stream="diagnoses"`` (large JSON
   documents, slowly moving estimates) a backend may aggregate an evenly strided subset of at
   least 4 rows per bucket; ``count`` is then the rows it read.
 - Writes are only those the CLI makes too (DESIGN invariant 6): :meth:`request_ack` queues an

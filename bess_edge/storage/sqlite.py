@@ -155,31 +155,9 @@ class SqliteStorage:
             "device": device, "since": since_ms, "until": until_ms, "bucket": bucket_ms,
         }  # fmt: skip
         if stream == "readings":
-            source = "samples WHERE device = :device AND ts_ms >= :since AND ts_ms < :until"
-            columns = {name: name for name in names}
+            rows = self._reading_buckets(names, params)
         else:
-            rows = self._one(
-                "SELECT count(*) FROM diagnoses WHERE device = ? AND ts_ms >= ? AND ts_ms < ?",
-                device, since_ms, until_ms,
-            )  # fmt: skip
-            params["stride"] = max(1, int(rows or 0) // (max_points * DIAGNOSES_PER_BUCKET))
-            # One JSON parse per row: all fields are extracted at once into a small array.
-            paths = ", ".join(f"'$.{name}'" for name in names)
-            source = (
-                f"(SELECT ts_ms, json_extract(data, {paths}) AS j FROM diagnoses "
-                "WHERE device = :device AND ts_ms >= :since AND ts_ms < :until "
-                "AND seq % :stride = 0)"
-            )
-            columns = {
-                name: (f"json_extract(j, '$[{i}]')" if len(names) > 1 else "j")
-                for i, name in enumerate(names)
-            }
-        aggregates = ", ".join(f"min({c}), max({c}), avg({c})" for c in columns.values())
-        sql = (
-            f"SELECT (ts_ms - :since) / :bucket AS b, count(*), {aggregates} "
-            f"FROM {source} GROUP BY b ORDER BY b"
-        )
-        rows = self._r.conn.execute(sql, params).fetchall()
+            rows = self._diagnosis_buckets(names, params, max_points)
         out = Series(
             device=device, stream=stream, since_ms=since_ms, until_ms=until_ms,
             bucket_ms=bucket_ms, ts_ms=[since_ms + row[0] * bucket_ms for row in rows],
@@ -193,6 +171,54 @@ class SqliteStorage:
                 mean=[_finite(row[base + 2]) for row in rows],
             )
         return out
+
+    def _reading_buckets(self, names: list[str], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """One range scan of the covering index ``samples_trend`` per bucket, in bucket order.
+
+        A GROUP BY on the bucket number would sort all rows in a temporary B-tree first: twice
+        the time for 86,400 rows. Each bucket's aggregates come back as one JSON array (SQLite
+        writes REALs with 15 significant digits there, far beyond any sensor).
+        """
+        aggregates = ", ".join(f"min({n}), max({n}), avg({n})" for n in names)
+        sql = (
+            "WITH RECURSIVE k(b) AS (SELECT 0 UNION ALL SELECT b + 1 FROM k "
+            "WHERE b + 1 < (:until - :since + :bucket - 1) / :bucket) "
+            f"SELECT b, (SELECT json_array(count(*), {aggregates}) FROM samples "
+            "WHERE device = :device AND ts_ms >= :since + b * :bucket "
+            "AND ts_ms < min(:until, :since + (b + 1) * :bucket)) FROM k"
+        )
+        rows = []
+        for b, packed in self._r.conn.execute(sql, params):
+            values = json.loads(packed)
+            if values[0]:
+                rows.append((b, *values))
+        return rows
+
+    def _diagnosis_buckets(
+        self, names: list[str], params: dict[str, Any], max_points: int
+    ) -> list[tuple[Any, ...]]:
+        """At most DIAGNOSES_PER_BUCKET evenly strided diagnoses per bucket (base.py)."""
+        count = self._one(
+            "SELECT count(*) FROM diagnoses WHERE device = ? AND ts_ms >= ? AND ts_ms < ?",
+            params["device"], params["since"], params["until"],
+        )  # fmt: skip
+        params = {
+            **params,
+            "stride": max(1, int(count or 0) // (max_points * DIAGNOSES_PER_BUCKET)),
+        }
+        # One JSON parse per row: all fields are extracted at once into a small array.
+        paths = ", ".join(f"'$.{name}'" for name in names)
+        columns = [
+            f"json_extract(j, '$[{i}]')" if len(names) > 1 else "j" for i in range(len(names))
+        ]
+        aggregates = ", ".join(f"min({c}), max({c}), avg({c})" for c in columns)
+        sql = (
+            f"SELECT (ts_ms - :since) / :bucket AS b, count(*), {aggregates} "
+            f"FROM (SELECT ts_ms, json_extract(data, {paths}) AS j FROM diagnoses "
+            "WHERE device = :device AND ts_ms >= :since AND ts_ms < :until "
+            "AND seq % :stride = 0) GROUP BY b ORDER BY b"
+        )
+        return self._r.conn.execute(sql, params).fetchall()
 
     # -- cells ----------------------------------------------------------------------------
 
