@@ -5,7 +5,8 @@ Two parts, in one run, on the same box:
 1. **Stages**, each measured alone as its own benchmark would, for one 16-cell simulated rack
    (CPU seconds of this process, ``time.process_time``, divided by polls):
    driver (``SimDriver.read``), diagnostics and alerts (``DevicePipeline.on_reading``), store
-   (``Store.commit_cycles`` of one poll's cycle, the config's default ``synchronous = "full"``)
+   (``Store.commit_cycles`` of one poll's cycle, the config's default ``synchronous = "full"``;
+   also shown with ``--devices`` cycles a commit, as the daemon's group commit does under load)
    and sync (draining those polls' outbox rows to mosquitto with the real ``Syncer``: fetch,
    encode, publish, PUBACK, delete). Each stage's saturation point is one core / its CPU per poll.
 2. **End to end**: the real ``bess-edge run`` as a subprocess with ``--devices`` simulated
@@ -103,6 +104,28 @@ def stage_figures(workdir: Path, mqtt_port: int, polls: int) -> dict[str, float]
     rows = sum(store.outbox_depth().values())
     out["sync"] = asyncio.run(_drain(settings, store, rows)) / polls * 1000
     return out
+
+
+def batched_store_ms(workdir: Path, polls: int, batch: int) -> float:
+    """CPU ms per poll of the store when ``batch`` devices' cycles share a commit (what the
+    daemon's group commit does once polls arrive faster than commits)."""
+    path = workdir / "batched.toml"
+    path.write_text(config_text(workdir, 1, 10.0, 1, 2))
+    settings = load_config(path)
+    device = settings.devices[0]
+    driver = driver_class(device.driver)(device, device.parsed_options)
+
+    async def read_all() -> list[Reading]:
+        await driver.open()
+        return [await driver.read() for _ in range(polls)]
+
+    store = Store(workdir / "batched.db", synchronous=settings.storage.synchronous)
+    pipeline = DevicePipeline(device, store, AlertEngine(settings.thresholds, 0, []))
+    cycles = [pipeline.on_reading(r) for r in asyncio.run(read_all())]
+    t0 = time.process_time()
+    for start in range(0, polls, batch):
+        store.commit_cycles(cycles[start : start + batch])
+    return (time.process_time() - t0) / polls * 1000
 
 
 async def _drain(settings: Settings, store: Store, rows: int) -> float:
@@ -214,6 +237,8 @@ def main() -> None:
             print(f"stages, CPU ms per poll of a 16-cell rack ({args.polls} polls each):")
             for name, ms in [*stages.items(), ("sum", total)]:
                 print(f"  {name:<12} {ms:7.3f} ms   one core saturates at {1000 / ms:7.0f} polls/s")
+            batched = batched_store_ms(workdir, args.polls, args.devices)
+            print(f"  (store with {args.devices} cycles a commit, as under load: {batched:.3f} ms)")
             print(f"\nend to end: bess-edge run, {args.devices} racks, MQTT to mosquitto")
             print("  asked/s   done/s  skipped/s   CPU %  CPU ms/poll  vs stages  lateness ms  "
                   "unsent growth/s")  # fmt: skip
