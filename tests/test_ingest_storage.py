@@ -3,6 +3,8 @@ per site, and an acknowledgement from the cloud that reaches the gateway over cm
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import psycopg
 import pytest
@@ -17,6 +19,7 @@ from bess_edge.cloud.storage import Fleet, PostgresStorage
 from bess_edge.cloud.writer import Writer
 from bess_edge.storage import Storage
 from bess_edge.storage.models import AlertQuery
+from bess_edge.sync.payload import dumps
 
 
 @pytest.fixture
@@ -133,3 +136,21 @@ def test_an_ack_from_the_cloud_reaches_the_gateway_and_comes_back(
         storage.close()
         worker.stop()
         broker.kill()
+
+
+def test_series_values_keep_15_significant_digits(filled, store, pg_url):  # noqa: F811
+    """The Storage contract: a float4 column would give 812.34570 for 812.3456789012345."""
+    topic, payload = next((t, p) for t, p in _payloads(store, "json") if "telemetry" in t)
+    doc = json.loads(payload)
+    item = {**doc["items"][0], "seq": 1000, "ts_ms": NOW_MS + 100_000,
+            "pack_voltage_v": 812.3456789012345, "pack_current_a": -0.1234567890123}  # fmt: skip
+    body = {**doc, "items": [item], "seq_first": 1000, "seq_last": 1000, "count": 1}
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        Writer(conn, worker="t", retention_days=30).write(
+            [Parser("bess", 1 << 20).parse(topic, dumps(body))]  # type: ignore[list-item]
+        )
+    series = filled.series("rack-1", "readings", NOW_MS + 100_000, NOW_MS + 100_001, 1,
+                           ["pack_voltage_v", "pack_current_a"])  # fmt: skip
+    assert series is not None
+    assert series.fields["pack_voltage_v"].mean[0] == pytest.approx(812.3456789012345, rel=1e-14)
+    assert series.fields["pack_current_a"].min[0] == pytest.approx(-0.1234567890123, rel=1e-14)

@@ -276,7 +276,7 @@ def test_a_value_postgresql_refuses_is_dead_lettered_alone_and_the_batch_still_l
     topic, payload = next((t, p) for t, p in _payloads(store, "json") if "telemetry" in t)
     doc = json.loads(payload)
     items = [dict(item) for item in doc["items"]]
-    items[1]["pack_voltage_v"] = 1e300  # valid JSON and schema, beyond PostgreSQL's real
+    items[1]["cell_voltage_v"] = [1e300, *items[1]["cell_voltage_v"][1:]]  # beyond real[]
     items[2]["status_flags"] = 2**70  # beyond bigint
     bad = parser.parse(topic, dumps({**doc, "items": items}))
     other = next(parser.parse(t, p) for t, p in _payloads(store, "json") if "diagnostics" in t)

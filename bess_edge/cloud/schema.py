@@ -206,7 +206,19 @@ CREATE INDEX ack_requests_pending ON ack_requests (requested_ms) WHERE done_ms I
 # The API's key listing tells keys apart by their last characters (bess_edge/storage/keys.py).
 _V3 = "ALTER TABLE users ADD COLUMN key_hint text NOT NULL DEFAULT ''"
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Pack scalars and diagnosis headlines as double precision: the API's Storage contract wants
+# values exact to 15 significant digits (real kept 7: 52.81 came back as 52.8100013). Cell
+# arrays stay real[]: the gateway keeps float32 cells and sends them to 0.1 mV.
+_V4 = "\n".join(
+    [f"ALTER TABLE telemetry ALTER COLUMN {c} TYPE double precision;" for c in TELEMETRY_SCALARS]
+    + [
+        f"ALTER TABLE battery_diagnostics ALTER COLUMN {c} TYPE double precision;"
+        for c in DIAGNOSIS_HEADLINES
+        if c != "thermal_risk_level"
+    ]
+)
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 
 def migrate(conn: psycopg.Connection) -> int:

@@ -199,7 +199,8 @@ class PostgresStorage:
             columns = [
                 n if n in DIAGNOSIS_HEADLINES else f"(diagnosis->>'{n}')::float8" for n in names
             ]
-        aggregates = ", ".join(f"min({c}), max({c}), avg({c})" for c in columns)
+        finite = [f"nullif(nullif(nullif({c}, 'NaN'), 'Infinity'), '-Infinity')" for c in columns]
+        aggregates = ", ".join(f"min({c}), max({c}), avg({c})" for c in finite)
         rows = self._rows(
             f"SELECT (ts_ms - %(since)s) / %(bucket)s AS b, count(*), {aggregates} "  # type: ignore[arg-type]
             f"FROM {table} WHERE device_id = %(device)s AND ts_ms >= %(since)s "

@@ -102,10 +102,10 @@ class Writer:
     # -- the batch ------------------------------------------------------------------------------
 
     def write_isolating(self, messages: Sequence[Batch | Refusal]) -> WriteResult:
-        """:meth:`write`, and if PostgreSQL refuses a value the schema let through (a number
-        beyond ``real`` or ``bigint``), the batch again message by message and item by item:
-        the items it refuses become dead letters and the rest is written. Without this one
-        such item would fail its batch forever and stop the worker behind it."""
+        """:meth:`write`, and if PostgreSQL refuses a value the schema let through (a cell
+        beyond ``real``, a flag word beyond ``bigint``), the batch again message by message and
+        item by item: the items it refuses become dead letters and the rest is written. Without
+        this one such item would fail its batch forever and stop the worker behind it."""
         try:
             return self.write(messages)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
