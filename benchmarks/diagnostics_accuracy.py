@@ -23,7 +23,7 @@ import argparse
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 from accuracy_cells import (
@@ -167,7 +167,7 @@ def score_cell(rec: dict, true_soc: np.ndarray, truth: Truth, temperature_c: flo
     }
 
 
-def run_cell(spec: CellSpec, index: int, use_cache: bool) -> list[dict]:
+def run_cell(spec: CellSpec, index: int, use_cache: bool, lines: tuple = LINES) -> list[dict]:
     started = time.perf_counter()
     rng = np.random.default_rng(SEED + index)
     truth = characterise(spec, use_cache)
@@ -181,7 +181,7 @@ def run_cell(spec: CellSpec, index: int, use_cache: bool) -> list[dict]:
     solved = time.perf_counter()
     wrong = true_soc[start] + (30.0 if true_soc[start] < 60 else -30.0)
     results = []
-    for line in LINES:
+    for line in lines:
         chem = chemistry_for(line, spec.preset, truth)
         diag = Diagnostician(spec.name, chem, spec.label_ah, initial_soc_pct=wrong)
         rec = feed(diag, t[:n], v, i, spec.temperature_c, start, rng)
@@ -203,7 +203,7 @@ def run_cell(spec: CellSpec, index: int, use_cache: bool) -> list[dict]:
     return results
 
 
-def run_string(spec: StringSpec, index: int, use_cache: bool) -> list[dict]:
+def run_string(spec: StringSpec, index: int, use_cache: bool, lines: tuple = LINES) -> list[dict]:
     started = time.perf_counter()
     rng = np.random.default_rng(SEED + index)
     truths = [characterise(c, use_cache) for c in spec.cells]
@@ -225,7 +225,7 @@ def run_string(spec: StringSpec, index: int, use_cache: bool) -> list[dict]:
     charge = caps * true_soc[n - 1] / 100.0
     usable = float(np.min(charge) + np.min(caps - charge))
     results = []
-    for line in LINES:
+    for line in lines:
         chem = chemistry_for(line, spec.preset, truths[0])
         diag = Diagnostician(spec.name, chem, spec.label_ah, initial_soc_pct=wrong)
         rec = feed(diag, t[:n], v, i, spec.temperature_c, start, rng)
@@ -260,8 +260,8 @@ def run_string(spec: StringSpec, index: int, use_cache: bool) -> list[dict]:
 
 
 def _run(job: tuple) -> list[dict]:
-    kind, spec, index, use_cache = job
-    return (run_string if kind == "string" else run_cell)(spec, index, use_cache)
+    kind, spec, index, use_cache, lines = job
+    return (run_string if kind == "string" else run_cell)(spec, index, use_cache, lines)
 
 
 def _mark(value: float, limit: float, higher_is_better: bool = False) -> str:
@@ -273,6 +273,8 @@ def _mark(value: float, limit: float, higher_is_better: bool = False) -> str:
 
 def report(results: list[dict]) -> None:
     for line in LINES:
+        if not any(r["line"] == line for r in results):
+            continue
         print(f"\n== {line} ==")
         print(
             f"{'cell':<14} {'SOC 2h':>7} {'SOC 24h':>13} {'cap err':>14} {'1st cap':>8} "
@@ -319,15 +321,23 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true", help="solve PyBaMM afresh")
     parser.add_argument("--only", action="append", help="run only this cell or string")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--line", action="append", choices=LINES, help="run only this line")
     args = parser.parse_args()
     use_cache = not args.no_cache
-    jobs: list[tuple] = [("string", s, 100 + k, use_cache) for k, s in enumerate(STRINGS)]
-    jobs += [("cell", c, k, use_cache) for k, c in enumerate(CELLS)]
+    lines = tuple(args.line or LINES)
+    # Single cells first (cheaper), the string last; each result is printed as it comes.
+    jobs: list[tuple] = [("cell", c, k, use_cache, lines) for k, c in enumerate(CELLS)]
+    jobs += [("string", s, 100 + k, use_cache, lines) for k, s in enumerate(STRINGS)]
     if args.only:
         jobs = [j for j in jobs if j[1].name in args.only]
     started, cpu = time.perf_counter(), time.process_time()
+    results: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        results = [r for rs in pool.map(_run, jobs) for r in rs]
+        for done in as_completed([pool.submit(_run, job) for job in jobs]):
+            results += done.result()
+            report(done.result())
+            print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+    print("\n==== all ====")
     report(results)
     for r in results:
         if "solve_s" in r:

@@ -9,11 +9,13 @@ override limits with its cells' datasheet.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import math
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,9 @@ class Chemistry:
     # Regions where the OCV curve is too flat to correct SOC from voltage (LFP plateau), percent.
     ocv_flat_regions_pct: tuple[tuple[float, float], ...] = ()
     coulombic_efficiency: float = 0.999
+    # Where the OCV table came from: "preset" (a published cell of the chemistry), "config"
+    # (chemistry_overrides), "file" (a commissioning or datasheet table), "learned".
+    ocv_source: str = "preset"
 
     def ocv(self, soc_pct: FloatArray | float) -> FloatArray:
         """Open-circuit voltage [V] at a state of charge [%] (linear interpolation, clipped)."""
@@ -92,7 +97,22 @@ class Chemistry:
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
         }
+        if "ocv_v" in values:
+            values.setdefault("ocv_source", "config")
         return dataclasses.replace(self, **values)
+
+    def with_ocv_table(self, soc_pct: FloatArray, ocv_v: FloatArray, source: str) -> Chemistry:
+        """A copy counting with this cell's own OCV table; the plateau regions are re-derived
+        from its slope (below 1 mV per %, where 4 mV of model error is > 4 % of SOC)."""
+        soc, ocv = check_ocv_table(soc_pct, ocv_v)
+        slope = np.diff(ocv) / np.diff(soc)
+        return dataclasses.replace(
+            self,
+            ocv_soc_pct=tuple(float(x) for x in soc),
+            ocv_v=tuple(float(x) for x in ocv),
+            ocv_flat_regions_pct=flat_regions(soc, slope, FLAT_SLOPE_V_PER_PCT),
+            ocv_source=source,
+        )
 
 
 # NMC (LiNiMnCoO2 / graphite). OCV: the LG M50 NMC811 cell of Chen et al., "Development of
@@ -262,3 +282,84 @@ def _numbers(value: Any) -> list[float]:
     if isinstance(value, list | tuple):
         return [x for v in value for x in _numbers(v)]
     return [value] if isinstance(value, int | float) else []
+
+
+# A plateau is where the OCV rises less than this [V per %]: 4 mV of model error is then more
+# than 4 % of SOC, and a voltage only says "on the plateau".
+FLAT_SLOPE_V_PER_PCT = 0.001
+# A flat stretch shorter than this [% SOC] is a kink of the table, not a plateau.
+MIN_PLATEAU_PCT = 10.0
+
+
+def flat_regions(
+    soc_pct: FloatArray, slope_v_per_pct: FloatArray, below: float
+) -> tuple[tuple[float, float], ...]:
+    """SOC ranges [%] of consecutive table segments whose slope is below ``below``."""
+    regions: list[tuple[float, float]] = []
+    start = None
+    for k, is_flat in enumerate([*(slope_v_per_pct < below), False]):
+        if is_flat and start is None:
+            start = k
+        elif not is_flat and start is not None:
+            if soc_pct[k] - soc_pct[start] >= MIN_PLATEAU_PCT:
+                regions.append((float(soc_pct[start]), float(soc_pct[k])))
+            start = None
+    return tuple(regions)
+
+
+def check_ocv_table(soc_pct: FloatArray, ocv_v: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The table as float arrays, or ValueError saying what is wrong with it."""
+    soc = np.asarray(soc_pct, dtype=np.float64)
+    ocv = np.asarray(ocv_v, dtype=np.float64)
+    if soc.ndim != 1 or soc.shape != ocv.shape or soc.size < 3:
+        raise ValueError("an OCV table needs at least 3 rows of soc_pct, ocv_v")
+    if not (np.isfinite(soc).all() and np.isfinite(ocv).all()):
+        raise ValueError("an OCV table must not have empty or non-numeric values")
+    if np.any(np.diff(soc) <= 0) or soc[0] > 0.0 + 1e-9 or soc[-1] < 100.0 - 1e-9:
+        raise ValueError("soc_pct must rise strictly and span 0 to 100 %")
+    if np.any(np.diff(ocv) <= 0):
+        raise ValueError("ocv_v must rise strictly with SOC (the SOC of a voltage must be unique)")
+    if ocv[0] < 0.5 or ocv[-1] > 6.0:
+        raise ValueError(f"ocv_v {ocv[0]:g}..{ocv[-1]:g} V is not the OCV of one cell")
+    return soc, ocv
+
+
+OCV_TABLE_HEADER = ("soc_pct", "ocv_v")
+
+
+def read_ocv_table(path: str | Path) -> tuple[FloatArray, FloatArray]:
+    """A per-cell OCV table from CSV: a ``soc_pct,ocv_v`` header, one row per point, ``#``
+    comments allowed. ValueError names the file, the line and the reason."""
+    soc: list[float] = []
+    ocv: list[float] = []
+    try:
+        with open(path, newline="") as f:
+            rows = csv.reader(line for line in f if not line.lstrip().startswith("#"))
+            header = next(rows, None)
+            if header is None or tuple(h.strip() for h in header) != OCV_TABLE_HEADER:
+                raise ValueError(f"{path}: the first row must be the header soc_pct,ocv_v")
+            for line, row in enumerate(rows, start=2):
+                try:
+                    a, b = (float(x) for x in row)
+                except ValueError:
+                    raise ValueError(f"{path}: row {line} is not two numbers: {row}") from None
+                soc.append(a)
+                ocv.append(b)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the OCV table: {exc.strerror}") from None
+    try:
+        return check_ocv_table(np.array(soc), np.array(ocv))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def write_ocv_table(path: str | Path, soc_pct: FloatArray, ocv_v: FloatArray, note: str) -> None:
+    """Write a table :func:`read_ocv_table` reads back; ``note`` goes in a comment line."""
+    soc, ocv = check_ocv_table(soc_pct, ocv_v)
+    with open(path, "w", newline="") as f:
+        for line in note.splitlines():
+            f.write(f"# {line}\n")
+        writer = csv.writer(f)
+        writer.writerow(OCV_TABLE_HEADER)
+        for a, b in zip(soc, ocv, strict=True):
+            writer.writerow([f"{a:.3f}", f"{b:.5f}"])

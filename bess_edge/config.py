@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bess_edge.chemistry import Chemistry, get_chemistry
+from bess_edge.chemistry import Chemistry, get_chemistry, read_ocv_table
 
 # The API's rule file and the cloud's config phrase their errors the same way.
 from bess_edge.config_reasons import key_path as _key_path  # noqa: F401
@@ -207,6 +207,9 @@ class DeviceConfig(Section):
     # so where the map or mapping shows it), else learned from the cell array.
     series_cells: int | None = Field(None, ge=1, le=20_000)
     chemistry_overrides: dict[str, Any] = {}
+    # A per-cell OCV table (CSV soc_pct,ocv_v: `bess-edge commission` writes one, or a
+    # datasheet's); it wins over the preset's and over an ocv_v override.
+    ocv_table: Path | None = None
     options: dict[str, Any] = {}
     _parsed_options: BaseModel | None = PrivateAttr(default=None)
 
@@ -224,7 +227,10 @@ class DeviceConfig(Section):
         return self._parsed_options
 
     def chemistry_preset(self) -> Chemistry:
-        return get_chemistry(self.chemistry, self.chemistry_overrides)
+        chemistry = get_chemistry(self.chemistry, self.chemistry_overrides)
+        if self.ocv_table is None:
+            return chemistry
+        return chemistry.with_ocv_table(*read_ocv_table(self.ocv_table), source="file")
 
 
 # Alerts the engine raises by itself (docs/alerts.md); a [[thresholds]] rule may not reuse them.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from bess_edge.chemistry import get_chemistry, override_problems
+from bess_edge.chemistry import get_chemistry, override_problems, read_ocv_table
 from bess_edge.config import (
     RESERVED_DEVICE_IDS,
     ConfigError,
@@ -299,6 +299,7 @@ def _device_problems(devices: list[Any], parsed: dict[int, BaseModel]) -> list[t
                 why = f"{device_id!r} is reserved ({RESERVED_DEVICE_IDS[device_id]})"
                 problems.append(((*loc, "id"), why))
         problems += _chemistry_override_problems(loc, device)
+        problems += _ocv_table_problems(loc, device)
         driver = device.get("driver")
         if not isinstance(driver, str):
             continue  # missing or not a string: the Settings model reports it
@@ -332,6 +333,18 @@ def _reports_no_cells(options: BaseModel) -> bool:
     """True when the driver's options show no per-cell voltages (a Modbus map or a CAN mapping
     without ``cell_voltage_v``); False when they do or cannot tell before discovery (SunSpec)."""
     return getattr(options, "reports_cell_voltages", None) is False
+
+
+def _ocv_table_problems(loc: Loc, device: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """A device's OCV table file must exist and be a table (read_ocv_table says why not)."""
+    path = device.get("ocv_table")
+    if not isinstance(path, str):
+        return []  # absent, or a wrong type the Settings model reports
+    try:
+        read_ocv_table(path)
+    except ValueError as exc:
+        return [((*loc, "ocv_table"), str(exc))]
+    return []
 
 
 def _chemistry_override_problems(loc: Loc, device: dict[str, Any]) -> list[tuple[Loc, str]]:

@@ -23,7 +23,10 @@ def _run(
         initial_soc_pct=50.0,
     )
     sim = SimulatedString(options, chemistry, CAPACITY_AH)
-    diag = Diagnostician("string", chemistry, CAPACITY_AH, initial_soc_pct=initial_soc_pct)
+    # The simulated cells follow the preset's curve exactly: for them it is a measured table
+    # (how a preset's unknown error is carried is tested in test_diagnostics_ocv_table.py).
+    measured = chemistry.with_overrides({"ocv_source": "file"})
+    diag = Diagnostician("string", measured, CAPACITY_AH, initial_soc_pct=initial_soc_pct)
     trace = []
     for reading in sim.readings(duration_s=hours * 3600, poll_s=poll_s):
         d = diag.update(reading)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V
+from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V, ocv_table_error_v
 from bess_edge.model import FloatArray
 
 # Q is fitted once a chain of anchors spans at least 20 % SOC: shorter spans divide the anchors'
@@ -100,10 +100,11 @@ class CapacityEstimator:
             self._rest_v = rested_voltage_v
         soc = float(self.chemistry.soc_from_ocv(self._rest_v))
         slope = float(self.chemistry.docv_dsoc(soc))
-        if slope <= 0 or OCV_MODEL_ERROR_V / slope > MAX_ANCHOR_SIGMA_PCT:
+        error_v = math.hypot(OCV_MODEL_ERROR_V, ocv_table_error_v(self.chemistry))
+        if slope <= 0 or error_v / slope > MAX_ANCHOR_SIGMA_PCT:
             self._pending = None
             return
-        sigma_pct = OCV_MODEL_ERROR_V / slope
+        sigma_pct = error_v / slope
         self._pending = np.array(
             [soc, sigma_pct**2, self.ah_counter, self.ah_sigma2, ts_s, self.chain]
         )

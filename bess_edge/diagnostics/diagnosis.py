@@ -35,6 +35,9 @@ class Diagnosis:
     # The estimate and the BMS's own SOC disagree beyond the estimate's uncertainty (the
     # Reading is flagged inconsistent); SOC rules skip the estimate while this holds.
     soc_disputed: bool = False
+    current_offset_uncertainty_a: float = NAN
+    # Where the OCV table came from: preset, config, file (commissioning), learned.
+    ocv_source: str = "preset"
     # Capacity and health.
     capacity_ah: float = NAN  # estimated, NaN until two rested SOC points were seen
     capacity_uncertainty_ah: float = NAN
@@ -42,7 +45,23 @@ class Diagnosis:
     soh_resistance_pct: float = NAN  # 100 at the preset R0, 80 at double it
     r0_ohm: float = NAN  # string ohmic resistance at 25 °C (sum over series cells)
     cell_r0_mean_ohm: float = NAN  # mean cell R0 at 25 °C
+    # The two resistances r0_ohm mixes, string totals at 25 °C: the 1-s DC pulse resistance
+    # from steps >= 0.5C (datasheet/HPPC), and the small-signal one from steps below 0.5C.
+    r0_pulse_1s_ohm: float = NAN
+    r0_pulse_1s_uncertainty_ohm: float = NAN
+    r0_small_signal_ohm: float = NAN
     capacity_fade_pct_per_year: float = NAN
+    # The string as a whole (usable.py): what it can deliver with its imbalance, what balancing
+    # would recover (apart from ageing, rated - capacity_ah), energy SOH at 0.5C.
+    usable_capacity_ah: float = NAN
+    usable_capacity_uncertainty_ah: float = NAN
+    recoverable_capacity_ah: float = NAN
+    usable_energy_wh: float = NAN
+    soh_energy_pct: float = NAN
+    # SOH in 1, 5 and 10 years, with the 10th and 90th percentiles (the 80 % band).
+    soh_forecast_pct: list[float] = field(default_factory=list)
+    soh_forecast_low_pct: list[float] = field(default_factory=list)
+    soh_forecast_high_pct: list[float] = field(default_factory=list)
     eol_projected_ts_ms: float = NAN  # when SOH reaches the chemistry's end of life
     eol_projected_efc: float = NAN
     # Cycles and life.
@@ -77,6 +96,8 @@ class Diagnosis:
     cell_zscore: FloatArray = field(default_factory=_cells)
     cell_r0_ohm: FloatArray = field(default_factory=_cells)
     cell_self_discharge_a: FloatArray = field(default_factory=_cells)
+    # What an estimator found wrong with its own inputs (offset on its bound, wrong sign, ...).
+    estimator_warnings: list[str] = field(default_factory=list)
     diagnostics_error: str | None = None  # set only if an estimator failed on this poll
 
     def to_dict(self, cell_arrays: bool = True) -> dict[str, Any]:

@@ -29,19 +29,17 @@ from bess_edge.diagnostics.resistance import (
     resistance_soh_pct,
     temperature_factor,
 )
+from bess_edge.diagnostics.rest import RestTracker
 from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
-from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, SocFilter
+from bess_edge.diagnostics.soc import BIAS_LIMIT_C, INITIAL_BIAS_SIGMA_C, SocFilter
 from bess_edge.diagnostics.thermal import ThermalMonitor, sensor_of_cell
+from bess_edge.diagnostics.usable import soh_forecast, string_capacity
 from bess_edge.model import FloatArray, Reading
 
 __all__ = ["Diagnosis", "Diagnostician"]
 
 log = logging.getLogger(__name__)
 
-# At rest: below 2 % of 1C after the offset is removed (a BMS's own idle threshold is similar,
-# several sigma of a hall sensor's noise); a rest ends after 3 polls above it, not on one spike.
-REST_C = 0.02
-REST_END_POLLS = 3
 # Settled: the RC relaxation has died down so the terminal voltage is the OCV within a few mV;
 # 30 min is the shortest rest of the usual OCV-SOC test procedures (USABC manual, §3.3).
 REST_SETTLE_S = 1800.0
@@ -100,8 +98,9 @@ class Diagnostician:
         self.cycles = CycleLife(chemistry, capacity_ah)
         self.cells = self._build_cells(0, 0)
         self.series_cells = 0  # learned from the first reading
-        self.rest_s = 0.0
-        self._busy_polls = 0
+        self.rest = RestTracker(capacity_ah)
+        # Estimator warnings by topic (offset on its bound, offset of the wrong sign, ...).
+        self.warnings: dict[str, str] = {}
         self._last_ts_ms: int | None = None
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
@@ -168,8 +167,8 @@ class Diagnostician:
         corrected = current - bias
         self._step_resistance(dt_s, inputs, cell_temps, mean_temp)
 
-        diagnosis = Diagnosis(self.device_id, reading.ts_ms)
-        self._track_rest(dt_s, corrected, battery_ms)
+        diagnosis = Diagnosis(self.device_id, reading.ts_ms, ocv_source=self.chemistry.ocv_source)
+        self._track_rest(dt_s, current, battery_ms)
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
         self._safety(dt_s, inputs, current, diagnosis)
@@ -177,8 +176,10 @@ class Diagnostician:
         if self.string_soc.initialised:
             diagnosis.soc_pct, diagnosis.soc_uncertainty_pct = soc, sigma
             diagnosis.current_offset_a = bias
+            diagnosis.current_offset_uncertainty_a = self.string_soc.bias_sigma_a
             diagnosis.soc_disputed = check_soc_agreement(reading, soc, sigma)
-        diagnosis.rest_s = self.rest_s
+        diagnosis.rest_s = self.rest.rest_s
+        diagnosis.estimator_warnings = list(self.warnings.values())
         diagnosis.quality_flags = reading.quality.names()
         self._last = inputs
         return diagnosis
@@ -297,38 +298,74 @@ class Diagnostician:
             np.concatenate([[mean_temp], cell_temps]),
         )
 
-    def _track_rest(self, dt_s: float, corrected: float, ts_ms: int) -> None:
-        resting = abs(corrected) < REST_C * self.capacity_ah
-        self._busy_polls = 0 if resting else self._busy_polls + 1
-        if self.rest_s > 0.0 and 0 < self._busy_polls < REST_END_POLLS:
+    def _track_rest(self, dt_s: float, current: float, ts_ms: int) -> None:
+        """Rests against the offset as known (rest.py); at each rest's end the offset the rests
+        measured is checked against the filter's, then handed to it and to the capacity fit."""
+        soc = self.string_soc
+        was_resting = self.rest.rest_s > 0.0
+        _, ended = self.rest.update(current, dt_s, soc.bias_a, soc.bias_sigma_a)
+        if self.rest.rest_s > 0.0 and not was_resting:
+            self.cells.anomaly.start_rest()
+        self._check_offset_bound()
+        if not ended:
             return
-        if resting:
-            if self.rest_s == 0.0:
-                self.cells.anomaly.start_rest()
-            self.rest_s += max(dt_s, 1e-3)
-        elif self.rest_s > 0.0:
-            self.rest_s = 0.0
-            offset_sigma = (
-                math.sqrt(max(float(self.string_soc.p[0, 2, 2]), 0.0))
-                if self.string_soc.initialised
-                else INITIAL_BIAS_SIGMA_C * self.nominal_capacity_ah
-            )
-            if self.capacity.end_rest(
-                ts_ms / 1000.0,
-                self.cycles.equivalent_full_cycles,
-                self.string_soc.bias_a,
-                offset_sigma,
-            ):
-                log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
-                if self.capacity.offset_learned and self.string_soc.initialised:
-                    self.string_soc.assume_bias(
-                        self.capacity.offset_a, self.capacity.offset_sigma_a
-                    )
+        offset, offset_sigma = self.rest.offset_a, self.rest.offset_sigma_a
+        if soc.initialised and math.isfinite(offset):
+            self._check_offset_sign(offset, offset_sigma)
+            soc.assume_bias(offset, offset_sigma)
+        elif soc.initialised:
+            offset, offset_sigma = soc.bias_a, soc.bias_sigma_a
+        else:
+            offset, offset_sigma = 0.0, INITIAL_BIAS_SIGMA_C * self.nominal_capacity_ah
+        if self.capacity.end_rest(
+            ts_ms / 1000.0, self.cycles.equivalent_full_cycles, offset, offset_sigma
+        ):
+            log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
+            if self.capacity.offset_learned and soc.initialised:
+                soc.assume_bias(self.capacity.offset_a, self.capacity.offset_sigma_a)
+
+    def _check_offset_bound(self) -> None:
+        """An offset on its bound is reported and the SOC it integrates is trusted less."""
+        soc = self.string_soc
+        if not (soc.initialised and soc.at_bias_limit(self.nominal_capacity_ah)):
+            self.warnings.pop("offset_limit", None)
+            return
+        if "offset_limit" not in self.warnings:
+            log.warning("%s: current offset estimate at its bound", self.device_id)
+        self.warnings["offset_limit"] = (
+            f"current offset estimate {soc.bias_a:+.3g} A is at its bound: sensor out of spec "
+            "or a model error taken for offset; SOC uncertainty widened"
+        )
+        # What the bound cuts off is integrated unseen: the SOC variance grows with it.
+        soc.p[:, 2, 2] = max(float(soc.p[0, 2, 2]), (BIAS_LIMIT_C * self.nominal_capacity_ah) ** 2)
+
+    def _check_offset_sign(self, measured_a: float, measured_sigma_a: float) -> None:
+        """The filter's offset against the one a rest measured: a disagreement beyond 3 sigma
+        (worst: the opposite sign) is reported; the measured one replaces it either way."""
+        soc = self.string_soc
+        estimate, sigma = soc.bias_a, soc.bias_sigma_a
+        gap = abs(estimate - measured_a)
+        # Beyond 3 sigma, and large enough to matter (0.5 % of 1C is ~12 % SOC a day).
+        if gap <= max(3.0 * math.hypot(sigma, measured_sigma_a), 0.005 * self.capacity_ah):
+            self.warnings.pop("offset_sign", None)
+            return
+        wrong_sign = estimate * measured_a < 0 and abs(measured_a) > 2.0 * measured_sigma_a
+        what = "had the wrong sign" if wrong_sign else "disagreed with the rests"
+        self.warnings["offset_sign"] = (
+            f"current offset estimate {estimate:+.3g} A {what}: rests measured "
+            f"{measured_a:+.3g} ± {measured_sigma_a:.2g} A; SOC uncertainty widened"
+        )
+        log.warning("%s: %s", self.device_id, self.warnings["offset_sign"])
+        # The charge counted with the wrong offset since the last correction is unknown to
+        # about the gap times the time since: widen SOC by the gap over one rest cycle (a day).
+        grow = (100.0 * gap * 24.0 / self.capacity_ah) ** 2
+        soc.p[:, 0, 0] += grow
+        self.cells.soc.p[:, 0, 0] += grow
 
     @property
     def settled(self) -> bool:
         """Rested long enough for the terminal voltage to be the OCV, and resting this poll."""
-        return self.rest_s >= REST_SETTLE_S and self._busy_polls == 0
+        return self.rest.rest_s >= REST_SETTLE_S and self.rest.busy_polls == 0
 
     def _capacity_and_cycles(
         self,
@@ -357,10 +394,27 @@ class Diagnostician:
         d.equivalent_full_cycles = self.cycles.equivalent_full_cycles
         d.life_used_pct, d.remaining_cycles = life["life_used_pct"], life["remaining_cycles"]
         d.dod_histogram = life["dod_histogram"]
-        r0 = self.cells.resistance.r0_25c_ohm
-        d.r0_ohm = float(r0[0]) * self.series_cells if self.series_cells else math.nan
+        res = self.cells.resistance
+        r0 = res.r0_25c_ohm
+        n = self.series_cells if self.series_cells else math.nan
+        d.r0_ohm = float(r0[0]) * n
+        d.r0_small_signal_ohm = float(res.small_signal_25c_ohm[0]) * n
+        d.r0_pulse_1s_ohm = float(res.pulse_1s_ohm[0]) * n
+        d.r0_pulse_1s_uncertainty_ohm = float(res.pulse_1s_sigma_ohm[0]) * n
         d.soh_resistance_pct = resistance_soh_pct(
             float(r0[0]), self.chemistry.r0_ohm(self.nominal_capacity_ah)
+        )
+        self._forecast(d)
+
+    def _forecast(self, d: Diagnosis) -> None:
+        """SOH in 1/5/10 years: the measured fade (its sigma from the latest capacity's over
+        the span of the history) weighed against the prior."""
+        history = self.capacity.history
+        span_years = float(np.ptp(history[:, 0])) / (365.25 * 86_400.0) if history.size else 0.0
+        soh_sigma = 100.0 * self.capacity.capacity_sigma_ah / self.nominal_capacity_ah
+        fade_sigma = math.sqrt(2.0) * soh_sigma / span_years if span_years > 0 else math.nan
+        d.soh_forecast_pct, d.soh_forecast_low_pct, d.soh_forecast_high_pct = soh_forecast(
+            d.soh_pct, soh_sigma, d.capacity_fade_pct_per_year, fade_sigma
         )
 
     def _cell_views(
@@ -397,6 +451,20 @@ class Diagnostician:
         )
         d.cell_r0_ohm, d.cell_self_discharge_a = r0, anomaly.leak_a
         d.cell_r0_mean_ohm = finite_mean(r0)
+        if not c.soc.initialised:
+            return
+        string = string_capacity(
+            self.chemistry,
+            self.capacity.capacity_ah,
+            self.capacity.capacity_sigma_ah,
+            self.nominal_capacity_ah,
+            c.soc.soc_pct,
+            c.soc.soc_sigma_pct,
+            self.series_cells,
+            float(c.resistance.r0_25c_ohm[0]),
+        )
+        for name, value in vars(string).items():
+            setattr(d, name, value)
 
     def _safety(self, dt_s: float, inputs: CleanInputs, current: float, d: Diagnosis) -> None:
         c = self.cells
@@ -431,10 +499,11 @@ class Diagnostician:
         }
         parts: dict[str, dict[str, Any]] = {
             "engine": {
-                "scalars": np.array([self.series_cells, self.rest_s]),
+                "scalars": np.array([self.series_cells, self.rest.rest_s]),
                 "initialised": np.array([self.string_soc.initialised, c.soc.initialised]),
             },
             "string_soc": self.string_soc.state(),
+            "rest": self.rest.state(),
             "capacity": self.capacity.state(),
             "cycles": self.cycles.state(),
             "cell_soc": c.soc.state(),
@@ -475,7 +544,11 @@ class Diagnostician:
             cycles,
             cells,
         )
-        self.series_cells, self.rest_s = int(series), rest_s
+        self.series_cells = int(series)
+        self.rest = RestTracker(self.nominal_capacity_ah)
+        if "rest" in parts:  # blobs from before rests measured the offset have none
+            self.rest.load(parts["rest"])
+        self.rest.rest_s = rest_s
         self._last = None
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.

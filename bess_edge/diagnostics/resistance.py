@@ -26,6 +26,14 @@ MAX_STEP_DT_S = 2.0
 PLAUSIBLE_RATIO = (0.2, 10.0)
 # Forgetting per accepted step: a memory of about 200 steps (days of normal operation).
 FORGETTING = 0.995
+# The 1-s DC pulse resistance of datasheets and HPPC tests is measured with steps of 0.5C and
+# more: smaller steps read higher on most cells (Butler-Volmer kinetics linearise only at small
+# currents, so the charge-transfer share of the 1-s drop falls with the step), which is why the
+# small-signal value is a quantity of its own. A memory of ~20 such steps (weeks at one a day).
+PULSE_MIN_C = 0.5
+PULSE_FORGETTING = 0.95
+# Model floor of a pulse estimate's relative sigma: SOC and temperature differ between steps.
+PULSE_FLOOR = 0.03
 
 
 def temperature_factor(chemistry: Chemistry, temperature_c: FloatArray | float) -> FloatArray:
@@ -44,6 +52,10 @@ class ResistanceEstimator:
         self.sxx = np.zeros(cells + 1)
         self.sxy = np.zeros(cells + 1)
         self.steps = np.zeros(cells + 1)
+        # 1-s pulses: weight, weighted sums of the ratios ΔV/ΔI and of their squares.
+        self.pulse_w = np.zeros(cells + 1)
+        self.pulse_r = np.zeros(cells + 1)
+        self.pulse_rr = np.zeros(cells + 1)
 
     def update(
         self,
@@ -65,27 +77,71 @@ class ResistanceEstimator:
         dv25 = delta_voltage_v / series_cells / temperature_factor(self.chemistry, temperature_c)
         ratio = dv25 / delta_current_a / self.nominal_cell_r0_ohm
         ok = np.isfinite(ratio) & (ratio > PLAUSIBLE_RATIO[0]) & (ratio < PLAUSIBLE_RATIO[1])
+        self.steps = self.steps + ok
+        if abs(delta_current_a) >= PULSE_MIN_C * self.capacity_ah:
+            r = np.where(ok, dv25 / delta_current_a, 0.0)
+            keep = np.where(ok, PULSE_FORGETTING, 1.0)
+            self.pulse_w = keep * self.pulse_w + ok
+            self.pulse_r = keep * self.pulse_r + r
+            self.pulse_rr = keep * self.pulse_rr + r**2
+            return
         forget = np.where(ok, FORGETTING, 1.0)
         self.sxx = forget * self.sxx + np.where(ok, delta_current_a**2, 0.0)
         self.sxy = forget * self.sxy + np.where(ok, dv25 * delta_current_a, 0.0)
-        self.steps = self.steps + ok
 
     @property
-    def r0_25c_ohm(self) -> FloatArray:
-        """Per-cell R0 at 25 °C [Ω]: string average (index 0) then each cell; NaN before a step."""
+    def small_signal_25c_ohm(self) -> FloatArray:
+        """Per-cell small-signal R0 at 25 °C [Ω] (steps below 0.5C): string average (index 0)
+        then each cell; NaN before a step."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.sxx > 0, self.sxy / self.sxx, np.nan)
 
+    @property
+    def r0_25c_ohm(self) -> FloatArray:
+        """Per-cell R0 at 25 °C [Ω] as reported (``r0_ohm``, ``cell_r0_ohm``): the 1-s pulse
+        value where steps >= 0.5C were seen, the small-signal one otherwise."""
+        pulse = self.pulse_1s_ohm
+        return np.where(np.isfinite(pulse), pulse, self.small_signal_25c_ohm)
+
+    @property
+    def pulse_1s_ohm(self) -> FloatArray:
+        """Per-cell 1-s DC pulse resistance at 25 °C [Ω] from steps ≥ 0.5C (index 0: the
+        string's average cell); NaN before the first such step."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.pulse_w > 0, self.pulse_r / self.pulse_w, np.nan)
+
+    @property
+    def pulse_1s_sigma_ohm(self) -> FloatArray:
+        """Sigma of :attr:`pulse_1s_ohm`: the steps' scatter over their number, and a floor
+        for what differs between steps (SOC, temperature, relaxation state)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.pulse_r / self.pulse_w
+            var = np.maximum(self.pulse_rr / self.pulse_w - mean**2, 0.0)
+            # One step says nothing of the scatter: assume 10 % until a second one comes.
+            var = np.where(self.pulse_w > 1.0, var, (0.1 * mean) ** 2)
+            sigma = np.sqrt(var / np.maximum(self.pulse_w, 1.0) + (PULSE_FLOOR * mean) ** 2)
+            return np.where(self.pulse_w > 0, sigma, np.nan)
+
     def r0_or_preset_ohm(self) -> FloatArray:
-        """R0 at 25 °C [Ω] per column, the preset where no step has been seen yet."""
+        """R0 at 25 °C [Ω] per column for the models: as reported, the preset before a step."""
         r0 = self.r0_25c_ohm
         return np.where(np.isfinite(r0), r0, self.nominal_cell_r0_ohm)
 
     def state(self) -> dict[str, Any]:
-        return {"sxx": self.sxx, "sxy": self.sxy, "steps": self.steps}
+        return {
+            "sxx": self.sxx,
+            "sxy": self.sxy,
+            "steps": self.steps,
+            "pulse_w": self.pulse_w,
+            "pulse_r": self.pulse_r,
+            "pulse_rr": self.pulse_rr,
+        }
 
     def load(self, state: dict[str, Any]) -> None:
-        for name in ("sxx", "sxy", "steps"):
+        # Blobs from before the pulse resistance was kept have no pulse sums: they start at 0.
+        for name in ("sxx", "sxy", "steps", "pulse_w", "pulse_r", "pulse_rr"):
+            if name not in state and name.startswith("pulse"):
+                continue
             value = np.asarray(state[name], dtype=np.float64)
             if value.shape != self.sxx.shape:
                 raise ValueError(f"resistance field {name} has shape {value.shape}")

@@ -27,6 +27,20 @@ from bess_edge.model import FloatArray
 # Measurement model error [V]: OCV table and 1-RC model mismatch (a few mV at rest for a fitted
 # table, Plett 2004 part 3) plus a share of the ohmic drop that the RC pair does not capture.
 OCV_MODEL_ERROR_V = 0.004
+# The table itself is a *bias*, not noise: a published curve read for a cell nobody measured is
+# off by tens of mV (the NMC preset against PyBaMM's LG M50, Mohtat NMC532 and Kim NCA cells:
+# 20-70 mV between 20 and 90 % SOC, 150-200 mV below 15 %; the LFP preset against Prada's
+# A123: 25-40 mV on the plateau). Averaging voltages cannot beat it, so the SOC variance after
+# a voltage correction is floored at (table error / OCV slope)², and capacity anchors carry it.
+# A commissioning table measured on the cell is good to the 4 mV above.
+OCV_TABLE_ERROR_V = {"preset": 0.030, "config": 0.010, "file": 0.0, "learned": 0.0}
+
+
+def ocv_table_error_v(chemistry: Chemistry) -> float:
+    """Bias [V] of the chemistry's OCV table for this cell, by where the table came from."""
+    return OCV_TABLE_ERROR_V.get(chemistry.ocv_source, OCV_TABLE_ERROR_V["preset"])
+
+
 LOAD_MODEL_ERROR_FRACTION = 1.0
 # Model errors are not white: the same OCV-table error persists for minutes, so N polls within
 # this time carry the information of about one (variance inflated by the ratio).
@@ -41,10 +55,13 @@ LOAD_ERROR_CORRELATION_S = 1800.0
 CURRENT_NOISE_C = 0.005
 # Offset random walk [fraction of 1C per sqrt(s)]: drifts over hours, not seconds.
 BIAS_WALK_C_PER_SQRT_S = 2e-6
-INITIAL_BIAS_SIGMA_C = 0.01
-# An offset beyond 2 % of 1C is a broken sensor, not something to correct for; the bound keeps
-# a large SOC error met at a knee from being explained away as offset.
-BIAS_LIMIT_C = 0.02
+# Sensors in service reach ±3 % of 1C of offset (hall sensors after years, unzeroed shunts):
+# 1.5 % is the sigma before anything is measured, so ±3 % lies within 2 sigma.
+INITIAL_BIAS_SIGMA_C = 0.015
+# An offset beyond 4 % of 1C is a broken sensor, not something to correct for; the bound keeps
+# a large SOC error met at a knee from being explained away as offset. An estimate that sits on
+# the bound is reported (``at_bias_limit``), never silently kept.
+BIAS_LIMIT_C = 0.04
 # Innovations beyond 3 sigma are down-weighted (Huber-style): at a knee the linearised OCV is
 # poor, and one big correction would otherwise collapse the covariance on a wrong estimate.
 INNOVATION_GATE_SIGMAS = 3.0
@@ -69,6 +86,7 @@ class SocFilter:
         self._slope_soc = soc
         self._slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
         self._flat = chemistry.ocv_flat_regions_pct
+        self._table_error_v = ocv_table_error_v(chemistry)
 
     @property
     def channels(self) -> int:
@@ -159,6 +177,7 @@ class SocFilter:
         h = np.zeros((n, self.states))
         h[:, 0] = 1.0
         ph = self.p[:, :, 0]
+        prior_var = self.p[:, 0, 0].copy()
         s = self.p[:, 0, 0] + sigma**2
         innovation = np.where(use, z - self.x[:, 0], 0.0)
         s = np.where(use, np.maximum(s, innovation**2 / INNOVATION_GATE_SIGMAS**2), 1.0)
@@ -172,9 +191,26 @@ class SocFilter:
         kkt = gain[:, :, None] * gain[:, None, :] * (s - self.p[:, 0, 0])[:, None, None]
         self.p = i_kh @ self.p @ i_kh.transpose(0, 2, 1) + kkt
         self.x[:, 0] = np.clip(self.x[:, 0], 0.0, 100.0)
+        if self._table_error_v > 0 and use.any():
+            # Where the voltage just moved SOC, SOC is no better known than the table.
+            slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
+            floor = np.where(use, (self._table_error_v / slope) ** 2, 0.0)
+            self.p[:, 0, 0] = np.maximum(self.p[:, 0, 0], np.minimum(floor, prior_var))
         if self.states == 3:
             limit = BIAS_LIMIT_C * cap
             self.x[:, 2] = np.clip(self.x[:, 2], -limit, limit)
+
+    @property
+    def bias_sigma_a(self) -> float:
+        """Sigma of :attr:`bias_a` [A] (NaN if the offset is not estimated)."""
+        if self.states != 3 or not self.channels:
+            return float("nan")
+        return float(np.sqrt(max(self.p[0, 2, 2], 0.0)))
+
+    def at_bias_limit(self, capacity_ah: float) -> bool:
+        """The offset estimate sits on its bound: the sensor is out of spec or the filter is
+        explaining a model error as offset; either way its value is not to be trusted."""
+        return self.states == 3 and abs(self.bias_a) >= 0.999 * BIAS_LIMIT_C * capacity_ah
 
     def assume_bias(self, offset_a: float, sigma_a: float) -> None:
         """Take the current offset [A] ± sigma from an independent estimate (the capacity fit's

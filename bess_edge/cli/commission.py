@@ -1,0 +1,95 @@
+"""``bess-edge commission``: fit a device's OCV table from a recorded slow charge/discharge.
+
+Record a charge to the upper voltage limit and a slow (≤ C/10) discharge to the lower one, or
+rests spread between them, export it (``bess-edge export --device X -o run.csv``) and fit:
+
+    bess-edge commission run.csv --chemistry nmc --capacity-ah 280 -o rack1-ocv.csv
+
+The table is per cell (the mean of the cell voltages, or pack voltage / ``--series-cells``);
+set ``ocv_table = "rack1-ocv.csv"`` in the device's config and it wins over the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bess_edge.chemistry import get_chemistry, write_ocv_table
+from bess_edge.cli._common import EXIT_OK, EXIT_USAGE
+from bess_edge.diagnostics.ocv_fit import fit_ocv_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "commission",
+        help="fit an OCV table from a recorded slow charge/discharge (export CSV)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("recording", type=Path, help="a `bess-edge export` CSV of the segment")
+    parser.add_argument("--chemistry", required=True, help="preset, for its R0 (nmc, lfp, ...)")
+    parser.add_argument(
+        "--capacity-ah", type=float, required=True, help="label capacity of the string [Ah]"
+    )
+    parser.add_argument(
+        "--series-cells", type=int, help="cells in series, when the CSV has no cell voltages"
+    )
+    parser.add_argument("--r0-ohm", type=float, help="cell R0 [Ω] (default: the preset's)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="table CSV to write")
+    parser.set_defaults(func=run)
+
+
+def read_recording(path: Path, series_cells: int | None) -> tuple[np.ndarray, ...]:
+    """Times [s], mean cell voltage [V] and pack current [A] of an export CSV."""
+    t, v, i = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        cells = [name for name in fields if name.startswith("cell_voltage_v_")]
+        missing = {"ts_ms", "pack_current_a"} - set(fields)
+        if missing or not (cells or ("pack_voltage_v" in fields and series_cells)):
+            raise ValueError(
+                f"{path}: needs ts_ms, pack_current_a and cell_voltage_v_* columns (or "
+                "pack_voltage_v with --series-cells), as `bess-edge export` writes them"
+            )
+        for row in reader:
+            t.append(_number(row["ts_ms"]) / 1000.0)
+            i.append(_number(row["pack_current_a"]))
+            if cells:
+                values = [_number(row[c]) for c in cells]
+                finite = [x for x in values if math.isfinite(x)]
+                v.append(sum(finite) / len(finite) if finite else math.nan)
+            else:
+                v.append(_number(row["pack_voltage_v"]) / float(series_cells or 1))
+    return np.array(t), np.array(v), np.array(i)
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        chemistry = get_chemistry(args.chemistry)
+        t, v, i = read_recording(args.recording, args.series_cells)
+        r0 = args.r0_ohm if args.r0_ohm is not None else chemistry.r0_ohm(args.capacity_ah)
+        fit = fit_ocv_table(t, v, i, args.capacity_ah, r0)
+        note = (
+            f"OCV table fitted by bess-edge commission from {args.recording.name}: "
+            f"{fit.points} samples, capacity {fit.capacity_ah:.4g} Ah, "
+            f"residual {1000 * fit.residual_v:.1f} mV RMS, R0 {r0:.4g} ohm"
+        )
+        write_ocv_table(args.output, fit.soc_pct, fit.ocv_v, note)
+    except (OSError, ValueError) as exc:
+        print(f"commission: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(note, file=sys.stderr)
+    print(f'wrote {args.output}; set ocv_table = "{args.output}" in the device\'s config')
+    return EXIT_OK

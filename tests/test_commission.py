@@ -1,0 +1,106 @@
+"""`bess-edge commission` fits a cell's OCV table from a recording; the table loads from config."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from bess_edge.chemistry import NMC, read_ocv_table
+from bess_edge.cli import main
+from bess_edge.config import DeviceConfig
+from bess_edge.diagnostics import Diagnostician
+from bess_edge.model import Reading
+
+CAPACITY_AH = 50.0
+R0_OHM = 0.0016
+R1_OHM, TAU_S = 0.0008, 60.0
+# A cell unlike the NMC preset (an NCA-like curve: lower in the middle, steeper at the top).
+TRUE_SOC = np.linspace(0.0, 100.0, 21)
+TRUE_OCV = 3.0 + 1.2 * (TRUE_SOC / 100.0) ** 0.6 - 0.15 * np.sin(np.pi * TRUE_SOC / 100.0)
+
+
+def _record(path, rng) -> None:
+    """A full charge, a rest, a C/20 discharge to empty and a C/20 charge back, as exported."""
+    current = np.concatenate(
+        [np.zeros(360), np.full(7200, -CAPACITY_AH / 20.0), np.zeros(360),
+         np.full(7200, CAPACITY_AH / 20.0), np.zeros(360)]
+    )  # fmt: skip
+    dt = 10.0
+    soc, v_rc = 100.0, 0.0
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "ts_ms",
+                "pack_voltage_v",
+                "pack_current_a",
+                *(f"cell_voltage_v_{k}" for k in range(4)),
+            ]
+        )
+        for k, amps in enumerate(current):
+            soc = min(max(soc + 100.0 * amps * dt / 3600.0 / CAPACITY_AH, 0.0), 100.0)
+            a = math.exp(-dt / TAU_S)
+            v_rc = a * v_rc + R1_OHM * (1 - a) * amps
+            v = np.interp(soc, TRUE_SOC, TRUE_OCV) + v_rc + R0_OHM * amps
+            cells = np.round(v + 0.001 * rng.standard_normal(4), 3)
+            measured = round(amps + 0.02 * rng.standard_normal(), 2)
+            writer.writerow([int(1.7e12 + k * dt * 1000), f"{cells.sum():.3f}", measured, *cells])
+
+
+def test_commission_round_trips_a_table_into_the_config(tmp_path):
+    recording, table = tmp_path / "run.csv", tmp_path / "rack-ocv.csv"
+    _record(recording, np.random.default_rng(1))
+    code = main(
+        ["commission", str(recording), "--chemistry", "nmc", "--capacity-ah", str(CAPACITY_AH),
+         "--r0-ohm", str(R0_OHM), "-o", str(table)]
+    )  # fmt: skip
+    assert code == 0
+    soc, ocv = read_ocv_table(table)
+    error = np.interp(soc, TRUE_SOC, TRUE_OCV) - ocv
+    inner = (soc >= 5) & (soc <= 95)
+    print(f"table error: max {1000 * np.abs(error[inner]).max():.1f} mV within 5-95 %")
+    assert np.abs(error[inner]).max() < 0.006
+    assert np.abs(error).max() < 0.03  # the ends, where a C/20 current still polarises
+
+    device = DeviceConfig(id="rack", driver="sim", chemistry="nmc", ocv_table=table)
+    chemistry = device.chemistry_preset()
+    assert chemistry.ocv_source == "file"
+    np.testing.assert_allclose(chemistry.ocv_v, ocv)
+    diag = Diagnostician("rack", chemistry, CAPACITY_AH)
+    d = diag.update(Reading("rack", 0, pack_voltage_v=3.6, pack_current_a=0.0))
+    assert d.ocv_source == "file"
+
+
+def test_commission_refuses_a_recording_that_does_not_span_the_cell(tmp_path, capsys):
+    recording = tmp_path / "short.csv"
+    with open(recording, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ts_ms", "pack_current_a", "cell_voltage_v_0"])
+        for k in range(100):
+            writer.writerow([k * 1000, -1.0, 3.7 - 0.0001 * k])
+    code = main(
+        ["commission", str(recording), "--chemistry", "nmc", "--capacity-ah", "50",
+         "-o", str(tmp_path / "t.csv")]
+    )  # fmt: skip
+    assert code == 2
+    assert "record a charge to the upper limit" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("soc_pct,ocv_v\n0,3.0\n50,3.6\n", "at least 3 rows"),
+        ("soc_pct,ocv_v\n0,3.0\n50,3.9\n100,3.6\n", "must rise strictly"),
+        ("soc,v\n0,3.0\n50,3.6\n100,4.1\n", "header"),
+        ("soc_pct,ocv_v\n0,3.0\n50,x\n100,4.1\n", "row 3"),
+    ],
+)
+def test_a_bad_ocv_table_is_refused_with_file_and_reason(tmp_path, text, reason):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=reason) as info:
+        DeviceConfig(id="rack", driver="sim", chemistry="nmc", ocv_table=path).chemistry_preset()
+    assert str(path) in str(info.value)
+    assert NMC.ocv_source == "preset"
