@@ -324,12 +324,15 @@ class Daemon:
     async def _ack_requests(self) -> None:
         """Apply acknowledgements queued by ``bess-edge ack`` (this process owns alert state)."""
         store = self.worker.store
+        failing = False
         while True:
             try:
                 requests = await self.worker.call(store.pending_acks)
+                failing = False
             except Exception:
-                log.exception("reading acknowledgement requests failed")
-                requests = []
+                if not failing:  # once per run of failures (a corrupt file fails every second)
+                    log.exception("reading acknowledgement requests failed")
+                failing, requests = True, []
             if requests:
                 await self._commit([apply_ack_requests(self.alerts, requests, now_ms())])
             await asyncio.sleep(ACK_POLL_INTERVAL_S)
