@@ -8,17 +8,13 @@ can fix a site's file without reading Python. Environment variables
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -28,58 +24,23 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bess_edge.chemistry import Chemistry, get_chemistry, read_ocv_table
-
-# The API's rule file and the cloud's config phrase their errors the same way.
-from bess_edge.config_reasons import key_path as _key_path  # noqa: F401
-from bess_edge.config_reasons import reason as _reason  # noqa: F401
+from bess_edge.config_reasons import key_path as _key_path  # noqa: F401  (the API's rule file and
+from bess_edge.config_reasons import reason as _reason  # noqa: F401  the cloud's config use them)
+from bess_edge.config_rules import BUILTIN_ALERTS as BUILTIN_ALERTS  # the rules, re-exported
+from bess_edge.config_rules import MESSAGE_FIELDS as MESSAGE_FIELDS
+from bess_edge.config_rules import ModbusWrite as ModbusWrite
+from bess_edge.config_rules import RuleAction as RuleAction
+from bess_edge.config_rules import ThresholdRule as ThresholdRule
+from bess_edge.config_types import FsPath, Host, Section, TopicId
 
 DEFAULT_CONFIG_PATH = Path("/etc/bess-edge/bess-edge.toml")
 
-# Site and device ids become MQTT topic levels and file names: keep them to a safe alphabet.
-TopicId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
-Severity = Literal["info", "warning", "critical"]
-_HOST_NAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
-)
-
-
-def _host(value: str) -> str:
-    """An IP address or a DNS name (RFC 1123), e.g. not ``127.0.0.1:9464`` or ``http://x``."""
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not _HOST_NAME.match(value):
-            raise ValueError(
-                f"{value!r} is not a host name or an IP address"
-                + (" (the port goes in 'port')" if ":" in value and "." in value else "")
-            ) from None
-    return value
-
-
-Host = Annotated[str, AfterValidator(_host)]
-
-
-def _no_nul(value: Path) -> Path:
-    if "\0" in str(value):
-        raise ValueError("a path may not contain a NUL character")
-    return value
-
-
-# A file system path: the OS refuses a NUL in one (ValueError deep inside open, not a message).
-FsPath = Annotated[Path, AfterValidator(_no_nul)]
 # Topic levels and store names that a device id would collide with.
 RESERVED_DEVICE_IDS = {
     "cmd": "the MQTT command topic <prefix>/<site>/cmd/...",
     "state": "the MQTT topic <prefix>/<site>/state",
     "_site": "the device name of site-wide alerts",
 }
-
-
-class Section(BaseModel):
-    """A config table: unknown keys are errors, so a typo never silently does nothing."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class SiteConfig(Section):
@@ -231,115 +192,6 @@ class DeviceConfig(Section):
         if self.ocv_table is None:
             return chemistry
         return chemistry.with_ocv_table(*read_ocv_table(self.ocv_table), source="file")
-
-
-# Alerts the engine raises by itself (docs/alerts.md); a [[thresholds]] rule may not reuse them.
-BUILTIN_ALERTS = frozenset(
-    {"comms_lost", "buffer_dropping", "thermal_runaway_precursor", "store_corrupt", "polls_skipped"}
-)
-# Placeholders a rule's message template may use, with sample values to check it at load time.
-MESSAGE_FIELDS: dict[str, Any] = {
-    "device": "rack-1",
-    "cell": 0,
-    "where": " cell 0",
-    "value": 1.0,
-    "threshold": 1.0,
-    "clear": 1.0,
-    "metric": "m",
-    "op": ">",
-    "rule": "r",
-    "severity": "warning",
-}
-
-
-class ModbusWrite(Section):
-    """One coil or holding register written over Modbus TCP (a siren, a contactor's input)."""
-
-    host: str
-    port: int = Field(502, ge=1, le=65535)
-    unit: int = Field(1, ge=0, le=247)
-    coil: int | None = Field(None, ge=0, le=65535)
-    holding_register: int | None = Field(None, ge=0, le=65535)
-    value: int = Field(ge=0, le=65535)  # a coil takes 0 or 1
-
-    @model_validator(mode="after")
-    def _one_target(self) -> ModbusWrite:
-        if (self.coil is None) == (self.holding_register is None):
-            raise ValueError("give exactly one of 'coil' or 'holding_register'")
-        if self.coil is not None and self.value not in (0, 1):
-            raise ValueError(f"a coil takes 0 or 1 (got {self.value})")
-        return self
-
-
-class RuleAction(Section):
-    """A local side effect of an alert transition: a convenience, NOT a safety function."""
-
-    command: list[str] | None = Field(None, min_length=1)  # argv, never a shell string
-    modbus: ModbusWrite | None = None
-    on: list[Literal["raised", "acknowledged", "cleared"]] = ["raised"]
-    timeout_s: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _something_to_do(self) -> RuleAction:
-        if self.command is None and self.modbus is None:
-            raise ValueError("give 'command' and/or 'modbus'")
-        return self
-
-
-class ThresholdRule(Section):
-    """One local alert rule (see docs/alerts.md): raise when ``metric`` crosses a level."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
-    metric: str
-    above: float | None = None
-    below: float | None = None
-    clear: float | None = None  # hysteresis: the level the value must return past to clear
-    for_s: float = Field(0.0, ge=0)  # debounce: the condition must hold this long
-    clear_for_s: float = Field(0.0, ge=0)
-    min_reraise_s: float = Field(60.0, ge=0)
-    severity: Severity = "warning"
-    devices: list[str] = ["*"]  # ids or shell-style globs
-    message: str = "{device}{where}: {metric} {value:.4g} {op} {threshold:g}"
-    action: RuleAction | None = None  # optional local action; not a safety function
-
-    @field_validator("name")
-    @classmethod
-    def _not_builtin(cls, value: str) -> str:
-        if value in BUILTIN_ALERTS:
-            raise ValueError(f"{value!r} is a built-in alert name; choose another rule name")
-        return value
-
-    @field_validator("message")
-    @classmethod
-    def _known_placeholders(cls, value: str) -> str:
-        try:
-            value.format(**MESSAGE_FIELDS)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"bad message template ({exc!r}); placeholders: "
-                + ", ".join("{" + k + "}" for k in MESSAGE_FIELDS)
-            ) from None
-        return value
-
-    @model_validator(mode="after")
-    def _one_direction(self) -> ThresholdRule:
-        if (self.above is None) == (self.below is None):
-            raise ValueError("give exactly one of 'above' or 'below'")
-        if self.clear is not None:
-            if self.above is not None and self.clear > self.above:
-                raise ValueError(f"clear ({self.clear}) must be <= above ({self.above})")
-            if self.below is not None and self.clear < self.below:
-                raise ValueError(f"clear ({self.clear}) must be >= below ({self.below})")
-        return self
-
-    @property
-    def threshold(self) -> float:
-        return self.above if self.above is not None else self.below  # type: ignore[return-value]
-
-    @property
-    def clear_level(self) -> float:
-        """The level past which the alert clears (the threshold itself without hysteresis)."""
-        return self.clear if self.clear is not None else self.threshold
 
 
 class Settings(BaseSettings):

@@ -314,3 +314,10 @@ def test_a_reply_prefix_overlapping_the_data_topics_is_refused(tmp_path: Path, p
     ok = SITE + storage(tmp_path) + '[mqtt]\nreply_topic_prefix = "ops/replies"\n' + DEVICE
     (tmp_path / "ok.toml").write_text(ok)
     assert load_config(tmp_path / "ok.toml").mqtt.reply_topic_prefix == "ops/replies"
+
+
+@pytest.mark.parametrize("template", ["{device.nope}", "{cell[0]}", "{cell:d}", "{where:d}"])
+def test_a_message_template_that_would_fail_when_the_alert_fires_is_refused(tmp_path, template):
+    rule = f'[[thresholds]]\nname = "soc"\nmetric = "soc_pct"\nbelow = 10\nmessage = "{template}"\n'
+    (found,) = problems(tmp_path, SITE + storage(tmp_path) + DEVICE + rule)
+    assert found.startswith("thresholds[0].message: bad message template"), found
