@@ -170,7 +170,7 @@ class DeviceConfig(Section):
     chemistry_overrides: dict[str, Any] = {}
     # A per-cell OCV table (CSV soc_pct,ocv_v: `bess-edge commission` writes one, or a
     # datasheet's); it wins over the preset's and over an ocv_v override.
-    ocv_table: Path | None = None
+    ocv_table: FsPath | None = None
     options: dict[str, Any] = {}
     _parsed_options: BaseModel | None = PrivateAttr(default=None)
 
