@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyRefused as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
-    except ValueError as exc:  # a name the model refuses
-        print(f"invalid key name {args.name!r}: {exc}", file=sys.stderr)
+    except ValueError:  # a name the model refuses
+        print(
+            f"invalid key name {args.name!r}: use 1 to 64 letters, digits, '_', '.', '@' or '-'",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
