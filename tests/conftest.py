@@ -322,5 +322,9 @@ def pg_url(pg_server: Any, request: pytest.FixtureRequest) -> str:
     """A fresh, empty database on the session's server."""
     if pg_server.pid() is None:
         pg_server.start()
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    import hashlib
+
+    node = request.node.name
+    digest = hashlib.sha1(node.encode()).hexdigest()[:8]  # parametrized twins differ only late
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in node)[:40].lower() + "_" + digest
     return str(pg_server.create_database(name))
