@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bess_edge.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from bess_edge.cli._common import EXIT_FAILURE, EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,16 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bess_edge.cloud.config import load_cloud_config
-    from bess_edge.config import ConfigError
+    from bess_edge.cloud.config import load_cloud_or_exit
     from bess_edge.logs import setup_logging
 
-    try:
-        settings = load_cloud_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EXIT_USAGE
+    settings = load_cloud_or_exit(args.config)
     try:
         import uvicorn
 

@@ -39,16 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bess_edge.cloud.config import load_cloud_config
-    from bess_edge.config import ConfigError
+    from bess_edge.cloud.config import load_cloud_or_exit
     from bess_edge.logs import setup_logging
 
-    try:
-        settings = load_cloud_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EXIT_USAGE
+    settings = load_cloud_or_exit(args.config)
     setup_logging(settings.logging)
     if args.add_site or args.add_user or args.migrate:
         return _admin(args, settings.ingest.database_url)

@@ -79,7 +79,7 @@ class CloudSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        return (env_settings, init_settings)  # the environment wins over the file
 
 
 def load_cloud_config(path: Path | str) -> CloudSettings:
@@ -90,3 +90,15 @@ def load_cloud_config(path: Path | str) -> CloudSettings:
         return CloudSettings(**raw)
     except ValidationError as exc:
         raise ConfigError(path, [(_key_path(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+
+
+def load_cloud_or_exit(path: Path) -> CloudSettings:
+    """The config, or every problem on stderr and exit code 2 (for the CLI)."""
+    import sys
+
+    try:
+        return load_cloud_config(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        raise SystemExit(2) from None
