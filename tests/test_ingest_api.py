@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from test_ingest_storage import filled  # noqa: F401  (fixture)
 from test_ingest_writer import NOW_MS, store  # noqa: F401  (fixture)
 
+from bess_edge.cloud.api import fleet_app
+from bess_edge.cloud.keys import PgKeyStore
 from bess_edge.cloud.messages import Parser
 from bess_edge.cloud.writer import Writer
 from bess_edge.storage.keys import KeyRefused
 from bess_edge.sync.payload import dumps
-
-fastapi = pytest.importorskip("fastapi")  # the api extra
-from fastapi.testclient import TestClient  # noqa: E402
-
-from bess_edge.cloud.api import fleet_app  # noqa: E402
-from bess_edge.cloud.keys import PgKeyStore  # noqa: E402
 
 
 def test_each_site_is_served_by_the_same_api_with_keys_from_the_users_table(filled, pg_url):  # noqa: F811
