@@ -181,6 +181,8 @@ class Repairer:
 
     def _repair(self, p: Progress) -> None:
         contiguous, newest, gaps = missing_ranges(p.contiguous, self._runs(p), p.head)
+        if not gaps and p.request_ms is None and (contiguous, newest) == (p.contiguous, p.max_seq):
+            return  # an idle, complete stream: no write (every stream is visited every tick)
         now = now_ms()
         with self.conn.transaction():
             old = self.conn.execute(
