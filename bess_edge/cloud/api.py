@@ -8,9 +8,10 @@ Sites registered after start appear after a restart (the mounts are made once).
 from __future__ import annotations
 
 from fastapi import FastAPI, Security
+from fastapi.responses import FileResponse
 
 from bess_edge.api import auth
-from bess_edge.api.app import create_app
+from bess_edge.api.app import STATIC_DIR, create_app
 from bess_edge.cloud.keys import PgKeyStore
 from bess_edge.cloud.storage import Fleet, SiteOverview
 
@@ -31,6 +32,15 @@ def fleet_app(
               dependencies=[Security(auth.viewer)])  # fmt: skip
     def sites() -> list[SiteOverview]:
         return fleet.sites()
+
+    # The fleet's page lists the sites; each links to its own dashboard under /sites/<site>/.
+    @root.get("/", include_in_schema=False)
+    def fleet_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "fleet.html")
+
+    @root.get("/style.css", include_in_schema=False)
+    def fleet_style() -> FileResponse:
+        return FileResponse(STATIC_DIR / "style.css")
 
     for overview in fleet.sites():
         storage = fleet.site(overview.site)

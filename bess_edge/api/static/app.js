@@ -20,7 +20,8 @@ class AuthError extends Error {}
 async function api(path, opts = {}) {
   const headers = { Authorization: `Bearer ${state.key}` };
   if (opts.body !== undefined) headers["Content-Type"] = "application/json";
-  const r = await fetch(path, { method: opts.method || "GET", headers,
+  // Relative to the page, so the same files serve a gateway at / and a fleet site at /sites/<site>/.
+  const r = await fetch(path.replace(/^\//, ""), { method: opts.method || "GET", headers,
     body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined });
   if (r.status === 401) throw new AuthError((await r.json()).detail);
   const data = r.status === 204 ? null : await r.json();
