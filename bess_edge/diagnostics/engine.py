@@ -51,6 +51,8 @@ GAP_SOC_SIGMA_PCT_PER_H = 2.0
 INITIAL_SOC_SIGMA_PCT = 10.0
 # The SOC filters count with the estimated capacity once it is known to 2 % (1 sigma).
 TRUSTED_CAPACITY_SIGMA = 0.02
+# A label capacity is the new cell's, typically within 10 % of an unknown cell's real one.
+LABEL_CAPACITY_REL_SIGMA = 0.10
 UNVERIFIED_SOC_SIGMA_PCT = 30.0
 
 
@@ -125,6 +127,16 @@ class Diagnostician:
         if math.isfinite(q) and sigma < TRUSTED_CAPACITY_SIGMA * self.nominal_capacity_ah:
             return q
         return self.nominal_capacity_ah
+
+    @property
+    def capacity_rel_sigma(self) -> float:
+        """Relative sigma of :attr:`capacity_ah`: the estimate's, or a label's before it is
+        trusted (labels of the validation cells were 0-13 % off the real capacity: the NCA
+        label, the aged cells' unknown SOH)."""
+        q, sigma = self.capacity.capacity_ah, self.capacity.capacity_sigma_ah
+        if math.isfinite(q) and sigma < TRUSTED_CAPACITY_SIGMA * self.nominal_capacity_ah:
+            return sigma / q
+        return LABEL_CAPACITY_REL_SIGMA
 
     def update(self, reading: Reading) -> Diagnosis:
         """Diagnose one poll. Never raises: bad data is flagged, a failure is logged and
@@ -249,13 +261,13 @@ class Diagnostician:
             self._initialise_soc(string_v, current, inputs, r0_25)
         self.string_soc.step(
             current, dt_s, np.array([string_v]), r0_25[:1] * tf, np.array([r1 * tf]),
-            self.capacity_ah,
+            self.capacity_ah, self.capacity_rel_sigma,
         )  # fmt: skip
         if self.cells.count:
             tf_cells = temperature_factor(chem, cell_temps)
             self.cells.soc.step(
                 current - self.string_soc.bias_a, dt_s, inputs.cell_voltage_v,
-                r0_25[1:] * tf_cells, r1 * tf_cells, self.capacity_ah,
+                r0_25[1:] * tf_cells, r1 * tf_cells, self.capacity_ah, self.capacity_rel_sigma,
             )  # fmt: skip
 
     def _initialise_soc(
