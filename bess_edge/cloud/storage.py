@@ -14,7 +14,6 @@ Series are bucketed in the database (``GROUP BY`` on the bucket number over the
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import psycopg
@@ -38,6 +37,7 @@ from bess_edge.storage.models import (
     StorageHealth,
     Stream,
 )
+from bess_edge.storage.per_thread import PerThread
 
 _SUMMARY = (
     "seq, ts_ms, quality, " + ", ".join(READING_FIELDS) + ", coalesce(status_flags, 0), "
@@ -57,29 +57,11 @@ class SiteOverview(BaseModel):
     open_gap_seqs: int
 
 
-class _Connections:
-    """One autocommit connection per thread: the API answers from a pool of threads."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.local = threading.local()
-        self.all: list[psycopg.Connection] = []
-        self.lock = threading.Lock()
-
-    def get(self) -> psycopg.Connection:
-        conn: psycopg.Connection | None = getattr(self.local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self.local.conn = psycopg.connect(self.url, autocommit=True)
-            with self.lock:
-                self.all.append(conn)
-        return conn
-
-    def close(self) -> None:
-        with self.lock:
-            for conn in self.all:
-                conn.close()
-            self.all.clear()
-        self.local = threading.local()
+def _connections(url: str) -> PerThread[psycopg.Connection]:
+    """One autocommit connection per thread, reopened when the server dropped it."""
+    return PerThread(
+        lambda: psycopg.connect(url, autocommit=True), lambda c: c.close(), lambda c: not c.closed
+    )
 
 
 class Fleet:
@@ -87,7 +69,7 @@ class Fleet:
 
     def __init__(self, database_url: str) -> None:
         self.url = database_url
-        self.db = _Connections(database_url)
+        self.db = _connections(database_url)
 
     def sites(self) -> list[SiteOverview]:
         rows = (
@@ -119,7 +101,7 @@ class PostgresStorage:
 
     def __init__(self, database_url: str, site: str) -> None:
         self.site = site
-        self.db = _Connections(database_url)
+        self.db = _connections(database_url)
 
     def close(self) -> None:
         self.db.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from bess_edge.storage.models import (
     StorageHealth,
     Stream,
 )
+from bess_edge.storage.per_thread import PerThread
 from bess_edge.storage.sqlite_reads import SqliteReads
 
 # Diagnoses are large JSON documents: at most this many are parsed per bucket (base.py).
@@ -56,31 +56,23 @@ class SqliteStorage:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no data yet (has the daemon run?)")
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._readers = PerThread(self._open_reader, lambda r: r.conn.close())
 
     # -- connections ----------------------------------------------------------------------
 
+    def _open_reader(self) -> _Reader:
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=10.0,
+            check_same_thread=False,
+        )  # fmt: skip
+        return _Reader(conn)
+
     @property
     def _r(self) -> _Reader:
-        reader: _Reader | None = getattr(self._local, "reader", None)
-        if reader is None:
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=10.0,
-                check_same_thread=False,
-            )  # fmt: skip
-            reader = self._local.reader = _Reader(conn)
-            with self._lock:
-                self._all.append(conn)
-        return reader
+        return self._readers.get()
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._readers.close()
 
     def _one(self, sql: str, *params: Any) -> Any:
         row = self._r.conn.execute(sql, params).fetchone()
