@@ -29,4 +29,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+# The tests mostly wait (real brokers, daemons, PostgreSQL, a browser): four workers overlap the
+# waits on two cores. A test file runs whole on one worker, so its module fixtures start once.
+# BESS_EDGE_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${BESS_EDGE_TEST_WORKERS:-4}" --dist loadfile "$@"
