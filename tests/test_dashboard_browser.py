@@ -80,6 +80,21 @@ def _sign_in(driver, site: Site, key: str) -> None:
     _wait(driver, "!document.querySelector('#login-dialog').open")
 
 
+def _click(driver, selector: str) -> None:
+    """Click what the selector finds: pages re-render every 2 s, so an element found just before
+    a refresh is stale by the click; find it again until one click lands."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt() -> bool:
+        try:
+            driver.find_element("css selector", selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_until(attempt, timeout=10)
+
+
 def _shot(driver, name: str) -> None:
     driver.execute_script("document.querySelector('#toast').hidden = true")
     path = SHOTS / name
@@ -109,9 +124,9 @@ def test_operator_sees_the_device_and_cells_and_acks_an_alert(site, browser):
     wait_until(lambda: _samples(site) >= 150, timeout=120)
     _wait(d, "document.querySelector('.device-card .soc').textContent !== '–'", timeout=30)
     _shot(d, "dashboard-overview.png")
-    d.find_element("css selector", '.device-card[data-device="rack-1"]').click()
+    _click(d, '.device-card[data-device="rack-1"]')
     _wait(d, "document.querySelectorAll('#cells .cell').length === 16")
-    d.find_element("css selector", 'button[data-range="5m"]').click()
+    _click(d, 'button[data-range="5m"]')
     _wait(d, "document.querySelector('button[data-range=\"5m\"]').classList.contains('on')")
     _wait(d, "document.querySelectorAll('#temps .temp').length === 16")
     _wait(d, "document.querySelector('#temps .temp.hot')", timeout=60)
@@ -136,7 +151,7 @@ def test_operator_sees_the_device_and_cells_and_acks_an_alert(site, browser):
     d.get(site.url + "/#/alerts")
     button = f'tr[data-alert-id="{alert["id"]}"] button.ack'
     _wait(d, f"document.querySelector('{button}') && !document.querySelector('{button}').disabled")
-    d.find_element("css selector", button).click()
+    _click(d, button)
     _wait(d, f"document.querySelector('#active-alerts tr[data-alert-id=\"{alert['id']}\"] .acked')")
     text = d.find_element("css selector", f'#active-alerts tr[data-alert-id="{alert["id"]}"]').text
     assert "acknowledged by api:op-key" in text
@@ -160,7 +175,7 @@ def test_viewer_is_refused_the_ack(site, browser):
     d.get(site.url + "/#/alerts")
     button = f'tr[data-alert-id="{alert["id"]}"] button.ack'
     _wait(d, f"document.querySelector('{button}')")
-    assert d.find_element("css selector", button).get_attribute("disabled") is not None
+    assert d.execute_script(f"return document.querySelector('{button}').disabled") is True
     # Forced past the disabled button, the server refuses and the page says why.
     d.execute_script(f"window.bess.ack({alert['id']})")
     _wait(d, "!document.querySelector('#toast').hidden")

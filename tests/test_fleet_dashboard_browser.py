@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 from conftest import free_port, wait_until
-from test_dashboard_browser import _wait, browser  # noqa: F401  (fixture)
+from test_dashboard_browser import _click, _wait, browser  # noqa: F401  (fixture)
 from test_dashboard_browser import pytestmark as needs_chromium
 from test_ingest_storage import filled  # noqa: F401  (fixture)
 from test_ingest_writer import store  # noqa: F401  (fixture)
@@ -52,7 +52,7 @@ def test_a_fleet_viewer_lists_the_sites_and_opens_one_signed_in(fleet_url, pg_ur
     assert set(cards) == {"site-a", "site-b"}
     assert "Active alerts\n1" in cards["site-a"], cards["site-a"]
 
-    d.find_element("css selector", ".site-card[data-site='site-a']").click()
+    _click(d, ".site-card[data-site='site-a']")
     wait_until(lambda: d.current_url.endswith("/sites/site-a/"), timeout=10)
     # The site's dashboard asks its API relative to the page, so it reads site-a's devices.
     _wait(d, "document.querySelector(\".device-card[data-device='rack-1']\")")
