@@ -25,7 +25,10 @@ pytestmark = pytest.mark.skipif(
 LAPTOP, PHONE = (1366, 1200), (390, 844)
 # The screenshots docs/ shows are refreshed on request only, so a test run leaves the clone clean:
 # BESS_EDGE_SCREENSHOTS=docs scripts/test.sh tests/test_dashboard_browser.py
-SHOTS = Path(os.environ.get("BESS_EDGE_SCREENSHOTS") or tempfile.mkdtemp(prefix="bess-shots-"))
+SHOTS = Path(
+    os.environ.get("BESS_EDGE_SCREENSHOTS")
+    or Path(tempfile.gettempdir(), "bess-edge-screenshots")  # one folder, overwritten each run
+)
 SECOND_RULE = {"name": "pack-high-2", "metric": "pack_voltage_v", "above": 2.0}
 
 
@@ -97,6 +100,7 @@ def _click(driver, selector: str) -> None:
 
 def _shot(driver, name: str) -> None:
     driver.execute_script("document.querySelector('#toast').hidden = true")
+    SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000  # a rendered page, not a blank one
