@@ -46,12 +46,17 @@ def test_risk_names_the_level_and_the_reason_for_an_over_voltage():
     assert findings == [(3, "over-voltage: cell at 3.800 V")]
 
 
+def _shipped_lfp_rules() -> AlertEngine:
+    """An alert engine with the shipped LFP threshold rules and the built-in ones."""
+    rules = [ThresholdRule(**r) for r in tomllib.loads(
+        (data_dir("config") / "thresholds-lfp.toml").read_text())["thresholds"]]  # fmt: skip
+    return AlertEngine(rules, 0, [])
+
+
 def test_charging_at_minus_one_degree_is_a_limit_alert_not_a_runaway_precursor():
     """-1 °C while charging raised thermal_runaway_precursor ("under-temperature"); cold slows
     every reaction. The shipped cell-undertemperature rule is the alert for it."""
-    rules = [ThresholdRule(**r) for r in tomllib.loads(
-        (data_dir("config") / "thresholds-lfp.toml").read_text())["thresholds"]]  # fmt: skip
-    engine = AlertEngine(rules, 0, [])
+    engine = _shipped_lfp_rules()
     sim = SimulatedString(
         SimOptions(cells=16, profile="constant", current_a=20.0, ambient_c=-1.0, seed=3),
         LFP,
@@ -67,6 +72,27 @@ def test_charging_at_minus_one_degree_is_a_limit_alert_not_a_runaway_precursor()
         raised += [t.rule for t in engine.evaluate(reading, d) if t.transition == "raised"]
     assert float(sim.temperature_c.max()) < 0.0
     assert "cell-undertemperature" in raised
+    assert "thermal_runaway_precursor" not in raised
+
+
+def test_a_cell_below_its_minimum_voltage_is_a_limit_alert_not_a_runaway_precursor():
+    """One LFP cell read at 2.45 V (minimum 2.5 V) on an idle string raised
+    thermal_runaway_precursor ("under-voltage", level 2). A low voltage is the shipped
+    cell-undervoltage rule's alert; it is no sign of runaway by itself."""
+    engine = _shipped_lfp_rules()
+    sim = SimulatedString(
+        SimOptions(cells=16, profile="idle", initial_soc_pct=5.0, seed=3), LFP, 280.0
+    )
+    diag = Diagnostician("rack-1", LFP, 280.0)
+    raised = []
+    for i in range(12):  # 60 s at 5 s polls: past the rule's for_s = 2 s
+        sim.advance(5.0)
+        reading = sim.measure(1_700_000_000_000 + i * 5_000, "rack-1")
+        reading.cell_voltage_v[6] = 2.45
+        d = diag.update(reading)
+        assert d.thermal_risk_level == 0, d.thermal_risk_reasons
+        raised += [t.rule for t in engine.evaluate(reading, d) if t.transition == "raised"]
+    assert "cell-undervoltage" in raised
     assert "thermal_runaway_precursor" not in raised
 
 

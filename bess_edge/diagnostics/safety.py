@@ -36,16 +36,23 @@ def check_limits(
     temperature_c: FloatArray,
     current_a: float,
 ) -> list[Finding]:
-    """Voltage, current and temperature limits of the chemistry preset, graded by severity."""
+    """Voltage, current and temperature limits of the chemistry preset, graded by severity.
+
+    Only what points toward runaway is graded: this scale feeds the built-in
+    thermal_runaway_precursor alert. A low cell voltage is not on it: the shipped
+    cell-undervoltage rule is its alert. Over-discharge is harmful when the cell is charged
+    again (dissolved copper plates back as dendrites and may grow an internal short), but
+    that short announces itself by the precursor's own signs (heat with no current to explain
+    it, a voltage sag while heating), which the thermal monitor scores; the low voltage alone
+    says nothing of heat.
+    """
     findings: list[Finding] = []
     v = cell_voltage_v[np.isfinite(cell_voltage_v)]
     if v.size:
-        v_max, v_min = float(v.max()), float(v.min())
+        v_max = float(v.max())
         if v_max > chemistry.cell_voltage_max_v:
             level = 3 if v_max > chemistry.cell_voltage_max_v + VOLTAGE_ABUSE_MARGIN_V else 2
             findings.append((level, f"over-voltage: cell at {v_max:.3f} V"))
-        if v_min < chemistry.cell_voltage_min_v:
-            findings.append((2, f"under-voltage: cell at {v_min:.3f} V"))
     if np.isfinite(current_a):
         limit_c = chemistry.max_charge_c_rate if current_a > 0 else chemistry.max_discharge_c_rate
         if abs(current_a) > limit_c * capacity_ah:
