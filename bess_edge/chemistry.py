@@ -65,6 +65,10 @@ class Chemistry:
     # Where the OCV table came from: "preset" (a published cell of the chemistry), "config"
     # (chemistry_overrides), "file" (a commissioning or datasheet table), "learned".
     ocv_source: str = "preset"
+    # Electrode materials the cells may be made of (families of diagnostics/electrode_ocp.py):
+    # the pairs the electrode-level OCV model tries. Empty: no such model (lead-acid).
+    positive_materials: tuple[str, ...] = ()
+    negative_materials: tuple[str, ...] = ()
 
     def ocv(self, soc_pct: FloatArray | float) -> FloatArray:
         """Open-circuit voltage [V] at a state of charge [%] (linear interpolation, clipped)."""
@@ -146,6 +150,10 @@ NMC = Chemistry(
     mass_kg_per_ah=0.0145,
     specific_heat_j_kg_k=1000.0,
     self_heating_onset_c=120.0,
+    # Layered oxides on graphite: NMC of every ratio and NCA give similar curves, and a user
+    # of an NCA cell picks this preset.
+    positive_materials=("nmc", "nca"),
+    negative_materials=("graphite",),
 )
 
 # LFP (LiFePO4 / graphite). OCV: the plateau shape of Prada et al., "A Simplified Electrochemical
@@ -195,6 +203,8 @@ LFP = Chemistry(
     specific_heat_j_kg_k=1100.0,
     self_heating_onset_c=150.0,
     ocv_flat_regions_pct=((20.0, 90.0),),
+    positive_materials=("lfp",),
+    negative_materials=("graphite",),
 )
 
 # Lead-acid (flooded/VRLA, per 2 V cell). OCV ≈ electrolyte specific gravity + 0.84 V, which gives
