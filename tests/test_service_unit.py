@@ -47,11 +47,14 @@ def exposure(unit: Path) -> float:
 
 
 @needs_systemd_analyze
-def test_installed_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "command"), [("bess-edge.service", "run"), ("bess-edge-api.service", "api")]
+)
+def test_installed_unit_passes_systemd_analyze_verify(tmp_path, name, command):
     # verify checks that ExecStart= exists: install with this venv's bess-edge as the binary.
     install(tmp_path, "--exec", str(VENV_BESS_EDGE))
-    unit = tmp_path / "etc/systemd/system/bess-edge.service"
-    assert f"ExecStart={VENV_BESS_EDGE} run --config /etc/bess-edge/bess-edge.toml" in (
+    unit = tmp_path / "etc/systemd/system" / name
+    assert f"ExecStart={VENV_BESS_EDGE} {command} --config /etc/bess-edge/bess-edge.toml" in (
         unit.read_text()
     )
     result = subprocess.run(
@@ -91,14 +94,17 @@ def test_unit_is_a_notify_service_with_watchdog_and_hardening():
         assert line in text, line
 
 
-def test_staged_install_writes_unit_and_a_config_other_users_cannot_read(tmp_path):
+def test_staged_install_writes_both_units_and_a_config_other_users_cannot_read(tmp_path):
     result = install(tmp_path)
     unit = tmp_path / "etc/systemd/system/bess-edge.service"
+    api_unit = tmp_path / "etc/systemd/system/bess-edge-api.service"
     config = tmp_path / "etc/bess-edge/bess-edge.toml"
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+    assert stat.S_IMODE(api_unit.stat().st_mode) == 0o644
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     # A staged tree is for the target machine: the documented venv, not this one.
     assert "ExecStart=/opt/bess-edge/venv/bin/bess-edge run" in unit.read_text()
+    assert api_unit.read_text() == (REPO / "systemd" / "bess-edge-api.service").read_text()
     assert config.read_text() == (REPO / "config" / "bess-edge.toml").read_text()
     assert "useradd --system" in result.stdout  # told what to do on the target
     check = bess_edge("check-config", str(config))
@@ -115,6 +121,13 @@ def test_reinstall_on_upgrade_keeps_the_sites_config_but_tightens_its_mode(tmp_p
     assert config.read_text() == site
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert "keep" in result.stdout
+
+
+def test_no_api_installs_the_daemons_unit_alone(tmp_path):
+    result = install(tmp_path, "--no-api")
+    assert (tmp_path / "etc/systemd/system/bess-edge.service").is_file()
+    assert not (tmp_path / "etc/systemd/system/bess-edge-api.service").exists()
+    assert "bess-edge-api" not in result.stdout
 
 
 def test_dry_run_changes_nothing(tmp_path):

@@ -1,7 +1,9 @@
-"""``bess-edge install-systemd``: the unit, the service user, /etc/bess-edge and its config.
+"""``bess-edge install-systemd``: the units, the service user, /etc/bess-edge and its config.
 
-Safe to run again on an upgrade: the unit is replaced (it belongs to bess-edge), the site's config
-is never overwritten, only its mode is tightened when a secret in it is readable by everyone.
+The daemon's unit and, unless ``--no-api``, the API's (a process of its own, docs/api.md).
+Safe to run again on an upgrade: the units are replaced (they belong to bess-edge), the site's
+config is never overwritten, only its mode is tightened when a secret in it is readable by
+everyone.
 ``--prefix`` installs into a staging root (a package build, an SD-card image, a test): paths
 inside the files stay the target's, and nothing is done to this machine's users or systemd.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import grp
 import os
 import pwd
@@ -26,6 +29,7 @@ from bess_edge.config import DEFAULT_CONFIG_PATH
 from bess_edge.resources import data_dir
 
 UNIT_NAME = "bess-edge.service"
+API_UNIT_NAME = "bess-edge-api.service"
 SERVICE_USER = "bess-edge"
 DEFAULT_EXEC = "/opt/bess-edge/venv/bin/bess-edge"
 UNIT_MODE = 0o644
@@ -41,12 +45,12 @@ class Step:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "install-systemd",
-        help="install the systemd unit, the service user and /etc/bess-edge",
-        description="Install /etc/systemd/system/bess-edge.service (ExecStart pointing at this "
-        "installation's bess-edge), create the 'bess-edge' system user (in group dialout, for "
-        "serial ports), create /etc/bess-edge with a commented config (mode 0640, group "
-        "bess-edge) unless one exists, and reload systemd. Run as root. Then: "
-        "systemctl enable --now bess-edge. See docs/install.md.",
+        help="install the systemd units, the service user and /etc/bess-edge",
+        description="Install /etc/systemd/system/bess-edge.service and bess-edge-api.service "
+        "(ExecStart pointing at this installation's bess-edge), create the 'bess-edge' system "
+        "user (in group dialout, for serial ports), create /etc/bess-edge with a commented "
+        "config (mode 0640, group bess-edge) unless one exists, and reload systemd. Run as "
+        "root. Then: systemctl enable --now bess-edge bess-edge-api. See docs/install.md.",
     )
     parser.add_argument(
         "--prefix",
@@ -64,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"with --prefix, {DEFAULT_EXEC})",
     )
     parser.add_argument(
+        "--no-api",
+        dest="api",
+        action="store_false",
+        help=f"do not install {API_UNIT_NAME} (the REST API and dashboard)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print what would be done, change nothing"
     )
     parser.set_defaults(func=run)
@@ -76,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     # A staged tree is for another machine: its venv is the documented one, not ours.
     exec_path = args.exec_path or (DEFAULT_EXEC if staging else current_executable())
-    steps = plan(args.prefix, exec_path, staging)
+    units = (UNIT_NAME, API_UNIT_NAME) if args.api else (UNIT_NAME,)
+    steps = plan(args.prefix, exec_path, staging, units)
     for step in steps:
         print(("would " if args.dry_run else "") + step.what)
         if not args.dry_run:
             step.do()
     if not args.dry_run:
-        print(next_steps(staging))
+        print(next_steps(staging, units))
     return EXIT_OK
 
 
@@ -94,17 +105,16 @@ def current_executable() -> str:
     return shutil.which("bess-edge") or DEFAULT_EXEC
 
 
-def unit_text(exec_path: str) -> str:
-    """The shipped unit with ExecStart= pointing at ``exec_path``."""
-    text = (data_dir("systemd") / UNIT_NAME).read_text(encoding="utf-8")
+def unit_text(name: str, exec_path: str) -> str:
+    """The shipped unit ``name`` with ExecStart= pointing at ``exec_path``."""
+    text = (data_dir("systemd") / name).read_text(encoding="utf-8")
     if DEFAULT_EXEC not in text:
-        raise RuntimeError(f"shipped {UNIT_NAME} has no {DEFAULT_EXEC} to replace")
+        raise RuntimeError(f"shipped {name} has no {DEFAULT_EXEC} to replace")
     return text.replace(DEFAULT_EXEC, exec_path)
 
 
-def plan(prefix: Path, exec_path: str, staging: bool) -> list[Step]:
+def plan(prefix: Path, exec_path: str, staging: bool, units: tuple[str, ...]) -> list[Step]:
     """Every change, in order, each with the line that describes it."""
-    unit = prefix / "etc/systemd/system" / UNIT_NAME
     config = prefix / DEFAULT_CONFIG_PATH.relative_to("/")
     steps = []
     if not staging and not _user_exists(SERVICE_USER):
@@ -114,8 +124,14 @@ def plan(prefix: Path, exec_path: str, staging: bool) -> list[Step]:
             "--shell", "/usr/sbin/nologin", SERVICE_USER,
         ]  # fmt: skip
         steps.append(Step(f"run {' '.join(command)}", lambda: _check(command)))
-    text = unit_text(exec_path)
-    steps.append(Step(f"write {unit} (mode {UNIT_MODE:o})", lambda: _write(unit, text, UNIT_MODE)))
+    for name in units:
+        unit, text = prefix / "etc/systemd/system" / name, unit_text(name, exec_path)
+        steps.append(
+            Step(
+                f"write {unit} (mode {UNIT_MODE:o})",
+                functools.partial(_write, unit, text, UNIT_MODE),
+            )
+        )
     steps.append(
         Step(
             f"create {config.parent} (mode 755)",
@@ -147,7 +163,8 @@ def plan(prefix: Path, exec_path: str, staging: bool) -> list[Step]:
     return steps
 
 
-def next_steps(staging: bool) -> str:
+def next_steps(staging: bool, units: tuple[str, ...]) -> str:
+    services = " ".join(name.removesuffix(".service") for name in units)
     if staging:
         return (
             f"staged. On the target: useradd --system --user-group --groups dialout "
@@ -156,7 +173,7 @@ def next_steps(staging: bool) -> str:
         )
     return (
         f"next: edit {DEFAULT_CONFIG_PATH}, check it with `bess-edge check-config`, then "
-        "`systemctl enable --now bess-edge` and `journalctl -u bess-edge -f`"
+        f"`systemctl enable --now {services}` and `journalctl -u bess-edge -f`"
     )
 
 
