@@ -261,6 +261,9 @@ def main() -> None:
     parser.add_argument("--batch-items", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3, help="raw/ingest pairs (median)")
     parser.add_argument("--sizing", action="store_true", help="only bytes per row, wire and disk")
+    parser.add_argument(
+        "--in-process", action="store_true", help="only the raw/ingest pairs, no broker runs"
+    )
     args = parser.parse_args()
     messages = payloads(args.samples, args.items_per_message, args.devices)
     size = sum(len(p) for _, p in messages) / args.samples
@@ -282,6 +285,9 @@ def main() -> None:
             print(f"raw COPY of ready tuples      {raw:10,.0f} samples/s")
             print(f"ingest write path (in process){ours:10,.0f} samples/s  ratio {ours / raw:.2f}")
         print(f"median ratio of {args.repeat}: {statistics.median(ratios):.2f} (target >= 0.50)")
+        if args.in_process:
+            print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            return
         one, cpu1 = through_broker(fresh_db(server, "one"), messages, 1, tmp)
         print(
             f"1 worker via mosquitto        {one:10,.0f} samples/s  (target >= 5,000); "

@@ -6,18 +6,23 @@ elements) that was most of the write path's CPU. Our values are few types whose 
 simple: numbers (``repr`` is the shortest exact form; PostgreSQL reads it into real or bigint),
 NULL, arrays of numbers, and JSON documents. COPY's text format needs only backslash, tab,
 newline and carriage return escaped (PostgreSQL documentation, COPY, "Text Format").
+
+The block is built column by column: a column of numbers (or of number arrays) is one ``repr``
+of the whole column, cut into its rows, so a row costs no Python call of its own. Value by value
+(one call each) the formatting was 7 µs of a 16-cell sample's ~60 µs write path.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _BRACES = str.maketrans({"[": "{", "]": "}", " ": None})
+_NUMBERS = {int, float, type(None)}
 
 
 def _array(values: list[Any]) -> str:
@@ -41,6 +46,23 @@ def _value(value: Any) -> str:
     return str(value).translate(_ESCAPES)
 
 
-def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
+def _column(values: list[Any]) -> list[str]:
+    """One column's text per row. Python's list repr writes each float in its shortest exact
+    form and separates items with ", ", which no number's repr contains."""
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        return repr(values)[1:-1].replace("None", "\\N").split(", ")
+    if kinds == {list}:  # arrays of numbers (the schema says so), one per row
+        text = _array(values)[2:-2].replace("},{", "}\n{")
+        cut = ("{" + text + "}").split("\n")
+        if len(cut) == len(values):  # else a nested list (never valid) cut it wrong
+            return cut
+    return list(map(_value, values))
+
+
+def copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
     """The rows as one block of COPY text (one line per row, tab-separated)."""
-    return "".join("\t".join(map(_value, row)) + "\n" for row in rows).encode()
+    if not rows:
+        return b""
+    columns = [_column(list(column)) for column in zip(*rows, strict=True)]
+    return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()

@@ -139,7 +139,7 @@ class Writer:
         telemetry: list[tuple[Any, ...]] = []
         diagnostics: list[tuple[Any, ...]] = []
         alerts: list[tuple[Any, ...]] = []
-        newest: dict[int, dict[str, Any]] = {}  # device_id -> its newest telemetry item
+        newest: dict[int, tuple[str, dict[str, Any]]] = {}  # device_id -> (site, newest item)
         seen_sites: set[int] = set()
         days: set[int] = set()
         for message in messages:
@@ -159,8 +159,8 @@ class Writer:
                 if message.stream == "telemetry":
                     telemetry.append(_telemetry_row(device_id, item))
                     top = newest.get(device_id)
-                    if top is None or item["ts_ms"] > top["ts_ms"]:
-                        newest[device_id] = {**item, "site": message.site}
+                    if top is None or item["ts_ms"] > top[1]["ts_ms"]:
+                        newest[device_id] = (message.site, item)
                 elif message.stream == "diagnostics":
                     diagnostics.append(_diagnostics_row(device_id, item))
                 else:
@@ -188,8 +188,10 @@ class Writer:
                     "UPDATE sites SET last_seen_ms = %s WHERE id = ANY(%s)",
                     (received_ms, sorted(seen_sites)),
                 )
-            if newest:
-                self.rules.evaluate(cur, newest)
+            if newest and self.rules.rules:
+                self.rules.evaluate(
+                    cur, {d: {**item, "site": site} for d, (site, item) in newest.items()}
+                )
         return result
 
     def _accepted_items(
