@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import itertools
 import math
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,6 +363,26 @@ def read_ocv_table(path: str | Path) -> tuple[FloatArray, FloatArray]:
         return check_ocv_table(np.array(soc), np.array(ocv))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def load_ocv_table(path: str | Path) -> tuple[FloatArray, FloatArray]:
+    """:func:`read_ocv_table`, read once per version of the file (its modification time and
+    size): the config is loaded again at every reload and every threshold edit in the API, and
+    checking it and building the device's chemistry each need the table. The arrays are
+    read-only, being shared."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the OCV table: {exc.strerror}") from None
+    return _ocv_table_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _ocv_table_version(path: str, mtime_ns: int, size: int) -> tuple[FloatArray, FloatArray]:
+    soc, ocv = read_ocv_table(path)
+    soc.setflags(write=False)
+    ocv.setflags(write=False)
+    return soc, ocv
 
 
 def write_ocv_table(path: str | Path, soc_pct: FloatArray, ocv_v: FloatArray, note: str) -> None:

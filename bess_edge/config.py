@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bess_edge.chemistry import Chemistry, get_chemistry, read_ocv_table
+from bess_edge.chemistry import Chemistry, get_chemistry, load_ocv_table
 from bess_edge.config_reasons import key_path as _key_path  # noqa: F401  (the API's rule file and
 from bess_edge.config_reasons import reason as _reason  # noqa: F401  the cloud's config use them)
 from bess_edge.config_rules import BUILTIN_ALERTS as BUILTIN_ALERTS  # the rules, re-exported
@@ -169,7 +169,8 @@ class DeviceConfig(Section):
     series_cells: int | None = Field(None, ge=1, le=20_000)
     chemistry_overrides: dict[str, Any] = {}
     # A per-cell OCV table (CSV soc_pct,ocv_v: `bess-edge commission` writes one, or a
-    # datasheet's); it wins over the preset's and over an ocv_v override.
+    # datasheet's); it wins over the preset's and over an ocv_v override. A relative path in
+    # the file is taken from the config file's folder (load_config makes it absolute).
     ocv_table: FsPath | None = None
     options: dict[str, Any] = {}
     _parsed_options: BaseModel | None = PrivateAttr(default=None)
@@ -191,7 +192,7 @@ class DeviceConfig(Section):
         chemistry = get_chemistry(self.chemistry, self.chemistry_overrides)
         if self.ocv_table is None:
             return chemistry
-        return chemistry.with_ocv_table(*read_ocv_table(self.ocv_table), source="file")
+        return chemistry.with_ocv_table(*load_ocv_table(self.ocv_table), source="file")
 
 
 class Settings(BaseSettings):

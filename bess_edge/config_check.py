@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from bess_edge.chemistry import get_chemistry, override_problems, read_ocv_table
+from bess_edge.chemistry import get_chemistry, load_ocv_table, override_problems
 from bess_edge.config import (
     RESERVED_DEVICE_IDS,
     ConfigError,
@@ -51,7 +51,7 @@ def check_config(path: Path, raw: dict[str, Any], *, runnable: bool = False) -> 
         for loc, why in wrong_scalar_types(Settings, raw)
         if not any(loc[:n] in overridden for n in range(1, len(loc) + 1))
     ]
-    data = _merge(raw, env)
+    data = _merge(_paths_beside(path, raw), env)
     _include_api_thresholds(data)
     if isinstance(data.get("include_thresholds"), list):
         data["thresholds"] = _merge_included(path, data, found)
@@ -335,13 +335,30 @@ def _reports_no_cells(options: BaseModel) -> bool:
     return getattr(options, "reports_cell_voltages", None) is False
 
 
+def _paths_beside(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each device's relative ``ocv_table`` taken from the config file's folder:
+    the file and its table are installed together, while the daemon runs in systemd's
+    WorkingDirectory and the CLI wherever the user stands."""
+    devices = raw.get("devices")
+    if not isinstance(devices, list):
+        return raw
+    folder = path.absolute().parent
+    resolved = [
+        {**d, "ocv_table": str(folder / d["ocv_table"])}
+        if isinstance(d, dict) and isinstance(d.get("ocv_table"), str)
+        else d
+        for d in devices
+    ]
+    return {**raw, "devices": resolved}
+
+
 def _ocv_table_problems(loc: Loc, device: dict[str, Any]) -> list[tuple[Loc, str]]:
     """A device's OCV table file must exist and be a table (read_ocv_table says why not)."""
     path = device.get("ocv_table")
     if not isinstance(path, str):
         return []  # absent, or a wrong type the Settings model reports
     try:
-        read_ocv_table(path)
+        load_ocv_table(path)
     except ValueError as exc:
         return [((*loc, "ocv_table"), str(exc))]
     return []

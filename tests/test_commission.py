@@ -1,14 +1,19 @@
 """`bess-edge commission` fits a cell's OCV table from a recording; the table loads from config."""
 
 import csv
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_db, sim_device, wait_until
 
-from bess_edge.chemistry import NMC, read_ocv_table
+from bess_edge import chemistry as chemistry_module
+from bess_edge.chemistry import NMC, read_ocv_table, write_ocv_table
 from bess_edge.cli import main
-from bess_edge.config import DeviceConfig
+from bess_edge.config import DeviceConfig, load_config
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.model import Reading
 
@@ -104,3 +109,47 @@ def test_a_bad_ocv_table_is_refused_with_file_and_reason(tmp_path, text, reason)
         DeviceConfig(id="rack", driver="sim", chemistry="nmc", ocv_table=path).chemistry_preset()
     assert str(path) in str(info.value)
     assert NMC.ocv_source == "preset"
+
+
+def _write_table(path, ocv_v) -> None:
+    write_ocv_table(path, np.linspace(0.0, 100.0, len(ocv_v)), np.array(ocv_v), "test table")
+
+
+def test_a_relative_ocv_table_is_read_beside_the_config_once_per_version(
+    tmp_path, make_config, monkeypatch
+):
+    """ocv_table = "rack-ocv.csv" was looked for in the working directory, and the CSV was read
+    again at every load of the config (each reload, each threshold edit in the API)."""
+    _write_table(tmp_path / "rack-ocv.csv", [3.0, 3.6, 4.1])
+    config = make_config([sim_device("rack", chemistry="nmc", ocv_table="rack-ocv.csv")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reads = []
+    real_read = chemistry_module.read_ocv_table
+    monkeypatch.setattr(
+        chemistry_module, "read_ocv_table", lambda path: reads.append(path) or real_read(path)
+    )
+    for _ in range(3):
+        preset = load_config(config).device("rack").chemistry_preset()
+        assert preset.ocv_source == "file"
+        assert preset.ocv_v == (3.0, 3.6, 4.1)
+    assert reads == [str(tmp_path / "rack-ocv.csv")]
+    _write_table(tmp_path / "rack-ocv.csv", [3.0, 3.5, 4.1])
+    os.utime(tmp_path / "rack-ocv.csv", ns=(1, 1))  # a new version, even within one clock tick
+    assert load_config(config).device("rack").chemistry_preset().ocv_v == (3.0, 3.5, 4.1)
+    assert len(reads) == 2
+
+
+def test_the_daemon_finds_a_relative_ocv_table_from_another_working_directory(
+    tmp_path, make_config, daemon
+):
+    """systemd starts the daemon in its WorkingDirectory (/ by default), not beside the config."""
+    _write_table(tmp_path / "rack-ocv.csv", [3.0, 3.6, 4.1])
+    config = make_config([sim_device("rack", chemistry="nmc", ocv_table="rack-ocv.csv")])
+    assert Path.cwd() != tmp_path
+    proc = daemon(config)
+    proc.wait_for_log('"msg": "ready"')
+    rows = wait_until(lambda: read_db(tmp_path / "bess-edge.db", "SELECT data FROM diagnoses"))
+    assert json.loads(rows[0][0])["ocv_source"] == "file"
+    assert proc.stop() == 0

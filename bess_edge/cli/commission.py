@@ -6,7 +6,8 @@ rests spread between them, export it (``bess-edge export --device X -o run.csv``
     bess-edge commission run.csv --chemistry nmc --capacity-ah 280 -o rack1-ocv.csv
 
 The table is per cell (the mean of the cell voltages, or pack voltage / ``--series-cells``);
-set ``ocv_table = "rack1-ocv.csv"`` in the device's config and it wins over the preset.
+set ``ocv_table = "rack1-ocv.csv"`` in the device's config (a relative path is taken from the
+config file's folder) and it wins over the preset.
 """
 
 from __future__ import annotations
@@ -91,5 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"commission: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(note, file=sys.stderr)
-    print(f'wrote {args.output}; set ocv_table = "{args.output}" in the device\'s config')
+    # Absolute: a relative ocv_table is read from the config file's folder, not from here.
+    print(
+        f'wrote {args.output}; set ocv_table = "{args.output.absolute()}" in the device\'s config'
+    )
     return EXIT_OK
