@@ -2,13 +2,19 @@
 list of sites. No second copy of any route: each site is ``create_app`` over a
 :class:`PostgresStorage`, all sharing the keys of the ``users`` table.
 
-Sites registered after start appear after a restart (the mounts are made once).
+A site's app is made on its first request, so a site registered while the API runs is served
+without a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import anyio.to_thread
 from fastapi import FastAPI, Security
 from fastapi.responses import FileResponse
+from starlette.routing import Mount, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bess_edge.api import auth
 from bess_edge.api.app import STATIC_DIR, create_app
@@ -42,17 +48,35 @@ def fleet_app(
     def fleet_style() -> FileResponse:
         return FileResponse(STATIC_DIR / "style.css")
 
-    for overview in fleet.sites():
-        storage = fleet.site(overview.site)
-        assert storage is not None
-        root.mount(
-            f"/sites/{overview.site}",
-            create_app(
-                storage,
-                keys,
-                cors_origins=cors_origins,
-                max_body_bytes=max_body_bytes,
-                site=overview.site,
-            ),
+    def site_app(site: str) -> ASGIApp | None:
+        storage = fleet.site(site)
+        if storage is None:
+            return None
+        return create_app(
+            storage, keys, cors_origins=cors_origins, max_body_bytes=max_body_bytes, site=site
         )
+
+    root.mount("/sites", SiteApps(site_app))
     return root
+
+
+class SiteApps(Router):
+    """``/sites/<site>/...``: a mount per site, added when a registered site is first asked for.
+    The lookup runs in a worker thread (it asks the database); an unknown site is a 404 and
+    asked again next time, since it may be registered by then."""
+
+    def __init__(self, site_app: Callable[[str], ASGIApp | None]) -> None:
+        super().__init__()
+        self.site_app = site_app
+        self.known: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path, root = scope["path"], scope.get("root_path", "")
+            site = path.removeprefix(root).lstrip("/").split("/", 1)[0]
+            if site and site not in self.known:
+                app = await anyio.to_thread.run_sync(self.site_app, site)
+                if app is not None and site not in self.known:
+                    self.known.add(site)
+                    self.routes.append(Mount(f"/{site}", app=app))
+        await super().__call__(scope, receive, send)
