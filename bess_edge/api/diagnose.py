@@ -9,6 +9,7 @@ sample, and its trajectory over the series.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from typing import Any, Literal
@@ -17,24 +18,83 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from bess_edge.chemistry import get_chemistry
+from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.engine import Diagnostician
 from bess_edge.model import Reading
 
 Kind = Literal["soc", "soh", "resistance", "cycles", "balance", "thermal", "anomaly", "all"]
-# What each estimate is made of (Diagnosis fields; docs/diagnostics.md); the first is the
-# headline whose trajectory is returned.
-KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "soc": ("soc_pct", "soc_uncertainty_pct", "current_offset_a", "cell_soc_pct"),
-    "soh": ("soh_pct", "capacity_ah", "capacity_uncertainty_ah", "soh_resistance_pct",
-            "capacity_fade_pct_per_year", "eol_projected_ts_ms", "eol_projected_efc"),
-    "resistance": ("r0_ohm", "cell_r0_mean_ohm", "soh_resistance_pct", "cell_r0_ohm"),
-    "cycles": ("equivalent_full_cycles", "life_used_pct", "remaining_cycles", "dod_histogram"),
-    "balance": ("cell_spread_v", "cell_soc_spread_pct", "imbalance_trend_pct_per_day",
-                "weak_cells", "balancing_recommendation"),
-    "thermal": ("thermal_runaway_score", "thermal_risk", "thermal_risk_reasons",
-                "temperature_max_c", "temperature_spread_c", "temperature_rate_max_k_per_min"),
-    "anomaly": ("anomalous_cells", "anomaly_reasons", "cell_zscore"),
+# Each estimate's headline field, whose trajectory over the series is returned.
+HEADLINES: dict[str, str] = {
+    "soc": "soc_pct", "soh": "soh_pct", "resistance": "r0_ohm",
+    "cycles": "equivalent_full_cycles", "balance": "cell_spread_v",
+    "thermal": "thermal_runaway_score", "anomaly": "anomalous_cells",
 }  # fmt: skip
+# Context of the poll, answered with every estimate.
+COMMON = "common"
+
+# Which estimates answer a Diagnosis field (docs/diagnostics.md says what each is). A NEW
+# FIELD needs nothing here when its name starts with a prefix below; otherwise add its name to
+# FIELD_KINDS (checked first). tests/test_api_diagnose_groups.py fails for a field in no group.
+FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "cell_soc_pct": ("soc",),
+    "current_offset_a": ("soc",),
+    "current_offset_uncertainty_a": ("soc",),
+    "soh_resistance_pct": ("soh", "resistance"),
+    "recoverable_capacity_ah": ("soh",),
+    "equivalent_full_cycles": ("cycles",),
+    "life_used_pct": ("cycles",),
+    "remaining_cycles": ("cycles",),
+    "dod_histogram": ("cycles",),
+    "cell_spread_v": ("balance",),
+    "cell_soc_spread_pct": ("balance",),
+    "cell_deviation_v": ("balance",),
+    "cell_self_discharge_a": ("balance",),
+    "weak_cells": ("balance",),
+    "cell_zscore": ("anomaly",),
+    "device_id": (COMMON,),
+    "ts_ms": (COMMON,),
+    "rest_s": (COMMON,),
+    "quality_flags": (COMMON,),
+    "estimator_warnings": (COMMON,),
+    "diagnostics_error": (COMMON,),
+}
+FIELD_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("soc_", ("soc",)),
+    ("ocv_", ("soc",)),
+    ("soh_", ("soh",)),
+    ("capacity_", ("soh",)),
+    ("usable_", ("soh",)),
+    ("eol_", ("soh",)),
+    ("r0_", ("resistance",)),
+    ("cell_r0_", ("resistance",)),
+    ("imbalance_", ("balance",)),
+    ("balancing_", ("balance",)),
+    ("thermal_", ("thermal",)),
+    ("temperature_", ("thermal",)),
+    ("anomal", ("anomaly",)),
+)
+
+
+def kinds_of(name: str) -> tuple[str, ...]:
+    """The estimates (or COMMON) that answer the Diagnosis field ``name``; () for none."""
+    if name in FIELD_KINDS:
+        return FIELD_KINDS[name]
+    return next((kinds for prefix, kinds in FIELD_PREFIXES if name.startswith(prefix)), ())
+
+
+def _groups() -> dict[str, tuple[str, ...]]:
+    """Each estimate's fields in Diagnosis order, its headline first."""
+    groups: dict[str, list[str]] = {kind: [] for kind in (*HEADLINES, COMMON)}
+    for f in dataclasses.fields(Diagnosis):
+        for kind in kinds_of(f.name):
+            groups[kind].append(f.name)
+    return {
+        kind: tuple(sorted(names, key=lambda n: n != HEADLINES.get(kind)))
+        for kind, names in groups.items()
+    }
+
+
+KIND_FIELDS = _groups()
 MAX_TRAJECTORY_POINTS = 1000
 
 
@@ -113,8 +173,8 @@ def run(kind: Kind, data: DiagnoseInput) -> DiagnoseResult:
         "posted", get_chemistry(data.chemistry), data.capacity_ah,
         initial_soc_pct=data.initial_soc_pct,
     )  # fmt: skip
-    fields = KIND_FIELDS.get(kind) or KIND_FIELDS["soc"]
-    headline = fields[0]
+    headline = HEADLINES.get(kind, HEADLINES["soc"])  # "all": the SOC's trajectory
+    fields = KIND_FIELDS[COMMON] + KIND_FIELDS.get(kind, ())
     every = max(1, math.ceil(len(data.samples) / MAX_TRAJECTORY_POINTS))
     times: list[float | int | None] = []
     values: list[float | int | None] = []
@@ -131,8 +191,6 @@ def run(kind: Kind, data: DiagnoseInput) -> DiagnoseResult:
             times.append(s.ts_ms)
             values.append(last.get(headline))
     result = last if kind == "all" else {k: last.get(k) for k in fields}
-    if last.get("diagnostics_error"):
-        result["diagnostics_error"] = last["diagnostics_error"]
     return DiagnoseResult(
         kind=kind, samples=len(data.samples), ts_ms=data.samples[-1].ts_ms, result=result,
         trajectory={"ts_ms": times, headline: values},
