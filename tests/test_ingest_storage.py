@@ -4,6 +4,7 @@ per site, and an acknowledgement from the cloud that reaches the gateway over cm
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -13,7 +14,9 @@ from test_ingest_e2e import BROKER_CONF, Worker, add_sites, cloud_config
 from test_ingest_writer import NOW_MS, _payloads, _reading, store  # noqa: F401  (fixture)
 from test_sync_mqtt import mqtt_section
 
-from bess_edge.cloud.messages import Parser
+from bess_edge.cloud.config import IngestConfig
+from bess_edge.cloud.messages import Parser, Refusal
+from bess_edge.cloud.repair import Repairer
 from bess_edge.cloud.schema import migrate
 from bess_edge.cloud.storage import Fleet, PostgresStorage
 from bess_edge.cloud.writer import Writer
@@ -154,3 +157,64 @@ def test_series_values_keep_15_significant_digits(filled, store, pg_url):  # noq
     assert series is not None
     assert series.fields["pack_voltage_v"].mean[0] == pytest.approx(812.3456789012345, rel=1e-14)
     assert series.fields["pack_current_a"].min[0] == pytest.approx(-0.1234567890123, rel=1e-14)
+
+
+def test_a_fleet_rules_alert_is_listed_with_the_sites_alerts_and_acknowledged_in_the_cloud(
+    filled, pg_url
+):
+    storage = filled
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO alert_thresholds (name, metric, op, threshold, clear, severity) "
+            "VALUES ('pack current high', 'pack_current_a', '>', 55, 50, 'critical')"
+        )
+        writer = Writer(conn, worker="t", retention_days=30)
+        _telemetry(writer, seq=31, current_a=60.0)  # raises the fleet rule's alert
+
+        active = storage.alerts(AlertQuery(state="active"))
+        assert sorted(a.rule for a in active) == ["cell_overvoltage", "pack current high"]
+        cloud = next(a for a in active if a.rule == "pack current high")
+        assert (cloud.severity, cloud.value, cloud.raised_ts_ms) == (
+            "critical",
+            60.0,
+            NOW_MS + 30_000,
+        )
+        assert cloud.id < 0 and "pack_current_a 60 > 55" in cloud.message
+        assert storage.alert(cloud.id) == cloud and cloud.acked_ts_ms is None
+        assert storage.alerts(AlertQuery(rule="pack current high")) == [cloud]
+        assert storage.device("rack-1").active_alerts == 2  # type: ignore[union-attr]
+        fleet = Fleet(pg_url)
+        assert {s.site: s.active_alerts for s in fleet.sites()} == {"site-a": 2, "site-b": 0}
+        fleet.close()
+
+        # Acknowledged by the repair leader in the database: no gateway knows this alert.
+        sent: list[Any] = []
+        request_id = storage.request_ack(cloud.id, "api:ops", "looking")
+        Repairer(conn, IngestConfig(database_url="x"), lambda *cmd: sent.append(cmd)).tick()
+        assert not [c for c in sent if c[1] == "ack"]
+        request = storage.ack_request(request_id)
+        assert request is not None and request.result == "acknowledged"
+        acked = storage.alert(cloud.id)
+        assert acked is not None and (acked.acked_by, acked.ack_note) == ("api:ops", "looking")
+
+        _telemetry(writer, seq=32, current_a=45.0)  # back past the clear level
+        (cleared,) = storage.alerts(AlertQuery(state="cleared"))
+        assert cleared.id == cloud.id and cleared.cleared_ts_ms == NOW_MS + 31_000
+        assert [e.transition for e in cleared.events] == ["raised", "acknowledged", "cleared"]
+
+
+def _telemetry(writer: Writer, seq: int, current_a: float) -> None:
+    """One more sample of rack-1 on site-a, as its gateway publishes it."""
+    item = {"seq": seq, "ts_ms": NOW_MS + (seq - 1) * 1000, "quality": 0, "quality_flags": [],
+            "pack_voltage_v": 52.8, "pack_current_a": current_a, "pack_power_w": None,
+            "bms_soc_pct": None, "bms_soh_pct": None, "cell_voltage_min_v": None,
+            "cell_voltage_max_v": None, "cell_temperature_min_c": None,
+            "cell_temperature_max_c": None, "status_flags": 0, "fault_flags": 0,
+            "cell_voltage_v": [3.3], "cell_temperature_c": [], "extra": {},
+            "quality_notes": []}  # fmt: skip
+    doc = {"schema": "bess-edge/telemetry/1", "site": "site-a", "device": "rack-1",
+           "stream": "telemetry", "seq_first": seq, "seq_last": seq, "count": 1,
+           "items": [item]}  # fmt: skip
+    message = Parser("bess", 1 << 20).parse("bess/site-a/rack-1/telemetry", dumps(doc))
+    assert not isinstance(message, Refusal) and message is not None
+    writer.write([message])

@@ -137,11 +137,40 @@ class Repairer:
             (now, now - int(self.cfg.retry_s * 1000)),
         ).fetchall()
         for request_id, site, alert_id, actor, note in rows:
+            if alert_id < 0:  # a fleet rule's alert: the cloud owns it, no gateway to ask
+                self._ack_cloud_alert(request_id, -alert_id, actor, note)
+                continue
             body: dict[str, Any] = {"id": f"ack-{request_id}", "alert_id": alert_id,
                                     "actor": actor[:256]}  # fmt: skip
             if note is not None:
                 body["note"] = note[:256]
             self.send(site, "ack", body)
+
+    def _ack_cloud_alert(
+        self, request_id: int, cloud_id: int, actor: str, note: str | None
+    ) -> None:
+        """Acknowledge a ``cloud_alerts`` episode (once, while open) with its history row, and
+        close the request as a gateway's reply would."""
+        now = now_ms()
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "UPDATE cloud_alerts a SET acknowledged_ms = %s, actor = %s "
+                "FROM alert_thresholds t WHERE a.id = %s AND t.id = a.threshold_id AND "
+                "a.acknowledged_ms IS NULL AND a.cleared_ms IS NULL "
+                "RETURNING a.device_id, t.name, t.severity",
+                (now, actor, cloud_id),
+            ).fetchone()
+            if row is not None:
+                self.conn.execute(
+                    "INSERT INTO alert_history (device_id, ts_ms, source, alert_id, transition, "
+                    "rule, severity, actor, note) VALUES (%s, %s, 'cloud', %s, 'acknowledged', "
+                    "%s, %s, %s, %s)",
+                    (row[0], now, cloud_id, row[1], row[2], actor, note),
+                )
+            self.conn.execute(
+                "UPDATE ack_requests SET done_ms = %s, result = %s WHERE id = %s",
+                (now, "acknowledged" if row else "already acknowledged or cleared", request_id),
+            )
 
     def _start_new_streams(self) -> None:
         """A progress row for each stream with stored rows and none yet: from seq 1 with

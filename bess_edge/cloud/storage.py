@@ -5,7 +5,9 @@ for its own, so the same ``/api/v1`` and dashboard serve a site from the cloud; 
 is the level above: the sites, and a storage per site. Alert ids are the gateway's, so an
 acknowledgement asked for here (a row of ``ack_requests``) is sent by the ingest as the gateway's
 own ``cmd/ack`` and the gateway, owner of its alert state, applies it and publishes the
-``acknowledged`` transition like any other (DESIGN invariant 6).
+``acknowledged`` transition like any other (DESIGN invariant 6). The alerts fleet rules raise in
+the cloud (``cloud_alerts``) are in the same list with their id negated; the cloud owns those,
+so the repair leader applies their acknowledgement itself.
 
 Series are bucketed in the database (``GROUP BY`` on the bucket number over the
 ``(device_id, ts_ms)`` index, partitions outside the range pruned), never in Python.
@@ -46,6 +48,23 @@ _SUMMARY = (
 )
 
 
+# Every alert of the fleet as one relation: the gateways' episodes (alerts_current, their own
+# ids) and the ones fleet rules raised in the cloud (cloud_alerts, ids negated).
+_ALERTS = """
+SELECT c.alert_id AS id, d.id AS device_id, d.device, s.site, c.rule, c.severity, c.state,
+       c.message, c.raised_ms, c.updated_ms
+FROM alerts_current c JOIN devices d ON d.id = c.device_id JOIN sites s ON s.id = d.site_id
+UNION ALL
+SELECT -a.id, d.id, d.device, s.site, t.name, coalesce(h.severity, t.severity),
+       CASE WHEN a.cleared_ms IS NULL THEN 'raised' ELSE 'cleared' END, coalesce(h.message, ''),
+       a.raised_ms, coalesce(a.cleared_ms, a.acknowledged_ms, a.raised_ms)
+FROM cloud_alerts a JOIN alert_thresholds t ON t.id = a.threshold_id
+JOIN devices d ON d.id = a.device_id JOIN sites s ON s.id = d.site_id
+LEFT JOIN alert_history h ON h.source = 'cloud' AND h.alert_id = a.id AND h.device_id = a.device_id
+     AND h.transition = 'raised'
+"""
+
+
 class SiteOverview(BaseModel):
     site: str
     name: str
@@ -77,8 +96,8 @@ class Fleet:
             .execute(
                 "SELECT s.site, s.name, s.state, s.state_ts_ms, s.last_seen_ms, "
                 "(SELECT count(*) FROM devices d WHERE d.site_id = s.id AND d.device <> '_site'), "
-                "(SELECT count(*) FROM alerts_current c JOIN devices d ON d.id = c.device_id "
-                " WHERE d.site_id = s.id AND c.state <> 'cleared'), "
+                f"(SELECT count(*) FROM ({_ALERTS}) a WHERE a.site = s.site "
+                " AND a.state <> 'cleared'), "
                 "(SELECT coalesce(sum(g.seq_last - g.seq_first + 1), 0) FROM open_gaps g "
                 " JOIN devices d ON d.id = g.device_id WHERE d.site_id = s.id) "
                 "FROM sites s ORDER BY s.site"
@@ -150,7 +169,7 @@ class PostgresStorage:
         if diagnosis_rows:
             diagnosis = {k: v for k, v in diagnosis_rows[0][0].items() if not k.startswith("cell_")}
         active = self._rows(
-            "SELECT count(*) FROM alerts_current WHERE device_id = %s AND state <> 'cleared'",
+            f"SELECT count(*) FROM ({_ALERTS}) a WHERE device_id = %s AND state <> 'cleared'",  # type: ignore[arg-type]
             (device_id,),
         )[0][0]
         return DeviceOverview(
@@ -235,48 +254,48 @@ class PostgresStorage:
     # -- alerts and events ----------------------------------------------------------------
 
     def alerts(self, query: AlertQuery) -> list[Alert]:
-        where, params = ["s.site = %(site)s"], {"site": self.site, "limit": query.limit}
+        where, params = ["site = %(site)s"], {"site": self.site, "limit": query.limit}
         if query.state == "active":
-            where.append("c.state <> 'cleared'")
+            where.append("state <> 'cleared'")
         elif query.state == "cleared":
-            where.append("c.state = 'cleared'")
-        for key, column in (("device", "d.device"), ("rule", "c.rule"),
-                            ("severity", "c.severity")):  # fmt: skip
+            where.append("state = 'cleared'")
+        for key in ("device", "rule", "severity"):
             if getattr(query, key) is not None:
-                where.append(f"{column} = %({key})s")
+                where.append(f"{key} = %({key})s")
                 params[key] = getattr(query, key)
         if query.since_ms is not None:
-            where.append("c.raised_ms >= %(since)s")
+            where.append("raised_ms >= %(since)s")
             params["since"] = query.since_ms
         if query.until_ms is not None:
-            where.append("c.raised_ms < %(until)s")
+            where.append("raised_ms < %(until)s")
             params["until"] = query.until_ms
         return self._alerts(" AND ".join(where), params)
 
     def alert(self, alert_id: int) -> Alert | None:
         found = self._alerts(
-            "s.site = %(site)s AND c.alert_id = %(id)s",
-            {"site": self.site, "id": alert_id, "limit": 1},
+            "site = %(site)s AND id = %(id)s", {"site": self.site, "id": alert_id, "limit": 1}
         )
         return found[0] if found else None
 
     def _alerts(self, where: str, params: dict[str, Any]) -> list[Alert]:
         rows = self._rows(
-            "SELECT c.alert_id, d.id, d.device, c.rule, c.severity, c.state, c.message, "
-            "c.raised_ms, c.updated_ms FROM alerts_current c JOIN devices d ON d.id = c.device_id "
-            f"JOIN sites s ON s.id = d.site_id WHERE {where} "
-            "ORDER BY c.raised_ms DESC NULLS LAST, c.alert_id DESC LIMIT %(limit)s",
+            f"SELECT id, device_id, device, rule, severity, state, message, raised_ms, "  # type: ignore[arg-type]
+            f"updated_ms FROM ({_ALERTS}) a WHERE {where} "
+            "ORDER BY raised_ms DESC NULLS LAST, id DESC LIMIT %(limit)s",
             params,
         )
         out = []
         for alert_id, device_id, device, rule, severity, state, message, raised, updated in rows:
+            # A cloud alert's id is its cloud_alerts id negated: gateway ids are positive.
+            source = "cloud" if alert_id < 0 else "gateway"
             history = self._rows(
                 "SELECT seq, ts_ms, transition, actor, note, cell, value FROM alert_history "
-                "WHERE device_id = %s AND alert_id = %s AND source = 'gateway' ORDER BY seq",
-                (device_id, alert_id),
+                "WHERE device_id = %s AND alert_id = %s AND source = %s ORDER BY seq, id",
+                (device_id, abs(alert_id), source),
             )
-            events = [AlertEvent(seq=h[0], ts_ms=h[1], transition=h[2], actor=h[3], note=h[4])
-                      for h in history]  # fmt: skip
+            # seq 0: a transition made in the cloud, in no gateway's alerts stream
+            events = [AlertEvent(seq=h[0] or 0, ts_ms=h[1], transition=h[2], actor=h[3],
+                                 note=h[4]) for h in history]  # fmt: skip
             raised_row = next((h for h in history if h[2] == "raised"), None)
             acked = next((e for e in events if e.transition == "acknowledged"), None)
             cleared = next((e for e in events if e.transition == "cleared"), None)
@@ -308,7 +327,8 @@ class PostgresStorage:
         return [Event(**dict(zip(names, row, strict=True))) for row in rows]
 
     def request_ack(self, alert_id: int, actor: str, note: str | None) -> int:
-        """Queue it; the ingest sends it to the gateway as ``cmd/ack`` (see repair.py)."""
+        """Queue it; the ingest sends it to the gateway as ``cmd/ack``, or applies it itself
+        to a fleet rule's alert (negative id), which no gateway knows (see repair.py)."""
         rows = self._rows(
             "INSERT INTO ack_requests (site_id, alert_id, actor, note, requested_ms) "
             "SELECT id, %s, %s, %s, %s FROM sites WHERE site = %s RETURNING id",
