@@ -9,11 +9,12 @@ import numpy as np
 
 from bess_edge.diagnostics.numeric import finite_or
 from bess_edge.diagnostics.trend import EwTrend
-from bess_edge.model import FloatArray
+from bess_edge.model import BoolArray, FloatArray
 
 # A cell whose voltage sits 3.5 robust sigmas below its string (Iglewicz & Hoaglin's outlier
 # bound), smoothed over ~10 min so a single noisy poll does not count, is weak; so is a cell
-# with 1.5x the string's median R0 (half-way to the usual doubling end-of-life criterion).
+# with 1.5x the string's median R0 (half-way to the usual doubling end-of-life criterion), and
+# one whose capacity is significantly below the others' (cell_capacity.py).
 WEAK_Z = -3.5
 WEAK_Z_SMOOTH_S = 600.0
 WEAK_R0_RATIO = 1.5
@@ -34,8 +35,22 @@ class BalanceResult:
     recommendation: str = "none"
 
 
-def balancing_recommendation(cell_soc_pct: FloatArray) -> str:
-    """What an operator should do about the SOC spread [%] of a string's cells."""
+def balancing_recommendation(
+    cell_soc_pct: FloatArray, low_capacity: BoolArray | None = None
+) -> str:
+    """What an operator should do about the SOC spread [%] of a string's cells, and about cells
+    whose low capacity (``low_capacity``, bool per cell) limits the string: balancing cannot
+    recover that, only replacing them can."""
+    advice = _spread_advice(cell_soc_pct)
+    weak = np.flatnonzero(low_capacity) if low_capacity is not None else np.empty(0, int)
+    if not weak.size:
+        return advice
+    ids = ", ".join(str(int(i)) for i in weak[:10])
+    limit = f"low-capacity cells [{ids}] limit the string; balancing cannot recover them"
+    return limit if advice == "none" else f"{advice}; {limit}"
+
+
+def _spread_advice(cell_soc_pct: FloatArray) -> str:
     finite = cell_soc_pct[np.isfinite(cell_soc_pct)]
     if finite.size < 2:
         return "none"
@@ -64,8 +79,10 @@ class BalanceTracker:
         zscore: FloatArray,
         cell_soc_pct: FloatArray,
         r0_ratio: FloatArray,
+        low_capacity: BoolArray,
     ) -> BalanceResult:
-        """One poll: cell voltages [V], their robust z-scores, the cells' SOC [%] and R0 ratios."""
+        """One poll: cell voltages [V], their robust z-scores, the cells' SOC [%], R0 ratios and
+        which cells have a capacity significantly below the others (bool per cell)."""
         finite_v = cell_voltage_v[np.isfinite(cell_voltage_v)]
         spread_v = float(np.ptp(finite_v)) if finite_v.size else float("nan")
         finite_soc = cell_soc_pct[np.isfinite(cell_soc_pct)]
@@ -75,13 +92,13 @@ class BalanceTracker:
         self.z_smooth = np.where(
             np.isfinite(zscore), self.z_smooth + alpha * (zscore - self.z_smooth), self.z_smooth
         )
-        weak = (self.z_smooth < WEAK_Z) | (finite_or(r0_ratio) > WEAK_R0_RATIO)
+        weak = (self.z_smooth < WEAK_Z) | (finite_or(r0_ratio) > WEAK_R0_RATIO) | low_capacity
         return BalanceResult(
             spread_v=spread_v,
             soc_spread_pct=soc_spread,
             trend_pct_per_day=float(self.spread.slope_per_h[0]) * 24.0,
             weak_cells=[int(i) for i in np.flatnonzero(weak)],
-            recommendation=balancing_recommendation(cell_soc_pct),
+            recommendation=balancing_recommendation(cell_soc_pct, low_capacity),
         )
 
     def state(self) -> dict[str, Any]:

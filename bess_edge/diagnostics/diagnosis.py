@@ -96,6 +96,12 @@ class Diagnosis:
     cell_zscore: FloatArray = field(default_factory=_cells)
     cell_r0_ohm: FloatArray = field(default_factory=_cells)
     cell_self_discharge_a: FloatArray = field(default_factory=_cells)
+    # Capacity of each cell relative to the string's average cell (capacity_ah), from rest to
+    # rest SOC changes; in Ah once capacity_ah is known (cell_capacity.py).
+    cell_capacity_ratio: FloatArray = field(default_factory=_cells)
+    cell_capacity_ratio_uncertainty: FloatArray = field(default_factory=_cells)
+    cell_capacity_ah: FloatArray = field(default_factory=_cells)
+    cell_capacity_uncertainty_ah: FloatArray = field(default_factory=_cells)
     # What an estimator found wrong with its own inputs (offset on its bound, wrong sign, ...).
     estimator_warnings: list[str] = field(default_factory=list)
     diagnostics_error: str | None = None  # set only if an estimator failed on this poll

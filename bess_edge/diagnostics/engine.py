@@ -20,6 +20,7 @@ from bess_edge.diagnostics import persist
 from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.balance import BalanceTracker
 from bess_edge.diagnostics.capacity import CapacityEstimator, fade_projection
+from bess_edge.diagnostics.cell_capacity import CellCapacity
 from bess_edge.diagnostics.cycles import CycleLife
 from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.numeric import finite_max, finite_mean, finite_median
@@ -66,6 +67,7 @@ class _Cells:
     resistance: ResistanceEstimator
     anomaly: AnomalyDetector
     balance: BalanceTracker
+    capacity: CellCapacity
     thermal: ThermalMonitor
     sensor_index: np.ndarray  # the temperature sensor of each cell
 
@@ -116,6 +118,7 @@ class Diagnostician:
             resistance=ResistanceEstimator(chem, cap, count),
             anomaly=AnomalyDetector(chem, cap, count),
             balance=BalanceTracker(count),
+            capacity=CellCapacity(count),
             thermal=ThermalMonitor(chem, cap, sensors),
             sensor_index=sensor_of_cell(count, sensors),
         )
@@ -267,8 +270,17 @@ class Diagnostician:
             tf_cells = temperature_factor(chem, cell_temps)
             self.cells.soc.step(
                 current - self.string_soc.bias_a, dt_s, inputs.cell_voltage_v,
-                r0_25[1:] * tf_cells, r1 * tf_cells, self.capacity_ah, self.capacity_rel_sigma,
+                r0_25[1:] * tf_cells, r1 * tf_cells, self._cell_counting_capacity_ah(),
+                self.capacity_rel_sigma,
             )  # fmt: skip
+
+    def _cell_counting_capacity_ah(self) -> FloatArray:
+        """What each cell's filter counts with [Ah]: the string's capacity times the cell's
+        measured ratio to it, once that ratio is known to 2 %."""
+        c = self.cells.capacity
+        u = c.ratio_inverse()
+        trusted = np.isfinite(u) & (c.ratio_inverse_sigma(u) < TRUSTED_CAPACITY_SIGMA)
+        return self.capacity_ah / np.where(trusted, u, 1.0)
 
     def _initialise_soc(
         self, string_v: float, current: float, inputs: CleanInputs, r0_25: FloatArray
@@ -318,6 +330,8 @@ class Diagnostician:
         _, ended = self.rest.update(current, dt_s, soc.bias_a, soc.bias_sigma_a)
         if self.rest.rest_s > 0.0 and not was_resting:
             self.cells.anomaly.start_rest()
+        if ended:
+            self.cells.capacity.end_rest(self.chemistry)
         self._check_offset_bound()
         if not ended:
             return
@@ -451,7 +465,12 @@ class Diagnostician:
             c.resistance.steps[1:],
         )  # fmt: skip
         cell_soc = c.soc.soc_pct if c.soc.initialised else np.full(c.count, np.nan)
-        balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio)
+        if self.settled:
+            c.capacity.observe_rest(v, dt_s)
+        cap = c.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
+        d.cell_capacity_ratio, d.cell_capacity_ratio_uncertainty = cap.ratio, cap.ratio_sigma
+        d.cell_capacity_ah, d.cell_capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
+        balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio, cap.weak)
         d.cell_spread_v, d.cell_soc_spread_pct = balance.spread_v, balance.soc_spread_pct
         d.imbalance_trend_pct_per_day = balance.trend_pct_per_day
         d.weak_cells, d.balancing_recommendation = balance.weak_cells, balance.recommendation
@@ -472,6 +491,8 @@ class Diagnostician:
             self.nominal_capacity_ah,
             c.soc.soc_pct,
             c.soc.soc_sigma_pct,
+            cap.ratio,
+            cap.ratio_sigma,
             self.series_cells,
             float(c.resistance.r0_25c_ohm[0]),
         )
@@ -522,6 +543,7 @@ class Diagnostician:
             "resistance": c.resistance.state(),
             "anomaly": c.anomaly.state(),
             "balance": c.balance.state(),
+            "cell_capacity": c.capacity.state(),
             "thermal": c.thermal.state(),
         }
         return persist.pack(header, parts)
@@ -544,6 +566,8 @@ class Diagnostician:
             cells.anomaly.load(parts["anomaly"])
             cells.balance.load(parts["balance"])
             cells.thermal.load(parts["thermal"])
+            if "cell_capacity" in parts:  # blobs from before per-cell capacity have none
+                cells.capacity.load(parts["cell_capacity"])
             series, rest_s = (float(v) for v in parts["engine"]["scalars"])
             string_init, cells_init = (bool(v) for v in parts["engine"]["initialised"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:

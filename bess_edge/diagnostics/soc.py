@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.model import FloatArray
+from bess_edge.model import BoolArray, FloatArray
 
 # Measurement model error [V]: OCV table and 1-RC model mismatch (a few mV at rest for a fitted
 # table, Plett 2004 part 3) plus a share of the ohmic drop that the RC pair does not capture.
@@ -41,6 +41,14 @@ OCV_TABLE_ERROR_V = {"preset": 0.060, "config": 0.010, "file": 0.0, "learned": 0
 def ocv_table_error_v(chemistry: Chemistry) -> float:
     """Bias [V] of the chemistry's OCV table for this cell, by where the table came from."""
     return OCV_TABLE_ERROR_V.get(chemistry.ocv_source, OCV_TABLE_ERROR_V["preset"])
+
+
+def in_flat_region(regions: tuple[tuple[float, float], ...], soc_pct: FloatArray) -> BoolArray:
+    """True where SOC [%] lies inside one of the (lo, hi) flat ``regions`` of an OCV table."""
+    flat = np.zeros(np.shape(soc_pct), dtype=bool)
+    for lo, hi in regions:
+        flat |= (soc_pct > lo) & (soc_pct < hi)
+    return flat
 
 
 LOAD_MODEL_ERROR_FRACTION = 1.0
@@ -127,12 +135,9 @@ class SocFilter:
         idx = np.searchsorted(self._slope_soc, soc_pct, side="right") - 1
         return self._slopes[np.clip(idx, 0, self._slopes.size - 1)]
 
-    def in_flat_region(self, soc_pct: FloatArray) -> FloatArray:
+    def in_flat_region(self, soc_pct: FloatArray) -> BoolArray:
         """True where the chemistry says voltage cannot tell SOC (LFP plateau)."""
-        flat = np.zeros(np.shape(soc_pct), dtype=bool)
-        for lo, hi in self._flat:
-            flat |= (soc_pct > lo) & (soc_pct < hi)
-        return flat
+        return in_flat_region(self._flat, soc_pct)
 
     def step(
         self,

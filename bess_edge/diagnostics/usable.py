@@ -4,12 +4,17 @@ energy-based SOH and an SOH forecast with a band that stays wide while evidence 
 Energy SOH is the energy of a full balanced 0.5C discharge now against the rated cell's: the
 capacity fade and the resistance rise (the I·R0 loss) together, as an energy contract sees it.
 
-A series string stops discharging when its emptiest cell is empty and charging when its fullest
-is full, so with per-cell SOC s_k and capacity Q (the cells counted alike):
+A series string stops discharging when its first cell is empty and charging when its first is
+full. With per-cell SOC s_k and capacity C_k = r_k·Q (Q the string's average cell, r_k from
+cell_capacity.py) the charge in cell k is C_k·s_k/100, so
 
-    usable = Q·(min s_k + min(100 - s_k))/100,     recoverable by balancing = Q - usable
+    usable = min_k C_k·s_k/100 + min_k C_k·(100 - s_k)/100
+    recoverable by balancing = min_k C_k - usable
 
-and the capacity lost to ageing is the rated capacity minus Q: two numbers, two remedies.
+(balancing can at best make the weakest cell the limit at both ends). What ageing took is the
+rated capacity minus Q, and what a weak cell takes is Q - min_k C_k: three numbers, three
+remedies. A cell whose ratio is not known yet counts as the average cell with a sigma of
+UNKNOWN_RATIO_SIGMA.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ PRIOR_FADE_BAND_PCT_PER_YEAR = (0.5, 5.0)
 FORECAST_YEARS = (1.0, 5.0, 10.0)
 # z of the 10th/90th percentiles of a normal distribution.
 Z80 = 1.2816
+# A cell's capacity relative to its string before its own was measured: new cells of one batch
+# are within 1-2 %, a string in service spreads further; 5 % as the sigma of that assumption.
+UNKNOWN_RATIO_SIGMA = 0.05
 
 
 @dataclass
@@ -50,26 +58,44 @@ def string_capacity(
     nominal_capacity_ah: float,
     cell_soc_pct: FloatArray,
     cell_soc_sigma_pct: FloatArray,
+    cell_ratio: FloatArray,
+    cell_ratio_sigma: FloatArray,
     series_cells: int,
     cell_r0_ohm: float,
 ) -> StringCapacity:
-    """Usable capacity and energy of the string now; NaN without a capacity estimate."""
+    """Usable capacity and energy of the string now, from Q [Ah], each cell's SOC [%] and its
+    capacity ratio to Q (NaN: not measured); NaN without a capacity estimate."""
     out = StringCapacity()
-    soc = cell_soc_pct[np.isfinite(cell_soc_pct)]
-    if not (math.isfinite(capacity_ah) and soc.size and series_cells):
+    ok = np.isfinite(cell_soc_pct)
+    if not (math.isfinite(capacity_ah) and ok.any() and series_cells):
         return out
-    down, up = float(np.min(soc)), float(np.min(100.0 - soc))
-    share = (down + up) / 100.0
+    known = np.isfinite(cell_ratio)
+    ratio = np.where(known, cell_ratio, 1.0)[ok]
+    ratio_sigma = np.where(known, cell_ratio_sigma, UNKNOWN_RATIO_SIGMA)[ok]
+    soc, soc_sigma = cell_soc_pct[ok], cell_soc_sigma_pct[ok]
+    below, above = ratio * soc / 100.0, ratio * (100.0 - soc) / 100.0  # in units of Q
+    j, m = int(np.argmin(below)), int(np.argmin(above))
+    share = float(below[j] + above[m])
     out.usable_capacity_ah = capacity_ah * share
-    out.recoverable_capacity_ah = capacity_ah - out.usable_capacity_ah
-    # The extreme cells' SOC errors enter twice (the emptiest and the fullest).
-    sigma_soc = float(np.nanmax(cell_soc_sigma_pct)) if cell_soc_sigma_pct.size else math.nan
-    out.usable_capacity_uncertainty_ah = math.hypot(
-        share * capacity_sigma_ah, capacity_ah * math.sqrt(2.0) * sigma_soc / 100.0
+    out.recoverable_capacity_ah = capacity_ah * float(np.min(ratio)) - out.usable_capacity_ah
+    if j == m:  # one cell limits both ends: its SOC cancels, only its capacity counts
+        var = ratio_sigma[j] ** 2
+    else:
+        var = (
+            (soc[j] * ratio_sigma[j]) ** 2
+            + (ratio[j] * soc_sigma[j]) ** 2
+            + ((100.0 - soc[m]) * ratio_sigma[m]) ** 2
+            + (ratio[m] * soc_sigma[m]) ** 2
+        ) / 100.0**2
+    out.usable_capacity_uncertainty_ah = capacity_ah * math.hypot(
+        share * capacity_sigma_ah / capacity_ah, math.sqrt(var)
     )
+    # The window of the average cell's SOC the usable charge spans.
     mean_soc = float(np.mean(soc))
-    grid = np.linspace(mean_soc - down, mean_soc + up, 11)
-    out.usable_energy_wh = series_cells * capacity_ah * share * float(np.mean(chemistry.ocv(grid)))
+    grid = np.linspace(mean_soc - 100.0 * below[j], mean_soc + 100.0 * above[m], 11)
+    out.usable_energy_wh = (
+        series_cells * out.usable_capacity_ah * float(np.mean(chemistry.ocv(grid)))
+    )
     ocv = _mean_ocv_v(chemistry)
     current = 0.5 * nominal_capacity_ah
     rated_wh = nominal_capacity_ah * (ocv - current * chemistry.r0_ohm(nominal_capacity_ah))

@@ -1,0 +1,171 @@
+"""Per-cell capacity of a series string, relative to the string's, from rested cell voltages.
+
+In series every cell carries the same charge, so between two settled rests cell k's SOC moves by
+``ΔSOC_k = 100·ΔQ/C_k``: the cells' SOC changes are in the inverse ratio of their capacities.
+The ratio needs no current sensor (offset and gain errors do not enter), and an OCV-table bias
+mostly cancels: the cells of a string sit within a few points of SOC of each other, where the
+table is off by nearly the same. With ``u_k = Q/C_k`` (Q: the string's average cell, the
+capacity fit's) each pair p of rests gives
+
+    ΔSOC_k,p = u_k · ΔSOC̄_p       (ΔSOC̄_p: the mean over the cells)
+
+and ``u_k`` is the weighted least-squares slope through the origin over all pairs, with
+forgetting. A pair's residual has three sources: the cells' relative rested-voltage error
+(monitor noise, relaxation that differs with a cell's resistance), the table's error changing
+between the cell's SOC and the string's (its *shape*, taken as the table's error over
+SHAPE_SPAN_PCT of SOC), and the table's common bias, which moves every cell's ΔSOC by the same
+amount and so a ratio ``u ≠ 1`` by ``(u - 1)·bias``. Where the residuals scatter more than that,
+the sigma is widened by the scatter (reduced chi-square). Anchors on a flat region (the LFP
+plateau) are not used: a voltage there does not say the SOC.
+
+``C_k = Q/u_k`` needs Q: without the string's capacity the ratios are still reported, the
+capacities are NaN. A cell whose capacity is WEAK_DEFICIT below the string's median cell and
+WEAK_SIGMAS out of its sigma is weak: it limits the string, and balancing cannot recover it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.numeric import finite_median
+from bess_edge.diagnostics.soc import in_flat_region, ocv_table_error_v
+from bess_edge.model import BoolArray, FloatArray
+
+# Relative rested-voltage error between two cells of a string [V]: 1 mV monitor noise averaged
+# over minutes, and relaxation that differs with each cell's resistance after the same current.
+CELL_OCV_ERROR_V = 0.002
+# The table's error changes by about its own size over this much SOC (the NMC preset against
+# the accuracy benchmark's cells: 20-70 mV between 20 and 90 %, far more below 15 %).
+SHAPE_SPAN_PCT = 25.0
+# Pairs of rests whose mean SOC moved less than this say little about a ratio.
+MIN_PAIR_SPAN_PCT = 5.0
+# Each new pair multiplies older weights by this (memory of ~50 pairs, weeks of daily rests).
+PAIR_FORGETTING = 0.98
+# Ratios are reported after this many pairs (one pair has no scatter to check its sigma by).
+MIN_PAIRS = 2
+# Weak: capacity at least 5 % below the string's median cell (beyond the production spread of
+# new cells, ~1-2 %), and that deficit at least 3 sigma out.
+WEAK_DEFICIT = 0.05
+WEAK_SIGMAS = 3.0
+# The rested voltage is averaged over the last minutes of the rest (as capacity.py does).
+REST_AVERAGE_S = 300.0
+
+
+@dataclass
+class CellCapacityResult:
+    ratio: FloatArray  # C_k / Q: each cell's capacity relative to the string's average cell
+    ratio_sigma: FloatArray
+    capacity_ah: FloatArray  # C_k [Ah], NaN while Q is unknown
+    capacity_sigma_ah: FloatArray
+    weak: BoolArray  # per cell: capacity significantly below the others
+
+
+class CellCapacity:
+    """Rest-to-rest SOC changes of every cell, pooled into capacity ratios."""
+
+    def __init__(self, cells: int) -> None:
+        self.cells = cells
+        self._rest_v = np.full(cells, np.nan)  # rested voltages, averaged over this rest
+        self._anchor = np.full(cells, np.nan)  # cell SOCs [%] at the last rest's end
+        self._anchor_var = np.full(cells, np.nan)  # their relative variances [%²]
+        self._anchor_bias_var = math.nan  # the table's common SOC bias there [%²]
+        # Weighted sums of the per-cell fit Δ_k = u_k·Δ̄ (with forgetting).
+        self.s_xx = np.zeros(cells)
+        self.s_xy = np.zeros(cells)
+        self.s_yy = np.zeros(cells)
+        self.pairs = np.zeros(cells)  # forgetting-weighted count of pairs per cell
+
+    def observe_rest(self, cell_voltage_v: FloatArray, dt_s: float) -> None:
+        """A settled resting poll: each cell's voltage [V] is its OCV (NaN cells are skipped)."""
+        alpha = min(1.0, max(dt_s, 0.0) / REST_AVERAGE_S)
+        old = self._rest_v
+        averaged = np.where(np.isfinite(old), old + alpha * (cell_voltage_v - old), cell_voltage_v)
+        self._rest_v = np.where(np.isfinite(cell_voltage_v), averaged, old)
+
+    def end_rest(self, chemistry: Chemistry) -> None:
+        """The rest is over: its rested voltages become an anchor, paired with the last one.
+
+        ``chemistry`` is the table in use now (a learned table may have replaced the preset).
+        """
+        rest_v, self._rest_v = self._rest_v, np.full(self.cells, np.nan)
+        if not np.isfinite(rest_v).any():
+            return
+        soc = np.asarray(chemistry.soc_from_ocv(rest_v), dtype=np.float64)
+        flat = in_flat_region(chemistry.ocv_flat_regions_pct, soc)
+        soc = np.where(np.isfinite(rest_v) & ~flat, soc, np.nan)
+        slope = np.maximum(np.asarray(chemistry.docv_dsoc(soc), dtype=np.float64), 1e-6)
+        mean = float(np.nanmean(soc)) if np.isfinite(soc).any() else math.nan
+        table_v = ocv_table_error_v(chemistry)
+        shape = table_v * np.abs(soc - mean) / SHAPE_SPAN_PCT
+        var = (CELL_OCV_ERROR_V**2 + shape**2) / slope**2
+        mean_slope = max(float(chemistry.docv_dsoc(mean)), 1e-6) if math.isfinite(mean) else 1.0
+        bias_var = (table_v / mean_slope) ** 2
+        self._add_pair(soc, var, bias_var)
+        self._anchor, self._anchor_var, self._anchor_bias_var = soc, var, bias_var
+
+    def _add_pair(self, soc: FloatArray, var: FloatArray, bias_var: float) -> None:
+        delta = soc - self._anchor
+        ok = np.isfinite(delta)
+        if ok.sum() < 2:
+            return
+        ref = float(np.mean(delta[ok]))
+        if abs(ref) < MIN_PAIR_SPAN_PCT:
+            return
+        u = self.ratio_inverse()
+        u = np.where(np.isfinite(u), u, 1.0)
+        pair_var = var + self._anchor_var + ((u - 1.0) ** 2) * (bias_var + self._anchor_bias_var)
+        w = np.where(ok, 1.0 / pair_var, 0.0)
+        y = np.where(ok, delta, 0.0)
+        self.s_xx = PAIR_FORGETTING * self.s_xx + w * ref**2
+        self.s_xy = PAIR_FORGETTING * self.s_xy + w * ref * y
+        self.s_yy = PAIR_FORGETTING * self.s_yy + w * y**2
+        self.pairs = PAIR_FORGETTING * self.pairs + ok
+
+    def ratio_inverse(self) -> FloatArray:
+        """u_k = Q/C_k per cell, NaN before MIN_PAIRS pairs."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = self.s_xy / self.s_xx
+        return np.where(self.pairs >= MIN_PAIRS - 1e-9, u, np.nan)
+
+    def ratio_inverse_sigma(self, u: FloatArray) -> FloatArray:
+        """Sigma of ``u``: the fit's, widened by the residuals' scatter where it is larger."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            chi2 = np.maximum(self.s_yy - 2 * u * self.s_xy + u**2 * self.s_xx, 0.0)
+            dof = np.maximum(self.pairs - 1.0, 1.0)
+            return np.sqrt(np.maximum(1.0, chi2 / dof) / self.s_xx)
+
+    def result(self, capacity_ah: float, capacity_sigma_ah: float) -> CellCapacityResult:
+        """Ratios, capacities [Ah] with ``capacity_ah`` ± sigma as the string's Q, weak cells."""
+        u = self.ratio_inverse()
+        sigma_u = np.where(np.isfinite(u), self.ratio_inverse_sigma(u), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = 1.0 / u
+            ratio_sigma = sigma_u / u**2
+            rel_q = capacity_sigma_ah / capacity_ah
+        cap = capacity_ah * ratio
+        cap_sigma = np.abs(cap) * np.hypot(rel_q, ratio_sigma / ratio)
+        median = finite_median(u)
+        with np.errstate(invalid="ignore"):
+            weak = (u > median / (1.0 - WEAK_DEFICIT)) & (u - median > WEAK_SIGMAS * sigma_u)
+        return CellCapacityResult(ratio, ratio_sigma, cap, cap_sigma, weak)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "anchor": np.vstack([self._anchor, self._anchor_var]),
+            "bias_var": np.array([self._anchor_bias_var]),
+            "sums": np.vstack([self.s_xx, self.s_xy, self.s_yy, self.pairs]),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        anchor = np.asarray(state["anchor"], dtype=np.float64)
+        sums = np.asarray(state["sums"], dtype=np.float64)
+        if anchor.shape != (2, self.cells) or sums.shape != (4, self.cells):
+            raise ValueError(f"cell capacity state for {anchor.shape[-1]} cells, not {self.cells}")
+        self._anchor, self._anchor_var = anchor
+        self._anchor_bias_var = float(np.asarray(state["bias_var"]).ravel()[0])
+        self.s_xx, self.s_xy, self.s_yy, self.pairs = sums
