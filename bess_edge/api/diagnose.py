@@ -67,6 +67,7 @@ FIELD_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("eol_", ("soh",)),
     ("r0_", ("resistance",)),
     ("cell_r0_", ("resistance",)),
+    ("cell_capacity_", ("soh", "balance")),
     ("imbalance_", ("balance",)),
     ("balancing_", ("balance",)),
     ("thermal_", ("thermal",)),
