@@ -172,3 +172,43 @@ def test_a_ping_cannot_make_the_daemon_publish_on_its_alerts_topic(make_config, 
     finally:
         raw.close()
     assert proc.stop() == 0
+
+
+def test_a_flood_beyond_the_command_queue_gets_busy_replies_and_few_log_lines(
+    make_config, daemon, mosquitto
+):
+    """Commands dropped for a full queue (64 waiting) were neither answered nor counted: the
+    sender waited for ever, and the log got one line per dropped command."""
+    config = make_config(mqtt=mqtt_section(mosquitto.port))
+    proc = daemon(config)
+    proc.wait_for_log("mqtt connected")
+    raw = RawClient(mosquitto.port)
+    flood = 600
+    try:
+        raw.subscribe("bess/test-site/cmd/+/reply")
+        # Each re-publish asks the store (a thread) and waits, so the flood outruns the queue.
+        sent = [
+            raw.client.publish(
+                "bess/test-site/cmd/republish",
+                json.dumps({"id": f"f{i}", "device": "rack-1", "stream": "telemetry",
+                            "seq_first": 10**9, "seq_last": 10**9 + 1}).encode(),
+                qos=1,
+            )
+            for i in range(flood)
+        ]  # fmt: skip
+        for info in sent:
+            info.wait_for_publish(10)
+        wait_until(lambda: len(raw.replies()) >= flood, timeout=60)
+        replies = {r["id"]: r for r in raw.replies()}
+        assert set(replies) == {f"f{i}" for i in range(flood)}
+        busy = [r for r in replies.values() if not r["ok"]]
+        print(f"{len(busy)} of {flood} refused busy")
+        assert busy, "the flood never filled the queue"
+        assert all("busy" in r["error"] and r["verb"] == "republish" for r in busy)
+        assert all(r["ok"] for r in replies.values() if r not in busy)
+        refusals = proc.log().count("mqtt command refused: too many waiting")
+        assert 1 <= refusals < len(busy)
+        assert proc.alive()
+    finally:
+        raw.close()
+    assert proc.stop() == 0

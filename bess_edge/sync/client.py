@@ -62,7 +62,10 @@ class Backoff:
 class RateLimitedLog:
     """Logs the first of a run of identical failures, then one line a minute with a count."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, message: str = "mqtt connection failed; data stays buffered, retrying"
+    ) -> None:
+        self.message = message
         self.last_text: str | None = None
         self.last_logged = 0.0
         self.repeats = 0
@@ -73,7 +76,7 @@ class RateLimitedLog:
             extra = {**fields, "error": text}
             if self.repeats:
                 extra["failed_attempts_since_last_log"] = self.repeats
-            log.warning("mqtt connection failed; data stays buffered, retrying", extra=extra)
+            log.warning(self.message, extra=extra)
             self.last_text, self.last_logged, self.repeats = text, now, 0
         else:
             self.repeats += 1

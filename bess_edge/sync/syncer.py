@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_WAIT_S = 2.0  # for the PUBACK of the offline state on a clean stop
 PING_CACHE_S = 1.0
 COMMAND_QUEUE = 64  # commands waiting beyond this are refused (a flood must not eat memory)
+BUSY_ERROR = f"busy: {COMMAND_QUEUE} commands are waiting; send it again later"
 
 
 class Syncer:
@@ -76,6 +77,7 @@ class Syncer:
             cfg.backlog_max_bytes_s,
         )
         self.commands: asyncio.Queue[Inbound] = asyncio.Queue(COMMAND_QUEUE)
+        self._busy_log = RateLimitedLog("mqtt command refused: too many waiting")
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._pong_cache: tuple[float, dict[str, Any]] | None = None
 
@@ -209,7 +211,18 @@ class Syncer:
         try:
             self.commands.put_nowait(inbound)
         except asyncio.QueueFull:
-            log.warning("mqtt command refused: too many waiting", extra={"topic": inbound.topic})
+            self._refuse_busy(inbound)
+
+    def _refuse_busy(self, inbound: Inbound) -> None:
+        """A command beyond the queue is answered at once, so its sender knows to send it again
+        rather than wait for a reply that never comes; the log gets a line a minute with the
+        count, not one per command of a flood."""
+        verb, topic, reply = self._envelope(inbound)
+        with contextlib.suppress(commands.CommandError):  # a bad one: the default topic
+            topic = self._reply_topic(inbound, topic)
+        reply.update(ok=False, error=BUSY_ERROR, ts_ms=now_ms())
+        self._busy_log.failure(BUSY_ERROR, verb=verb[:64])
+        self._send_reply(topic, reply, inbound)
 
     async def _command_worker(self) -> None:
         while True:
@@ -220,25 +233,36 @@ class Syncer:
                 log.exception("mqtt command handler failed", extra={"topic": inbound.topic})
 
     async def _handle(self, inbound: Inbound) -> None:
-        topic, reply = await self.answer(inbound)
+        self._send_reply(*await self.answer(inbound), inbound)
+
+    def _send_reply(self, topic: str, reply: dict[str, Any], inbound: Inbound) -> None:
         if self.link.connected.is_set():
             self.link.publish(topic, dumps(reply), correlation_data=inbound.correlation_data)
 
-    async def answer(self, inbound: Inbound) -> tuple[str, dict[str, Any]]:
-        """The reply to a command and the topic it goes to. Never raises: whatever a command
-        trips over, its sender gets an error reply (and the log a traceback)."""
+    def _envelope(self, inbound: Inbound) -> tuple[str, str, dict[str, Any]]:
+        """The command's verb, its default reply topic and the reply's common fields."""
         verb = inbound.topic[len(self.cmd_prefix) :]
-        topic = reply_topic(self.cfg.topic_prefix, self.site, verb)
         reply: dict[str, Any] = {
             "schema": REPLY_SCHEMA,
             "site": self.site,
             "verb": verb[:64],
             "id": commands.request_id(inbound.payload),
         }
+        return verb, reply_topic(self.cfg.topic_prefix, self.site, verb), reply
+
+    def _reply_topic(self, inbound: Inbound, default: str) -> str:
+        """The MQTT 5 response topic when the command gave an allowed one (else CommandError)."""
+        if inbound.response_topic is None:
+            return default
+        commands.check_response_topic(inbound.response_topic, self.reply_prefixes)
+        return inbound.response_topic
+
+    async def answer(self, inbound: Inbound) -> tuple[str, dict[str, Any]]:
+        """The reply to a command and the topic it goes to. Never raises: whatever a command
+        trips over, its sender gets an error reply (and the log a traceback)."""
+        verb, topic, reply = self._envelope(inbound)
         try:
-            if inbound.response_topic is not None:
-                commands.check_response_topic(inbound.response_topic, self.reply_prefixes)
-                topic = inbound.response_topic
+            topic = self._reply_topic(inbound, topic)
             command = commands.parse(verb, inbound.payload)
             reply["result"] = await self._execute(command)
             reply["ok"] = True
