@@ -42,63 +42,46 @@ def device(device: str, store: Store) -> DeviceOverview:
     return found
 
 
-def _series(
-    answers: SharedAnswers, store: Storage, device: str, stream: Stream,
-    since_ms: int | None, until_ms: int | None, max_points: int, fields: str | None,
-) -> Series:  # fmt: skip
-    until = until_ms if until_ms is not None else int(time.time() * 1000) + 1
-    since = since_ms if since_ms is not None else until - 3_600_000
-    if since >= until:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            f"since_ms ({since}) must be before until_ms ({until})",
-        )
-    known = READING_FIELDS if stream == "readings" else DIAGNOSIS_FIELDS
-    names = [f for f in (fields or "").split(",") if f] or None
-    unknown = [f for f in names or [] if f not in known]
-    if unknown:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}",
-        )
-    key = (device, stream, since, until, max_points, tuple(names or ()))
-    series = answers.get(key, lambda: store.series(device, stream, since, until, max_points, names))
-    if series is None:
-        raise _unknown(device)
-    return series
-
-
 SinceQ = Annotated[int | None, Query(description="start, ms since epoch (default: 1 h ago)")]
 UntilQ = Annotated[int | None, Query(description="end, exclusive (default: now)")]
 PointsQ = Annotated[int, Query(ge=1, le=MAX_POINTS_LIMIT, description="at most this many buckets")]
 FieldsQ = Annotated[str | None, Query(description="comma-separated subset of the fields")]
 
 
-@router.get("/{device}/readings", response_model=Series, summary="pack trends, downsampled")
-def readings(
-    device: str, store: Store, request: Request, since_ms: SinceQ = None, until_ms: UntilQ = None,
-    max_points: PointsQ = 1000, fields: FieldsQ = None,
-) -> Series:  # fmt: skip
-    return _series(
-        request.app.state.answers, store, device, "readings", since_ms, until_ms, max_points, fields
-    )
+def _add_series_route(stream: Stream, known: tuple[str, ...], summary: str) -> None:
+    """GET /{device}/{stream}: one stream's trend, downsampled; the same query for both."""
+
+    @router.get(f"/{{device}}/{stream}", response_model=Series, summary=summary, name=stream)
+    def series(
+        device: str, store: Store, request: Request, since_ms: SinceQ = None,
+        until_ms: UntilQ = None, max_points: PointsQ = 1000, fields: FieldsQ = None,
+    ) -> Series:  # fmt: skip
+        until = until_ms if until_ms is not None else int(time.time() * 1000) + 1
+        since = since_ms if since_ms is not None else until - 3_600_000
+        if since >= until:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"since_ms ({since}) must be before until_ms ({until})",
+            )
+        names = [f for f in (fields or "").split(",") if f] or None
+        unknown = [f for f in names or [] if f not in known]
+        if unknown:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}",
+            )
+        key = (device, stream, since, until, max_points, tuple(names or ()))
+        answers: SharedAnswers = request.app.state.answers
+        found = answers.get(
+            key, lambda: store.series(device, stream, since, until, max_points, names)
+        )
+        if found is None:
+            raise _unknown(device)
+        return found
 
 
-@router.get("/{device}/diagnoses", response_model=Series, summary="estimates, downsampled")
-def diagnoses(
-    device: str, store: Store, request: Request, since_ms: SinceQ = None, until_ms: UntilQ = None,
-    max_points: PointsQ = 1000, fields: FieldsQ = None,
-) -> Series:  # fmt: skip
-    return _series(
-        request.app.state.answers,
-        store,
-        device,
-        "diagnoses",
-        since_ms,
-        until_ms,
-        max_points,
-        fields,
-    )
+_add_series_route("readings", READING_FIELDS, "pack trends, downsampled")
+_add_series_route("diagnoses", DIAGNOSIS_FIELDS, "estimates, downsampled")
 
 
 @router.get("/{device}/cells", response_model=CellSnapshot, summary="cell arrays at a time")
