@@ -33,6 +33,7 @@ from bess_edge.diagnostics.resistance import (
 from bess_edge.diagnostics.rest import RestTracker
 from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
 from bess_edge.diagnostics.soc import BIAS_LIMIT_C, INITIAL_BIAS_SIGMA_C, SocFilter
+from bess_edge.diagnostics.string_limits import LimitTracker
 from bess_edge.diagnostics.thermal import ThermalMonitor, sensor_of_cell
 from bess_edge.diagnostics.usable import soh_forecast, string_capacity
 from bess_edge.model import FloatArray, Reading
@@ -68,6 +69,7 @@ class _Cells:
     anomaly: AnomalyDetector
     balance: BalanceTracker
     capacity: CellCapacity
+    limits: LimitTracker
     thermal: ThermalMonitor
     sensor_index: np.ndarray  # the temperature sensor of each cell
 
@@ -119,6 +121,7 @@ class Diagnostician:
             anomaly=AnomalyDetector(chem, cap, count),
             balance=BalanceTracker(count),
             capacity=CellCapacity(count),
+            limits=LimitTracker(count, cap),
             thermal=ThermalMonitor(chem, cap, sensors),
             sensor_index=sensor_of_cell(count, sensors),
         )
@@ -470,7 +473,11 @@ class Diagnostician:
         cap = c.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
         d.cell_capacity_ratio, d.cell_capacity_ratio_uncertainty = cap.ratio, cap.ratio_sigma
         d.cell_capacity_ah, d.cell_capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
-        balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio, cap.weak)
+        c.limits.update(
+            self.chemistry, v, corrected, r0 * temperature_factor(self.chemistry, cell_temps)
+        )
+        low_capacity = cap.weak | c.limits.limiting()
+        balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio, low_capacity)
         d.cell_spread_v, d.cell_soc_spread_pct = balance.spread_v, balance.soc_spread_pct
         d.imbalance_trend_pct_per_day = balance.trend_pct_per_day
         d.weak_cells, d.balancing_recommendation = balance.weak_cells, balance.recommendation
@@ -544,6 +551,7 @@ class Diagnostician:
             "anomaly": c.anomaly.state(),
             "balance": c.balance.state(),
             "cell_capacity": c.capacity.state(),
+            "limits": c.limits.state(),
             "thermal": c.thermal.state(),
         }
         return persist.pack(header, parts)
@@ -568,6 +576,7 @@ class Diagnostician:
             cells.thermal.load(parts["thermal"])
             if "cell_capacity" in parts:  # blobs from before per-cell capacity have none
                 cells.capacity.load(parts["cell_capacity"])
+                cells.limits.load(parts["limits"])
             series, rest_s = (float(v) for v in parts["engine"]["scalars"])
             string_init, cells_init = (bool(v) for v in parts["engine"]["initialised"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
