@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -24,43 +23,39 @@ from bess_edge.drivers.can_decode import FrameDecoder, valid_range
 from bess_edge.drivers.can_encode import FrameEncoder
 from bess_edge.drivers.can_map import CanOptions, Slot
 from bess_edge.drivers.sim import SimOptions, SimulatedString
+from can_support import (
+    message,
+    messages,
+    rack_device,
+    read_after,
+    send,
+    settle,
+    unique_channel,
+    virtual_bus,
+    wait_for,
+)
+from conftest import REPO
 from thirdparty import FOXBMS
 
 from bess_edge.config import ConfigError, load_config
 from bess_edge.model import Quality, Reading
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def can_device(channel: str, **options: Any) -> dict[str, Any]:
-    """The shipped rack mapping (config/can-rack.toml) on a virtual channel."""
-    shipped = load_config(REPO / "config" / "can-rack.toml").devices[0]
-    merged = {**shipped.options, "interface": "virtual", "channel": channel, **options}
-    return {
-        "id": "rack-1",
-        "driver": "can",
-        "chemistry": "lfp",
-        "capacity_ah": 280.0,
-        "options": merged,
-    }
-
 
 @pytest.fixture
 def channel() -> str:
-    return f"test-{os.getpid()}-{time.monotonic_ns()}"
+    return unique_channel("test")
 
 
 @pytest.fixture
 def sender(channel: str) -> Iterator[can.BusABC]:
-    bus = can.Bus(interface="virtual", channel=channel)
-    yield bus
-    bus.shutdown()
+    with virtual_bus(channel) as bus:
+        yield bus
 
 
 @pytest.fixture
 def make_driver(make_config: Callable[..., Path], channel: str) -> Callable[..., CanDriver]:
     def make(**options: Any) -> CanDriver:
-        device = load_config(make_config([can_device(channel, **options)])).devices[0]
+        device = load_config(make_config([rack_device(channel, options=options)])).devices[0]
         return CanDriver(device, device.parsed_options)
 
     return make
@@ -84,38 +79,11 @@ def simulated_rack(seed: int = 3) -> Reading:
     return reading
 
 
-def send(bus: can.BusABC, driver: CanDriver, reading: Reading, only: set[int] | None = None) -> int:
-    frames = FrameEncoder(driver.options.slots(), driver.options.invert_current).frames(reading)
-    sent = 0
-    for f in frames:
-        if only is None or f.frame_id in only:
-            bus.send(can.Message(arbitration_id=f.frame_id, data=f.data, is_extended_id=False))
-            sent += 1
-    return sent
-
-
-async def settle(driver: CanDriver, decoded: int, timeout_s: float = 10.0) -> None:
-    """Wait until the receive thread has decoded ``decoded`` frames."""
-    deadline = time.monotonic() + timeout_s
-    while driver.counters.decoded < decoded:
-        assert time.monotonic() < deadline, f"only {driver.counters} after {timeout_s} s"
-        await asyncio.sleep(0.01)
-
-
 def test_rack_frames_arrive_as_full_cell_arrays_within_dbc_resolution(make_driver, sender):
     driver = make_driver()
     sent = simulated_rack()
-
-    async def scenario() -> Reading:
-        await driver.open()
-        try:
-            n = send(sender, driver, sent)
-            await settle(driver, n)
-            return await driver.read()
-        finally:
-            await driver.close()
-
-    got = asyncio.run(scenario())
+    encoder = FrameEncoder(driver.options.slots())
+    got = asyncio.run(read_after(driver, sender, messages(encoder.frames(sent))))
     assert got.quality == Quality.OK, got.quality_notes
     assert got.cell_voltage_v.size == 384 and got.cell_temperature_c.size == 192
     np.testing.assert_allclose(got.cell_voltage_v, sent.cell_voltage_v, atol=0.0005)  # 1 mV
@@ -133,22 +101,9 @@ def test_rack_frames_arrive_as_full_cell_arrays_within_dbc_resolution(make_drive
 def test_invert_current_makes_a_discharge_positive_bms_read_negative(make_driver, sender):
     driver = make_driver(invert_current=True)
     sent = simulated_rack()
-
-    async def scenario() -> Reading:
-        await driver.open()
-        try:
-            # A BMS with the opposite convention puts +42 A on the wire while discharging.
-            wire = FrameEncoder(driver.options.slots()).frames(sent)
-            for f in wire:
-                sender.send(
-                    can.Message(arbitration_id=f.frame_id, data=f.data, is_extended_id=False)
-                )
-            await settle(driver, len(wire))
-            return await driver.read()
-        finally:
-            await driver.close()
-
-    got = asyncio.run(scenario())
+    # A BMS with the opposite convention puts +42 A on the wire while discharging.
+    wire = messages(FrameEncoder(driver.options.slots()).frames(sent))
+    got = asyncio.run(read_after(driver, sender, wire))
     assert got.pack_current_a == pytest.approx(-sent.pack_current_a, abs=0.05)
 
 
@@ -180,17 +135,8 @@ def test_signal_not_refreshed_within_timeout_is_flagged_stale(make_driver, sende
 
 def test_mapped_signal_never_received_is_flagged_missing(make_driver, sender):
     driver = make_driver()
-
-    async def scenario() -> Reading:
-        await driver.open()
-        try:
-            n = send(sender, driver, simulated_rack(), only={0x100})
-            await settle(driver, n)
-            return await driver.read()
-        finally:
-            await driver.close()
-
-    got = asyncio.run(scenario())
+    frames = FrameEncoder(driver.options.slots()).frames(simulated_rack())
+    got = asyncio.run(read_after(driver, sender, messages(frames, only={0x100})))
     assert Quality.MISSING in got.quality
     assert np.isnan(got.cell_voltage_v).all() and got.cell_voltage_v.size == 384
     assert not np.isnan(got.pack_voltage_v)
@@ -233,8 +179,8 @@ def test_malformed_traffic_is_counted_and_good_frames_still_decode(make_driver, 
     sent = simulated_rack()
     rng = np.random.default_rng(5)
 
-    def raw(frame_id: int, data: bytes, **kw: Any) -> None:
-        sender.send(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False, **kw))
+    def raw(frame_id: int, data: bytes) -> None:
+        sender.send(message(frame_id, data))
 
     async def scenario() -> Reading:
         await driver.open()
@@ -248,10 +194,7 @@ def test_malformed_traffic_is_counted_and_good_frames_still_decode(make_driver, 
             sender.send(can.Message(arbitration_id=0x040, is_error_frame=True, dlc=8))
             sender.send(can.Message(arbitration_id=0x004, is_error_frame=True, dlc=8))
             total = n + 80 + send(sender, driver, sent)
-            deadline = time.monotonic() + 10
-            while driver.counters.frames < total:
-                assert time.monotonic() < deadline, driver.counters
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: driver.counters.frames >= total)
             return await driver.read()
         finally:
             await driver.close()
@@ -272,10 +215,7 @@ def test_burst_far_above_line_rate_loses_no_frame(make_driver, sender):
     """1 Mbit/s carries at most ~7,400 8-byte frames/s; this sends as fast as the CPU can."""
     driver = make_driver()
     sent = simulated_rack()
-    frames = FrameEncoder(driver.options.slots()).frames(sent)
-    messages = [
-        can.Message(arbitration_id=f.frame_id, data=f.data, is_extended_id=False) for f in frames
-    ]
+    wire = messages(FrameEncoder(driver.options.slots()).frames(sent))
     cycles = 300  # 39,300 frames
 
     async def scenario() -> tuple[float, Reading]:
@@ -283,17 +223,17 @@ def test_burst_far_above_line_rate_loses_no_frame(make_driver, sender):
         try:
             started = time.monotonic()
             for _ in range(cycles):
-                for m in messages:
+                for m in wire:
                     sender.send(m)
-            rate = cycles * len(messages) / (time.monotonic() - started)
-            await settle(driver, cycles * len(messages), timeout_s=60)
+            rate = cycles * len(wire) / (time.monotonic() - started)
+            await settle(driver, cycles * len(wire), timeout_s=60)
             return rate, await driver.read()
         finally:
             await driver.close()
 
     rate, got = asyncio.run(scenario())
     print(f"burst sent at {rate:,.0f} frames/s")
-    assert driver.counters.frames == driver.counters.decoded == cycles * len(messages)
+    assert driver.counters.frames == driver.counters.decoded == cycles * len(wire)
     np.testing.assert_allclose(got.cell_voltage_v, sent.cell_voltage_v, atol=0.0005)
 
 
@@ -321,7 +261,7 @@ def test_driver_reopens_after_close_and_decodes_again(make_driver, sender):
 
 
 def test_mapping_typo_is_a_config_error_naming_the_key(make_config, channel):
-    device = can_device(channel)
+    device = rack_device(channel)
     device["options"]["signals"]["pack_voltage_v"] = "RACK_Status.PackVoltag"
     with pytest.raises(ConfigError) as err:
         load_config(make_config([device]))
@@ -329,14 +269,14 @@ def test_mapping_typo_is_a_config_error_naming_the_key(make_config, channel):
 
 
 def test_signal_unit_that_does_not_fit_the_field_is_a_config_error(make_config, channel):
-    device = can_device(channel)
+    device = rack_device(channel)
     device["options"]["signals"]["pack_current_a"] = "RACK_Status.PackVoltage"
     with pytest.raises(ConfigError, match="is in V, which does not fit"):
         load_config(make_config([device]))
 
 
 def test_unknown_dbc_name_lists_the_shipped_ones(make_config, channel):
-    device = can_device(channel, dbc="nosuch.dbc")
+    device = rack_device(channel, options={"dbc": "nosuch.dbc"})
     with pytest.raises(ConfigError, match=r"pylontech_lv\.dbc") as err:
         load_config(make_config([device]))
     assert "devices[0].options" in str(err.value)
@@ -358,19 +298,19 @@ def test_decoded_values_equal_cantools_message_decode_on_random_payloads(config)
     decoder = FrameDecoder.for_options(options, "dev")
     rng = np.random.default_rng(17)
     checked = 0
-    messages = {slot.message.frame_id: slot.message for slot in options.slots()}
-    for message in messages.values():
-        slots = [s for s in decoder.slots if s.message is message]
+    by_id = {slot.message.frame_id: slot.message for slot in options.slots()}
+    for dbc_message in by_id.values():
+        slots = [s for s in decoder.slots if s.message is dbc_message]
         for _ in range(200):
-            payload = bytes(rng.integers(0, 256, message.length).tolist())
+            payload = bytes(rng.integers(0, 256, dbc_message.length).tolist())
             try:
-                expected = message.decode(payload, decode_choices=False)
+                expected = dbc_message.decode(payload, decode_choices=False)
             except Exception:  # a multiplexer id the DBC does not define
                 before = decoder.counters.undecodable
-                decoder.ingest(message.frame_id, payload, 0.0)
+                decoder.ingest(dbc_message.frame_id, payload, 0.0)
                 assert decoder.counters.undecodable == before + 1
                 continue
-            decoder.ingest(message.frame_id, payload, 0.0)
+            decoder.ingest(dbc_message.frame_id, payload, 0.0)
             reading = decoder.reading("dev", 0.0, 0)
             for slot in slots:
                 if slot.signal.name in expected:

@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import tomllib
-from pathlib import Path
 from typing import Any
 
-import can
 import numpy as np
 import pytest
 from bess_edge.drivers.can import CanDriver
 from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_encode import FrameEncoder
 from bess_edge.drivers.can_map import CanOptions, load_dbc
+from can_support import messages, read_after, unique_channel, virtual_bus
+from conftest import REPO
 from thirdparty import FOXBMS
 
 from bess_edge.chemistry import NMC
@@ -30,8 +29,6 @@ from bess_edge.diagnostics import Diagnostician
 from bess_edge.diagnostics.thermal import OUTLIER_HOLD_S
 from bess_edge.model import Quality, Reading
 from bess_edge.store import Store
-
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
     not (FOXBMS / "foxbms.dbc").is_file(), reason=f"foxBMS test files not found in {FOXBMS}"
@@ -58,7 +55,7 @@ def foxbms_state() -> Reading:
 
 
 def test_frames_encoded_from_the_foxbms_dbc_decode_into_full_cell_arrays(make_config, tmp_path):
-    channel = f"foxbms-{time.monotonic_ns()}"
+    channel = unique_channel("foxbms")
     config = make_config([foxbms_device(interface="virtual", channel=channel)])
     device = load_config(config).devices[0]
     driver = CanDriver(device, device.parsed_options)
@@ -67,22 +64,8 @@ def test_frames_encoded_from_the_foxbms_dbc_decode_into_full_cell_arrays(make_co
     assert sum(f.frame_id == 0x250 for f in frames) == 54  # 216 cells in blocks of 4
     assert sum(f.frame_id == 0x260 for f in frames) == 30  # 180 sensors in blocks of 6
 
-    async def scenario() -> Reading:
-        tx = can.Bus(interface="virtual", channel=channel)
-        await driver.open()
-        try:
-            for f in frames:
-                tx.send(can.Message(arbitration_id=f.frame_id, data=f.data, is_extended_id=False))
-            deadline = time.monotonic() + 10
-            while driver.counters.decoded < len(frames):
-                assert time.monotonic() < deadline, driver.counters
-                await asyncio.sleep(0.01)
-            return await driver.read()
-        finally:
-            await driver.close()
-            tx.shutdown()
-
-    got = asyncio.run(scenario())
+    with virtual_bus(channel) as tx:
+        got = asyncio.run(read_after(driver, tx, messages(frames)))
     assert got.cell_voltage_v.size == 216 and got.cell_temperature_c.size == 180
     np.testing.assert_allclose(got.cell_voltage_v, sent.cell_voltage_v, atol=0.0005)  # mV
     np.testing.assert_allclose(got.cell_temperature_c, sent.cell_temperature_c, atol=0.5)

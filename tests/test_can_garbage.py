@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-import can
 import numpy as np
 import pytest
 from bess_edge.drivers.can import CanDriver
 from bess_edge.drivers.can_decode import FrameDecoder
 from bess_edge.drivers.can_map import DecodeOptions
+from can_support import message, rack_device, read_after, unique_channel, virtual_bus
 
 from bess_edge.config import load_config
 from bess_edge.model import Quality
@@ -28,10 +25,6 @@ STATUS, LIMITS, CELLS = 0x100, 0x101, 0x110  # RACK_Status, RACK_Limits, RACK_Ce
 
 def decoder(**signals: Any) -> FrameDecoder:
     return FrameDecoder.for_options(DecodeOptions(dbc="rack_bms.dbc", signals=signals), "rack-1")
-
-
-def frame(frame_id: int, data: bytes) -> can.Message:
-    return can.Message(arbitration_id=frame_id, data=data, is_extended_id=False)
 
 
 # RACK_Status: PackVoltage 0.1 V/bit, PackCurrent 0.1 A/bit signed, Soc 0.01 %/bit, Soh 0.5 %/bit,
@@ -45,7 +38,7 @@ def test_a_signal_mapped_as_a_status_bit_and_as_an_extra_decodes_both_ways():
         bms_state="RACK_Status.State",
         status_flags={"bits": ["RACK_Status.State", "RACK_Status.Soh"]},
     )
-    d.feed(frame(STATUS, GOOD_STATUS), 1.0)
+    d.feed(message(STATUS, GOOD_STATUS), 1.0)
     r = d.reading("rack-1", 1.5, 0)
     assert d.counters.undecodable == 0
     assert r.quality == Quality.OK, r.quality_notes
@@ -68,15 +61,15 @@ def test_a_frame_that_fails_to_unpack_leaves_its_values_unfresh_and_flags_the_re
     assert r.fault_flags == 0  # not 0b11 from NaN != 0
     assert math.isnan(r.pack_voltage_v)
     # The flag is about frames since the last Reading: the next clean poll is clean.
-    d.feed(frame(STATUS, GOOD_STATUS), 2.0)
+    d.feed(message(STATUS, GOOD_STATUS), 2.0)
     again = d.reading("rack-1", 2.5, 0)
     assert Quality.DECODE_ERROR not in again.quality, again.quality_notes
 
 
 def test_a_short_frame_is_flagged_as_a_decode_error_and_old_values_turn_stale():
     d = decoder(pack_voltage_v="RACK_Status.PackVoltage")
-    d.feed(frame(STATUS, GOOD_STATUS), 1.0)
-    d.feed(frame(STATUS, GOOD_STATUS[:7]), 9.0)  # 7 bytes: wrong DLC
+    d.feed(message(STATUS, GOOD_STATUS), 1.0)
+    d.feed(message(STATUS, GOOD_STATUS[:7]), 9.0)  # 7 bytes: wrong DLC
     r = d.reading("rack-1", 9.5, 0)
     assert d.counters.wrong_dlc == 1
     assert Quality.DECODE_ERROR in r.quality
@@ -91,9 +84,9 @@ def test_an_all_ones_frame_is_stored_as_nulls_with_out_of_range_flags():
         charge_voltage_limit_v="RACK_Limits.ChargeVoltageLimit",
         cell_voltage_v={"pattern": "RACK_CellVoltages.CellVoltage_{i:03d}", "count": 4},
     )
-    d.feed(frame(STATUS, b"\xff" * 8), 1.0)
-    d.feed(frame(LIMITS, b"\xff" * 8), 1.0)
-    d.feed(frame(CELLS, b"\x00" + b"\xff" * 7), 1.0)  # block 0: 16.383 V cells
+    d.feed(message(STATUS, b"\xff" * 8), 1.0)
+    d.feed(message(LIMITS, b"\xff" * 8), 1.0)
+    d.feed(message(CELLS, b"\x00" + b"\xff" * 7), 1.0)  # block 0: 16.383 V cells
     r = d.reading("rack-1", 1.2, 0)
     assert Quality.OUT_OF_RANGE in r.quality
     for name in ("pack_voltage_v", "bms_soc_pct", "bms_soh_pct"):  # 6553.5 V, 655.35 %, 127.5 %
@@ -108,46 +101,22 @@ def test_an_all_ones_frame_is_stored_as_nulls_with_out_of_range_flags():
 def test_an_extra_cell_voltage_beyond_any_cell_is_null_but_a_real_one_is_kept():
     # The rack DBC has no cell-max signal: ChargeVoltageLimit (0.1 V/bit) stands in for one.
     d = decoder(max_cell_voltage_v="RACK_Limits.ChargeVoltageLimit")  # foxBMS's extra name
-    d.feed(frame(LIMITS, bytes([0, 0, 0, 0, 100, 0, 0, 0])), 1.0)  # 10.0 V
+    d.feed(message(LIMITS, bytes([0, 0, 0, 0, 100, 0, 0, 0])), 1.0)  # 10.0 V
     bad = d.reading("rack-1", 1.1, 0)
     assert math.isnan(bad.extra["max_cell_voltage_v"])
     assert Quality.OUT_OF_RANGE in bad.quality
-    d.feed(frame(LIMITS, bytes([0, 0, 0, 0, 36, 0, 0, 0])), 2.0)  # 3.6 V
+    d.feed(message(LIMITS, bytes([0, 0, 0, 0, 36, 0, 0, 0])), 2.0)  # 3.6 V
     good = d.reading("rack-1", 2.1, 0)
     assert good.extra["max_cell_voltage_v"] == pytest.approx(3.6)
     assert good.quality == Quality.OK, good.quality_notes
 
 
 def test_garbage_on_a_live_bus_reaches_the_reading_as_flagged_nulls(make_config):
-    channel = f"garbage-{os.getpid()}-{time.monotonic_ns()}"
-    shipped = load_config(
-        Path(__file__).resolve().parent.parent / "config" / "can-rack.toml"
-    ).devices[0]
-    device = {
-        "id": "rack-1",
-        "driver": "can",
-        "chemistry": "lfp",
-        "capacity_ah": 280.0,
-        "options": {**shipped.options, "interface": "virtual", "channel": channel},
-    }
-    dev = load_config(make_config([device])).devices[0]
+    channel = unique_channel("garbage")
+    dev = load_config(make_config([rack_device(channel)])).devices[0]
     driver = CanDriver(dev, dev.parsed_options)
-
-    async def scenario():
-        tx = can.Bus(interface="virtual", channel=channel)
-        await driver.open()
-        try:
-            tx.send(frame(STATUS, b"\xff" * 8))
-            tx.send(frame(STATUS, b"\xff" * 5))
-            deadline = time.monotonic() + 10
-            while driver.counters.frames < 2:
-                assert time.monotonic() < deadline, driver.counters
-                await asyncio.sleep(0.01)
-            return await driver.read()
-        finally:
-            await driver.close()
-            tx.shutdown()
-
-    r = asyncio.run(scenario())
+    wire = [message(STATUS, b"\xff" * 8), message(STATUS, b"\xff" * 5)]
+    with virtual_bus(channel) as tx:
+        r = asyncio.run(read_after(driver, tx, wire, until=lambda: driver.counters.frames >= 2))
     assert math.isnan(r.bms_soc_pct) and math.isnan(r.bms_soh_pct)
     assert Quality.OUT_OF_RANGE in r.quality and Quality.DECODE_ERROR in r.quality

@@ -23,13 +23,13 @@ from bess_edge.drivers.base import DriverError
 from bess_edge.drivers.can import CanDriver
 from bess_edge.drivers.can_encode import FrameEncoder
 from bess_edge.drivers.sim import SimOptions, SimulatedString
+from can_support import rack_device, wait_for
 from conftest import wait_until
 
 from bess_edge.config import load_config
 from bess_edge.model import Reading
 from bess_edge.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
 
 
@@ -52,25 +52,10 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
         proc.wait(10)
 
 
-def rack_device(channel: str, **overrides: Any) -> dict[str, Any]:
+def slcan_rack(channel: str) -> dict[str, Any]:
     """The shipped rack mapping on slcan, polled fast."""
-    shipped = load_config(REPO / "config" / "can-rack.toml").devices[0]
-    options = {
-        **shipped.options,
-        "interface": "slcan",
-        "channel": channel,
-        "bus_options": {"sleep_after_open": 0},
-    }
-    return {
-        "id": "rack-1",
-        "driver": "can",
-        "poll_interval_s": 0.5,
-        "timeout_s": 3.0,
-        "chemistry": "lfp",
-        "capacity_ah": 280.0,
-        "options": options,
-        **overrides,
-    }
+    slcan = {"bus_options": {"sleep_after_open": 0}}
+    return rack_device(channel, "slcan", slcan, poll_interval_s=0.5, timeout_s=3.0)
 
 
 def start_simulator(config: Path, channel: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -118,7 +103,7 @@ def test_simulator_frames_land_in_sqlite_through_the_daemon(
     pty_pair, make_config: Callable[..., Path], daemon, processes, tmp_path
 ):
     sim_end, gateway_end = pty_pair
-    config = make_config([rack_device(gateway_end)])
+    config = make_config([slcan_rack(gateway_end)])
     gateway = daemon(config)
     processes.append(start_simulator(config, sim_end))
     sent = frozen_rack_state(config)
@@ -131,7 +116,7 @@ def test_daemon_keeps_decoding_through_garbage_on_the_bus(
     pty_pair, make_config: Callable[..., Path], daemon, processes, tmp_path
 ):
     sim_end, gateway_end = pty_pair
-    config = make_config([rack_device(gateway_end)])
+    config = make_config([slcan_rack(gateway_end)])
     gateway = daemon(config)
     processes.append(start_simulator(config, sim_end))
     db = tmp_path / "bess-edge.db"
@@ -193,7 +178,7 @@ def test_garbage_and_a_burst_on_the_serial_line_are_survived(
     pty_pair, make_config: Callable[..., Path], processes
 ):
     sim_end, gateway_end = pty_pair
-    config = make_config([rack_device(gateway_end)])
+    config = make_config([slcan_rack(gateway_end)])
     device = load_config(config).devices[0]
     driver = CanDriver(device, device.parsed_options)
     sent = frozen_rack_state(config)
@@ -246,13 +231,6 @@ def test_garbage_and_a_burst_on_the_serial_line_are_survived(
     assert got.pack_current_a == pytest.approx(sent.pack_current_a, abs=0.05)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
 async def quiet(driver: CanDriver) -> None:
     """Wait until nothing has arrived for half a second."""
     seen = -1
@@ -267,7 +245,7 @@ def test_binary_noise_that_wedges_the_slcan_parser_fails_the_poll_and_a_reopen_r
     """python-can 4.6's slcan keeps a non-UTF-8 byte in its line buffer, so every later line
     fails too; the driver must report that as a failed poll, and reopening must recover."""
     sim_end, gateway_end = pty_pair
-    config = make_config([rack_device(gateway_end)])
+    config = make_config([slcan_rack(gateway_end)])
     device = load_config(config).devices[0]
     driver = CanDriver(device, device.parsed_options)
 
