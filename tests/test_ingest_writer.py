@@ -286,3 +286,47 @@ def test_a_value_postgresql_refuses_is_dead_lettered_alone_and_the_batch_still_l
     refused = db.execute("SELECT seq, reason FROM dead_letter ORDER BY seq").fetchall()
     assert [seq for seq, _ in refused] == [items[1]["seq"], items[2]["seq"]]
     assert all("database refused it" in reason for _, reason in refused)
+
+
+def test_gap_repair_reads_a_complete_streams_recent_partitions_only(store, db):
+    from bess_edge.cloud.partitions import Partitions, day_of, partition_name
+
+    parser = Parser("bess", 1 << 20)
+    writer = _writer(db)
+    telemetry = [(t, p) for t, p in _payloads(store, "json") if t.endswith("telemetry")]
+    doc = json.loads(telemetry[0][1])
+    items = [item for _, p in telemetry for item in json.loads(p)["items"]]
+
+    def publish(selected: list[dict[str, Any]]) -> None:
+        body = {**doc, "items": selected, "seq_first": selected[0]["seq"],
+                "seq_last": selected[-1]["seq"], "count": len(selected)}  # fmt: skip
+        writer.write([parser.parse(telemetry[0][0], dumps(body))])  # type: ignore[list-item]
+
+    def contiguous() -> int:
+        return _count(db, "SELECT contiguous_seq FROM stream_progress WHERE stream = 'telemetry'")
+
+    old_day = day_of(NOW_MS) - 20
+    Partitions().ensure(db, {old_day})
+    publish(items[:10])
+    cfg = IngestConfig(database_url="x", grace_s=0, retry_s=60, ping_s=60)
+    repairer = Repairer(db, cfg, lambda *cmd: None)
+    assert repairer.tick() and contiguous() == 10  # the first look reads every partition
+
+    # A day 20 days back is locked by someone else: reading it would wait.
+    other = psycopg.connect(db.info.dsn)
+    try:
+        other.execute(f"LOCK TABLE {partition_name('telemetry', old_day)} IN ACCESS EXCLUSIVE MODE")
+        db.execute("SET lock_timeout = '3s'")
+        publish(items[10:20])
+        assert repairer.tick() and contiguous() == 20
+    finally:
+        other.close()
+        db.execute("RESET lock_timeout")
+
+    # A gateway clock stepped back 3 days: seq 21 is out of sight until its head is known.
+    publish([{**items[20], "ts_ms": NOW_MS - 3 * 86_400_000}])
+    repairer.tick()
+    assert contiguous() == 20
+    writer.record_heads("site-a", {"rack-1": {"telemetry": 21}})
+    repairer.tick()
+    assert contiguous() == 21 and db.execute("SELECT * FROM gaps").fetchall() == []

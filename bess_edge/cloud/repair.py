@@ -34,8 +34,9 @@ from bess_edge.sync.commands import MAX_REPUBLISH_ROWS
 log = logging.getLogger(__name__)
 
 REPAIR_LOCK = 0x62657375
-RETENTION_EVERY_S = 600.0  # dropping old days is cheap but needs an exclusive lock on them
+RETENTION_EVERY_S = 600.0  # dropping old days (exclusive locks), and new streams in every partition
 ACTIVE_SITE_MS = 3_600_000  # sites that sent data within this long are pinged
+SCAN_MARGIN_MS = DAY_MS  # how far a gateway's clock may step back and its rows still be found
 TABLES = {"telemetry": "telemetry", "diagnostics": "battery_diagnostics", "alerts": "alert_history"}
 
 SendCommand = Callable[[str, str, dict[str, Any]], None]  # (site, verb, body)
@@ -53,6 +54,16 @@ class Progress:
     request_ms: int | None
     request_first: int | None
     request_last: int | None
+
+    @property
+    def complete(self) -> bool:
+        """Nothing missing up to the newest seq or the gateway's head, nothing asked for: the
+        stream has no ``open_gaps`` rows."""
+        return (
+            self.contiguous == self.max_seq
+            and self.head <= self.max_seq
+            and (self.request_ms is None)
+        )
 
 
 Ranges = list[tuple[int, int]]
@@ -86,6 +97,7 @@ class Repairer:
         self.oldest_gap_ms: int | None = None
         self.partitions = Partitions()
         self.next_retention = 0.0
+        self.floor_ms: dict[tuple[int, str], int] = {}  # per complete stream, see _runs
 
     def tick(self) -> bool:
         """One round if this worker holds the repair lock; False otherwise."""
@@ -101,14 +113,25 @@ class Repairer:
             self.tokens + (now - self.last_tick) * self.cfg.max_requests_per_s,
         )
         self.last_tick = now
-        if now >= self.next_retention:
+        everywhere = now >= self.next_retention
+        if everywhere:
             self.next_retention = now + RETENTION_EVERY_S
             self.partitions.drop_older_than(self.conn, now_ms() - self.cfg.retention_days * DAY_MS)
         self._ping_sites()
         self._send_acks()
-        self._start_new_streams()
+        self._start_new_streams(everywhere)
+        advanced: list[tuple[int, str, int, int]] = []
         for progress in self._progress():
-            self._repair(progress)
+            self._repair(progress, advanced)
+        if advanced:  # one statement for every stream that only moved on
+            device_ids, streams, contiguous, newest = zip(*advanced, strict=True)
+            self.conn.execute(
+                "UPDATE stream_progress p SET contiguous_seq = v.contiguous, "
+                "max_seq = greatest(p.max_seq, v.newest) FROM unnest(%s::int[], %s::text[], "
+                "%s::bigint[], %s::bigint[]) AS v(device_id, stream, contiguous, newest) "
+                "WHERE p.device_id = v.device_id AND p.stream = v.stream",
+                (list(device_ids), list(streams), list(contiguous), list(newest)),
+            )
         row = self.conn.execute(
             "SELECT coalesce(sum(seq_last - seq_first + 1), 0), min(since_ms) FROM open_gaps"
         ).fetchone()
@@ -172,10 +195,22 @@ class Repairer:
                 (now, "acknowledged" if row else "already acknowledged or cleared", request_id),
             )
 
-    def _start_new_streams(self) -> None:
+    def _start_new_streams(self, everywhere: bool) -> None:
         """A progress row for each stream with stored rows and none yet: from seq 1 with
-        ``from_first``, else from the lowest seq stored."""
+        ``from_first``, else from the lowest seq stored. Each tick only streams with rows of
+        the last ``SCAN_MARGIN_MS`` are looked for (the newest partitions); ``everywhere``
+        (every ``RETENTION_EVERY_S``) all of them, for a gateway whose clock is far behind."""
         for stream, table in TABLES.items():
+            only = None
+            if not everywhere:
+                only = [device_id for (device_id,) in self.conn.execute(
+                    "SELECT d.id FROM devices d WHERE NOT EXISTS (SELECT 1 FROM stream_progress p "
+                    "WHERE p.device_id = d.id AND p.stream = %s) AND EXISTS (SELECT 1 FROM "  # type: ignore[arg-type]
+                    f"{table} t WHERE t.device_id = d.id AND t.seq IS NOT NULL AND t.ts_ms >= %s)",
+                    (stream, now_ms() - SCAN_MARGIN_MS),
+                )]  # fmt: skip
+                if not only:
+                    continue
             self.conn.execute(
                 "INSERT INTO stream_progress (device_id, stream, contiguous_seq, max_seq) "
                 f"SELECT d.id, %s, m.low - 1, m.low - 1 FROM devices d "  # type: ignore[arg-type]
@@ -183,8 +218,9 @@ class Repairer:
                 f"FROM {table} t WHERE t.device_id = d.id AND t.seq IS NOT NULL "
                 "HAVING count(*) > 0) m "
                 "WHERE NOT EXISTS (SELECT 1 FROM stream_progress p WHERE p.device_id = d.id "
-                "AND p.stream = %s) ON CONFLICT DO NOTHING",
-                (stream, stream),
+                "AND p.stream = %s) AND (%s::int[] IS NULL OR d.id = ANY(%s)) "
+                "ON CONFLICT DO NOTHING",
+                (stream, stream, only, only),
             )
 
     def _progress(self) -> list[Progress]:
@@ -197,21 +233,46 @@ class Repairer:
 
     def _runs(self, p: Progress) -> list[tuple[int, int]]:
         """Runs of consecutive seqs above ``contiguous`` that are stored, or were refused for
-        good (dead letters with a seq: they will not come any better if asked for again)."""
-        table = TABLES[p.stream]
-        rows = self.conn.execute(
-            "SELECT min(seq), max(seq) FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) "
-            f"AS run FROM (SELECT seq FROM {table} WHERE device_id = %s AND seq > %s "  # type: ignore[arg-type]
-            "UNION SELECT seq FROM dead_letter WHERE site = %s AND device = %s AND stream = %s "
-            "AND seq > %s) s) r GROUP BY run ORDER BY 1",
-            (p.device_id, p.contiguous, p.site, p.device, p.stream, p.contiguous),
-        ).fetchall()
-        return [(int(a), int(b)) for a, b in rows]
+        good (dead letters with a seq: they will not come any better if asked for again).
 
-    def _repair(self, p: Progress) -> None:
+        Without a time bound this is an index probe in every partition of the table, each
+        tick, for each stream. A complete stream (nothing missing, nothing asked for) is
+        looked for only from its contiguous seq's time less ``SCAN_MARGIN_MS``, so only the
+        last day or two of partitions: a gateway's seqs follow its clock. If its clock stepped
+        back further, its new rows are out of sight until its next ping reply shows a head
+        beyond them; the stream is then no longer complete and is read whole again.
+        """
+        key = (p.device_id, p.stream)
+        floor = self.floor_ms.get(key) if p.complete else None
+        table = TABLES[p.stream]
+        since = "" if floor is None else "AND ts_ms >= %(floor)s "  # a constant: partitions pruned
+        rows = self.conn.execute(
+            "SELECT min(seq), max(seq), (array_agg(ts_ms ORDER BY seq DESC))[1] FROM ("
+            "SELECT seq, ts_ms, seq - row_number() OVER (ORDER BY seq) AS run FROM ("
+            "SELECT seq, max(ts_ms) AS ts_ms FROM ("
+            f"SELECT seq, ts_ms FROM {table} WHERE device_id = %(device_id)s "  # type: ignore[arg-type]
+            f"AND seq >= %(contiguous)s {since}"
+            "UNION ALL SELECT seq, NULL FROM dead_letter WHERE site = %(site)s AND "
+            "device = %(device)s AND stream = %(stream)s AND seq >= %(contiguous)s) u "
+            "GROUP BY seq) s) r GROUP BY run ORDER BY 1",
+            {"device_id": p.device_id, "contiguous": p.contiguous, "floor": floor, "site": p.site,
+             "device": p.device, "stream": p.stream},
+        ).fetchall()  # fmt: skip
+        runs = [(int(a), int(b)) for a, b, _ in rows]
+        contiguous = missing_ranges(p.contiguous, runs, p.head)[0]
+        for _, last, last_ts in rows:
+            if last == contiguous and last_ts is not None:
+                self.floor_ms[key] = int(last_ts) - SCAN_MARGIN_MS
+        return runs
+
+    def _repair(self, p: Progress, advanced: list[tuple[int, str, int, int]]) -> None:
+        """Rewrite the stream's gaps and ask for the oldest; a complete stream that is still
+        complete only goes on ``advanced`` (written for all at once), or nowhere if idle."""
         contiguous, newest, gaps = missing_ranges(p.contiguous, self._runs(p), p.head)
-        if not gaps and p.request_ms is None and (contiguous, newest) == (p.contiguous, p.max_seq):
-            return  # an idle, complete stream: no write (every stream is visited every tick)
+        if not gaps and p.complete:
+            if (contiguous, newest) != (p.contiguous, p.max_seq):
+                advanced.append((p.device_id, p.stream, contiguous, newest))
+            return
         now = now_ms()
         with self.conn.transaction():
             old = self.conn.execute(
