@@ -32,6 +32,7 @@ from bess_edge.config import (
     read_toml,
 )
 from bess_edge.config_reasons import Loc, key_path, reason, wrong_scalar_types
+from bess_edge.diagnostics.electrode_tracker import read_reference
 
 # (key path, reason, source): source "" is the file being checked.
 Found = list[tuple[Loc, str, str]]
@@ -353,12 +354,14 @@ def _paths_beside(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ocv_table_problems(loc: Loc, device: dict[str, Any]) -> list[tuple[Loc, str]]:
-    """A device's OCV table file must exist and be a table (read_ocv_table says why not)."""
+    """A device's OCV table file must exist and be a table, and its electrode reference lines
+    (if any) must parse (the readers say why not)."""
     path = device.get("ocv_table")
     if not isinstance(path, str):
         return []  # absent, or a wrong type the Settings model reports
     try:
         load_ocv_table(path)
+        read_reference(path)
     except ValueError as exc:
         return [((*loc, "ocv_table"), str(exc))]
     return []

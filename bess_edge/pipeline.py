@@ -11,6 +11,7 @@ import logging
 from bess_edge.alerts import AlertEngine
 from bess_edge.config import DeviceConfig
 from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.electrode_tracker import read_reference
 from bess_edge.model import CommsState, Reading
 from bess_edge.store import CommitResult, Cycle, DeviceStatus, Store
 
@@ -39,6 +40,7 @@ class DevicePipeline:
             device.capacity_ah,
             time_scale=time_scale,
             series_cells=device.series_cells,
+            electrode_reference=read_reference(device.ocv_table) if device.ocv_table else None,
         )
         saved = store.estimator_state(device.id)
         if saved is not None and device.driver == "sim":

@@ -15,6 +15,9 @@ from bess_edge.chemistry import NMC, read_ocv_table, write_ocv_table
 from bess_edge.cli import main
 from bess_edge.config import DeviceConfig, load_config
 from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.electrode import full_cell_ocv
+from bess_edge.diagnostics.electrode_ocp import LIBRARY
+from bess_edge.diagnostics.electrode_tracker import read_reference
 from bess_edge.model import Reading
 
 CAPACITY_AH = 50.0
@@ -25,7 +28,7 @@ TRUE_SOC = np.linspace(0.0, 100.0, 21)
 TRUE_OCV = 3.0 + 1.2 * (TRUE_SOC / 100.0) ** 0.6 - 0.15 * np.sin(np.pi * TRUE_SOC / 100.0)
 
 
-def _record(path, rng) -> None:
+def _record(path, rng, soc_pct=TRUE_SOC, ocv_v=TRUE_OCV) -> None:
     """A full charge, a rest, a C/20 discharge to empty and a C/20 charge back, as exported."""
     current = np.concatenate(
         [np.zeros(360), np.full(7200, -CAPACITY_AH / 20.0), np.zeros(360),
@@ -47,13 +50,13 @@ def _record(path, rng) -> None:
             soc = min(max(soc + 100.0 * amps * dt / 3600.0 / CAPACITY_AH, 0.0), 100.0)
             a = math.exp(-dt / TAU_S)
             v_rc = a * v_rc + R1_OHM * (1 - a) * amps
-            v = np.interp(soc, TRUE_SOC, TRUE_OCV) + v_rc + R0_OHM * amps
+            v = np.interp(soc, soc_pct, ocv_v) + v_rc + R0_OHM * amps
             cells = np.round(v + 0.001 * rng.standard_normal(4), 3)
             measured = round(amps + 0.02 * rng.standard_normal(), 2)
             writer.writerow([int(1.7e12 + k * dt * 1000), f"{cells.sum():.3f}", measured, *cells])
 
 
-def test_commission_round_trips_a_table_into_the_config(tmp_path):
+def test_commission_round_trips_a_table_into_the_config(tmp_path, capsys):
     recording, table = tmp_path / "run.csv", tmp_path / "rack-ocv.csv"
     _record(recording, np.random.default_rng(1))
     code = main(
@@ -67,6 +70,9 @@ def test_commission_round_trips_a_table_into_the_config(tmp_path):
     print(f"table error: max {1000 * np.abs(error[inner]).max():.1f} mV within 5-95 %")
     assert np.abs(error[inner]).max() < 0.006
     assert np.abs(error).max() < 0.03  # the ends, where a C/20 current still polarises
+    # An invented curve, not two electrodes: said so, and its windows are no reference.
+    assert "no library pair matches this cell" in capsys.readouterr().err
+    assert not read_reference(table).windows.matched
 
     device = DeviceConfig(id="rack", driver="sim", chemistry="nmc", ocv_table=table)
     chemistry = device.chemistry_preset()
@@ -75,6 +81,38 @@ def test_commission_round_trips_a_table_into_the_config(tmp_path):
     diag = Diagnostician("rack", chemistry, CAPACITY_AH)
     d = diag.update(Reading("rack", 0, pack_voltage_v=3.6, pack_current_a=0.0))
     assert d.ocv_source == "file"
+
+
+def test_commission_writes_the_cells_electrode_windows_beside_its_table(tmp_path, capsys):
+    # A cell made of the LG M50's electrodes (Chen et al. 2020) with known windows.
+    windows = np.array([0.03, 0.88, 0.9, 0.27])
+    soc = np.linspace(0.0, 100.0, 101)
+    ocv = full_cell_ocv(
+        LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"], windows, soc / 100.0
+    )
+    recording, table = tmp_path / "run.csv", tmp_path / "rack-ocv.csv"
+    _record(recording, np.random.default_rng(2), soc, ocv)
+    code = main(
+        ["commission", str(recording), "--chemistry", "nmc", "--capacity-ah", str(CAPACITY_AH),
+         "--r0-ohm", str(R0_OHM), "-o", str(table)]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    print(err)
+    assert "electrode fit: nmc811_chen2020 / graphite_chen2020, residual" in err
+    read_ocv_table(table)  # the comment lines leave the table readable
+    ref = read_reference(table)
+    assert ref is not None and ref.windows.matched
+    assert (ref.windows.positive, ref.windows.negative) == ("nmc811_chen2020", "graphite_chen2020")
+    np.testing.assert_allclose(ref.windows.params, windows, atol=0.03)
+    np.testing.assert_allclose(ref.windows.covariance, ref.windows.covariance.T)
+    assert abs(ref.capacity_ah / CAPACITY_AH - 1.0) < 0.02 and ref.capacity_sigma_ah > 0
+
+    diag = Diagnostician("rack", NMC, CAPACITY_AH, electrode_reference=ref)
+    d = diag.update(Reading("rack", 0, pack_voltage_v=3.6, pack_current_a=0.0))
+    assert d.electrode_pair == "nmc811_chen2020/graphite_chen2020"
+    assert d.electrode_fit_residual_v == ref.windows.residual_v
+    assert math.isnan(d.lli_pct)  # no new curve since commissioning
 
 
 def test_commission_refuses_a_recording_that_does_not_span_the_cell(tmp_path, capsys):

@@ -14,6 +14,9 @@ from bess_edge.diagnostics.electrode import (
     full_cell_ocv,
 )
 from bess_edge.diagnostics.electrode_ocp import LIBRARY, HalfCell
+from bess_edge.diagnostics.electrode_tracker import ElectrodeReference
+from bess_edge.diagnostics.engine import Diagnostician
+from bess_edge.model import Reading
 
 SOC_PCT = np.linspace(0.0, 100.0, 41)
 NOISE_V = 0.002  # what a commissioning table or a learned curve carries, at least
@@ -109,3 +112,45 @@ def test_a_cell_unlike_every_library_curve_is_no_match_and_gets_no_modes():
 def test_a_chemistry_without_electrode_curves_gets_no_fit():
     ocv = np.linspace(1.95, 2.12, SOC_PCT.size)
     assert _fit(LEAD_ACID, ocv) is None
+
+
+def test_a_new_ocv_curve_gives_the_diagnosis_its_modes_and_they_survive_a_restart():
+    pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
+    fresh_w, fresh_q = _cell_curve(pos, neg, 5.83, 8.73, 7.61, 2.5, 4.2)
+    aged_w, aged_q = _cell_curve(pos, neg, 5.83, 8.73 * 0.92, 7.61 * 0.95, 2.5, 4.2)
+    fresh = _fit(NMC, full_cell_ocv(pos, neg, fresh_w, SOC_PCT / 100))
+    assert fresh is not None
+    reference = ElectrodeReference(fresh, fresh_q, 0.005 * fresh_q)
+    diag = Diagnostician("rack", NMC, 5.0, electrode_reference=reference)
+    reading = Reading("rack", 0, pack_voltage_v=3.6, pack_current_a=0.0)
+    assert math.isnan(diag.update(reading).lli_pct)  # nothing new since commissioning
+
+    aged_ocv = full_cell_ocv(pos, neg, aged_w, SOC_PCT / 100)
+    sigma = np.full(SOC_PCT.size, NOISE_V)
+    diag.refit_electrodes(SOC_PCT, aged_ocv, sigma, capacity=(aged_q, 0.005 * aged_q))
+    d = diag.update(Reading("rack", 1000, pack_voltage_v=3.6, pack_current_a=0.0))
+    print(d.lli_pct, d.lam_pe_pct, d.lam_ne_pct)
+    assert abs(d.lli_pct - 5.0) < 1.0 and abs(d.lam_pe_pct - 8.0) < 1.0
+    assert abs(d.lam_ne_pct) < 1.0 and 0 < d.lam_pe_uncertainty_pct < 1.5
+    assert d.electrode_pair == "nmc811_chen2020/graphite_chen2020"
+    assert d.to_dict()["lli_pct"] == pytest.approx(d.lli_pct, rel=1e-5)
+
+    restarted = Diagnostician("rack", NMC, 5.0)  # no commissioning file this time
+    restarted.restore_state(diag.export_state())
+    again = restarted.update(Reading("rack", 2000, pack_voltage_v=3.6, pack_current_a=0.0))
+    assert again.lli_pct == d.lli_pct and again.lam_pe_uncertainty_pct == d.lam_pe_uncertainty_pct
+    assert restarted.electrode.reference is not None
+    np.testing.assert_allclose(restarted.electrode.reference.windows.params, fresh.params)
+
+
+def test_without_a_reference_the_first_matched_fit_becomes_it():
+    pos, neg = LIBRARY["lfp_safari2011"], LIBRARY["graphite_safari2011"]
+    windows, q = _cell_curve(pos, neg, 2.6, 2.5, 2.45, 2.5, 3.65)
+    diag = Diagnostician("rack", LFP, 2.3)
+    ocv = full_cell_ocv(pos, neg, windows, SOC_PCT / 100)
+    unknown_q = diag.refit_electrodes(SOC_PCT, ocv)  # the capacity is not known yet
+    assert unknown_q is not None and unknown_q.matched and diag.electrode.reference is None
+    diag.refit_electrodes(SOC_PCT, ocv, capacity=(q, 0.01 * q))
+    d = diag.update(Reading("rack", 0, pack_voltage_v=3.3, pack_current_a=0.0))
+    assert diag.electrode.reference is not None
+    assert abs(d.lli_pct) < 0.5 and abs(d.lam_ne_pct) < 0.5  # nothing lost since itself

@@ -73,6 +73,10 @@ FIELD_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("thermal_", ("thermal",)),
     ("temperature_", ("thermal",)),
     ("anomal", ("anomaly",)),
+    # Why the cell faded (electrode.py): ageing, so the SOH estimate answers it.
+    ("lli_", ("soh",)),
+    ("lam_", ("soh",)),
+    ("electrode_", ("soh",)),
 )
 
 

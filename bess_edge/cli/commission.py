@@ -8,6 +8,8 @@ rests spread between them, export it (``bess-edge export --device X -o run.csv``
 The table is per cell (the mean of the cell voltages, or pack voltage / ``--series-cells``);
 set ``ocv_table = "rack1-ocv.csv"`` in the device's config (a relative path is taken from the
 config file's folder) and it wins over the preset.
+The file also carries the fitted electrode windows (``# electrode reference:``): the fresh
+cell the degradation modes are counted against.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bess_edge.chemistry import get_chemistry, write_ocv_table
+from bess_edge.chemistry import Chemistry, get_chemistry, write_ocv_table
 from bess_edge.cli._common import EXIT_OK, EXIT_USAGE
-from bess_edge.diagnostics.ocv_fit import fit_ocv_table
+from bess_edge.diagnostics.electrode import ElectrodeWindows, fit_cell
+from bess_edge.diagnostics.electrode_tracker import ElectrodeReference, reference_lines
+from bess_edge.diagnostics.ocv_fit import OcvFit, fit_ocv_table
+
+# The table's ends carry the polarisation a C/10-C/20 current leaves (tens of mV): the
+# electrode windows are fitted inside them.
+ELECTRODE_FIT_SOC_PCT = (5.0, 95.0)
+# The charge counter's error over a commissioning run: a current sensor's gain error in spec.
+CAPACITY_REL_SIGMA = 0.01
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,13 +97,40 @@ def run(args: argparse.Namespace) -> int:
             f"{fit.points} samples, capacity {fit.capacity_ah:.4g} Ah, "
             f"residual {1000 * fit.residual_v:.1f} mV RMS, R0 {r0:.4g} ohm"
         )
-        write_ocv_table(args.output, fit.soc_pct, fit.ocv_v, note)
+        windows = _electrode_windows(chemistry, fit)
+        lines = [note]
+        if windows is not None:
+            lines += reference_lines(
+                ElectrodeReference(windows, fit.capacity_ah, CAPACITY_REL_SIGMA * fit.capacity_ah)
+            )
+        write_ocv_table(args.output, fit.soc_pct, fit.ocv_v, "\n".join(lines))
     except (OSError, ValueError) as exc:
         print(f"commission: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(note, file=sys.stderr)
+    if windows is not None:
+        print(_describe(windows), file=sys.stderr)
     # Absolute: a relative ocv_table is read from the config file's folder, not from here.
     print(
         f'wrote {args.output}; set ocv_table = "{args.output.absolute()}" in the device\'s config'
     )
     return EXIT_OK
+
+
+def _electrode_windows(chemistry: Chemistry, fit: OcvFit) -> ElectrodeWindows | None:
+    lo, hi = ELECTRODE_FIT_SOC_PCT
+    inner = (fit.soc_pct >= lo) & (fit.soc_pct <= hi)
+    return fit_cell(chemistry, fit.soc_pct[inner], fit.ocv_v[inner])
+
+
+def _describe(w: ElectrodeWindows) -> str:
+    fitted = (
+        f"electrode fit: {w.positive} / {w.negative}, residual {1000 * w.residual_v:.1f} mV RMS "
+        f"(x0 {w.x0:.3f}, x100 {w.x100:.3f}, y0 {w.y0:.3f}, y100 {w.y100:.3f})"
+    )
+    if w.matched:
+        return fitted
+    return (
+        f"{fitted}: {w.mismatch}, so no library pair matches this cell; degradation modes "
+        "will not be reported against it"
+    )

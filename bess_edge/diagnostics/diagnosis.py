@@ -51,6 +51,18 @@ class Diagnosis:
     r0_pulse_1s_uncertainty_ohm: float = NAN
     r0_small_signal_ohm: float = NAN
     capacity_fade_pct_per_year: float = NAN
+    # Why the cell faded (electrode.py, refitted only when a new OCV curve exists): loss of
+    # lithium inventory and of active material on each electrode since the reference cell
+    # (commissioning, or the first matched fit), with 1-sigma. NaN when no library pair of
+    # half-cell curves reproduces the cell's OCV within 10 mV, or no reference exists.
+    lli_pct: float = NAN
+    lli_uncertainty_pct: float = NAN
+    lam_pe_pct: float = NAN
+    lam_pe_uncertainty_pct: float = NAN
+    lam_ne_pct: float = NAN
+    lam_ne_uncertainty_pct: float = NAN
+    electrode_pair: str = ""  # the library curves fitted, "positive/negative"
+    electrode_fit_residual_v: float = NAN  # RMS of that fit
     # The string as a whole (usable.py): what it can deliver with its imbalance, what balancing
     # would recover (apart from ageing, rated - capacity_ah), energy SOH at 0.5C.
     usable_capacity_ah: float = NAN

@@ -35,9 +35,12 @@ from bess_edge.model import FloatArray
 # A fit whose RMS residual is above this is no match: the library's curves are not this
 # cell's (measured on PyBaMM's parameter sets, docs/diagnostics.md "Electrode model").
 MAX_RESIDUAL_V = 0.010
-# Each electrode's window spans at least this much of its stoichiometry (a real cell uses
-# 40-95 % of each host; a narrower one is a fit gone astray on a flat curve).
-MIN_SPAN = 0.1
+# Each electrode's window spans at least this much of its stoichiometry: the PyBaMM cells use
+# 59-88 % of each host, an electrode oversized 2.5 times is not built, and on a narrower window
+# a smooth curve of one electrode can mimic almost any OCV shape while the other's stands still.
+MIN_SPAN = 0.4
+# A window within this of MIN_SPAN is the bound's doing, not the data's.
+SPAN_MARGIN = 0.01
 # Coarse grid of starting windows per pair; the best few are refined.
 _GRID = np.array(
     list(
@@ -68,13 +71,37 @@ class ElectrodeWindows:
     points: int
 
     @property
+    def mismatch(self) -> str:
+        """Why the windows mean nothing ("" when the pair matches the curve)."""
+        if not (math.isfinite(self.residual_v) and self.residual_v <= MAX_RESIDUAL_V):
+            return f"residual above {1000 * MAX_RESIDUAL_V:.0f} mV RMS"
+        if min(self.x100 - self.x0, self.y0 - self.y100) <= MIN_SPAN + SPAN_MARGIN:
+            return f"a window pressed against the narrowest span a cell has ({MIN_SPAN:g})"
+        return ""
+
+    @property
     def matched(self) -> bool:
-        """The pair reproduces the curve: its windows mean something."""
-        return math.isfinite(self.residual_v) and self.residual_v <= MAX_RESIDUAL_V
+        """The pair reproduces the curve with windows a real cell could have."""
+        return not self.mismatch
 
     @property
     def params(self) -> FloatArray:
         return np.array([self.x0, self.x100, self.y0, self.y100])
+
+    @classmethod
+    def of(
+        cls,
+        positive: str,
+        negative: str,
+        params: FloatArray,
+        covariance: FloatArray,
+        residual_v: float,
+        points: int,
+    ) -> ElectrodeWindows:
+        """From a (x0, x100, y0, y100) vector."""
+        x0, x100, y0, y100 = (float(v) for v in params)
+        cov = np.asarray(covariance, dtype=np.float64).reshape(4, 4)
+        return cls(positive, negative, x0, x100, y0, y100, cov, float(residual_v), int(points))
 
 
 @dataclass(frozen=True)

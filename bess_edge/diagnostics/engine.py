@@ -23,6 +23,8 @@ from bess_edge.diagnostics.capacity import CapacityEstimator, fade_projection
 from bess_edge.diagnostics.cell_capacity import CellCapacity
 from bess_edge.diagnostics.cycles import CycleLife
 from bess_edge.diagnostics.diagnosis import Diagnosis
+from bess_edge.diagnostics.electrode import ElectrodeWindows
+from bess_edge.diagnostics.electrode_tracker import ElectrodeReference, ElectrodeTracker
 from bess_edge.diagnostics.numeric import finite_max, finite_mean, finite_median
 from bess_edge.diagnostics.quality import CleanInputs, QualityMonitor, check_soc_agreement
 from bess_edge.diagnostics.resistance import (
@@ -86,6 +88,7 @@ class Diagnostician:
         initial_soc_pct: float | None = None,
         time_scale: float = 1.0,
         series_cells: int | None = None,
+        electrode_reference: ElectrodeReference | None = None,
     ) -> None:
         self.device_id = device_id
         # Cells in series, from config, for a device that reports no cell voltages.
@@ -105,6 +108,7 @@ class Diagnostician:
         self.cells = self._build_cells(0, 0)
         self.series_cells = 0  # learned from the first reading
         self.rest = RestTracker(capacity_ah)
+        self.electrode = ElectrodeTracker(chemistry, electrode_reference)
         # Estimator warnings by topic (offset on its bound, offset of the wrong sign, ...).
         self.warnings: dict[str, str] = {}
         self._last_ts_ms: int | None = None
@@ -197,10 +201,25 @@ class Diagnostician:
             diagnosis.current_offset_uncertainty_a = self.string_soc.bias_sigma_a
             diagnosis.soc_disputed = check_soc_agreement(reading, soc, sigma)
         diagnosis.rest_s = self.rest.rest_s
+        self.electrode.fill(diagnosis)
         diagnosis.estimator_warnings = list(self.warnings.values())
         diagnosis.quality_flags = reading.quality.names()
         self._last = inputs
         return diagnosis
+
+    def refit_electrodes(
+        self,
+        soc_pct: FloatArray,
+        ocv_v: FloatArray,
+        sigma_v: FloatArray | None = None,
+        capacity: tuple[float, float] | None = None,
+    ) -> ElectrodeWindows | None:
+        """Fit the electrode windows to a new OCV curve of this cell (a learned table's refit)
+        whose capacity and sigma [Ah] are ``capacity`` (default: as now estimated, NaN before
+        the rests pin it); the next Diagnoses carry the modes. About a second of CPU: call it
+        when the curve changes, never per poll."""
+        q, sigma = capacity or (self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
+        return self.electrode.refit(soc_pct, ocv_v, sigma_v, q, sigma)
 
     def _battery_ms(self, ts_ms: int) -> int:
         """The battery's own clock for a timestamp: the timestamp itself at time_scale 1, else
@@ -553,6 +572,7 @@ class Diagnostician:
             "cell_capacity": c.capacity.state(),
             "limits": c.limits.state(),
             "thermal": c.thermal.state(),
+            "electrode": self.electrode.state(),
         }
         return persist.pack(header, parts)
 
@@ -577,6 +597,9 @@ class Diagnostician:
             if "cell_capacity" in parts:  # blobs from before per-cell capacity have none
                 cells.capacity.load(parts["cell_capacity"])
                 cells.limits.load(parts["limits"])
+            electrode = ElectrodeTracker(self.chemistry, self.electrode.reference)
+            if "electrode" in parts:  # blobs from before the electrode model have none
+                electrode.load(parts["electrode"])
             series, rest_s = (float(v) for v in parts["engine"]["scalars"])
             string_init, cells_init = (bool(v) for v in parts["engine"]["initialised"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -590,6 +613,7 @@ class Diagnostician:
             cells,
         )
         self.series_cells = int(series)
+        self.electrode = electrode
         self.rest = RestTracker(self.nominal_capacity_ah)
         if "rest" in parts:  # blobs from before rests measured the offset have none
             self.rest.load(parts["rest"])

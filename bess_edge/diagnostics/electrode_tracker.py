@@ -1,0 +1,178 @@
+"""A device's electrode-level view: the reference cell, the latest fit, the modes between them.
+
+The reference is the cell as commissioned (the windows ``bess-edge commission`` writes into
+the OCV table file, as ``# electrode reference:`` comment lines) or, without one, the first fit
+on the device that matched the library: losses are then counted from that day, not from the
+factory. A fit happens only when a new OCV curve exists (a commissioning table, a refit of
+the learned curve), never per poll: it costs about a second of CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.diagnosis import Diagnosis
+from bess_edge.diagnostics.electrode import (
+    DegradationModes,
+    ElectrodeWindows,
+    degradation_modes,
+    fit_cell,
+)
+from bess_edge.model import FloatArray
+
+REFERENCE_PREFIX = "electrode reference:"
+COVARIANCE_PREFIX = "electrode covariance:"
+
+
+@dataclass(frozen=True)
+class ElectrodeReference:
+    """The fresh (or first-seen) cell: its windows and its capacity [Ah] then."""
+
+    windows: ElectrodeWindows
+    capacity_ah: float
+    capacity_sigma_ah: float
+
+
+def reference_lines(ref: ElectrodeReference) -> list[str]:
+    """Comment lines for an OCV table file (``read_reference`` reads them back)."""
+    w = ref.windows
+    return [
+        f"{REFERENCE_PREFIX} positive={w.positive} negative={w.negative} x0={w.x0:.6f} "
+        f"x100={w.x100:.6f} y0={w.y0:.6f} y100={w.y100:.6f} residual_v={w.residual_v:.6g} "
+        f"points={w.points} capacity_ah={ref.capacity_ah:.6g} "
+        f"capacity_sigma_ah={ref.capacity_sigma_ah:.6g}",
+        COVARIANCE_PREFIX + " " + " ".join(f"{v:.6g}" for v in w.covariance.ravel()),
+    ]
+
+
+def read_reference(path: str | Path) -> ElectrodeReference | None:
+    """The reference in an OCV table file's comments; None if it has none. ValueError names
+    the file and what is wrong."""
+    fields: dict[str, str] = {}
+    covariance: list[float] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                text = line.lstrip("# ").strip()
+                if text.startswith(REFERENCE_PREFIX):
+                    pairs = text.removeprefix(REFERENCE_PREFIX).split()
+                    fields = dict(p.split("=", 1) for p in pairs if "=" in p)
+                elif text.startswith(COVARIANCE_PREFIX):
+                    covariance = [float(v) for v in text.removeprefix(COVARIANCE_PREFIX).split()]
+        if not fields:
+            return None
+        windows = ElectrodeWindows.of(
+            fields["positive"],
+            fields["negative"],
+            np.array([float(fields[k]) for k in ("x0", "x100", "y0", "y100")]),
+            np.array(covariance),
+            float(fields["residual_v"]),
+            int(fields["points"]),
+        )
+        return ElectrodeReference(
+            windows, float(fields["capacity_ah"]), float(fields["capacity_sigma_ah"])
+        )
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the OCV table: {exc.strerror}") from None
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: bad '{REFERENCE_PREFIX}' comment lines: {exc}") from None
+
+
+class ElectrodeTracker:
+    """Fits new OCV curves and keeps the modes against the reference for every Diagnosis."""
+
+    def __init__(self, chemistry: Chemistry, reference: ElectrodeReference | None) -> None:
+        self.chemistry = chemistry
+        self.reference = reference
+        self.fit: ElectrodeWindows | None = reference.windows if reference else None
+        self.modes = DegradationModes()
+
+    def refit(
+        self,
+        soc_pct: FloatArray,
+        ocv_v: FloatArray,
+        sigma_v: FloatArray | None,
+        capacity_ah: float,
+        capacity_sigma_ah: float,
+    ) -> ElectrodeWindows | None:
+        """Fit a new OCV curve of the cell, whose capacity is now ``capacity_ah`` (NaN if not
+        known: then the windows are fitted and no modes are given)."""
+        fit = fit_cell(self.chemistry, soc_pct, ocv_v, sigma_v)
+        if fit is None:
+            return None
+        self.fit = fit
+        known = math.isfinite(capacity_ah) and math.isfinite(capacity_sigma_ah)
+        if self.reference is None and fit.matched and known:
+            self.reference = ElectrodeReference(fit, capacity_ah, capacity_sigma_ah)
+        ref = self.reference
+        self.modes = DegradationModes()
+        if ref is not None:
+            self.modes = degradation_modes(
+                fit, capacity_ah, capacity_sigma_ah,
+                ref.windows, ref.capacity_ah, ref.capacity_sigma_ah,
+            )  # fmt: skip
+        return fit
+
+    def fill(self, d: Diagnosis) -> None:
+        m, fit = self.modes, self.fit
+        d.lli_pct, d.lli_uncertainty_pct = m.lli_pct, m.lli_sigma_pct
+        d.lam_pe_pct, d.lam_pe_uncertainty_pct = m.lam_pe_pct, m.lam_pe_sigma_pct
+        d.lam_ne_pct, d.lam_ne_uncertainty_pct = m.lam_ne_pct, m.lam_ne_sigma_pct
+        if fit is not None:
+            d.electrode_pair = f"{fit.positive}/{fit.negative}"
+            d.electrode_fit_residual_v = fit.residual_v
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"modes": np.array(_modes_tuple(self.modes))}
+        for key, windows, capacity in (
+            ("fit", self.fit, (math.nan, math.nan)),
+            (
+                "reference",
+                self.reference.windows if self.reference else None,
+                (self.reference.capacity_ah, self.reference.capacity_sigma_ah)
+                if self.reference
+                else (math.nan, math.nan),
+            ),
+        ):
+            if windows is not None:
+                out[f"{key}_names"] = np.array([windows.positive, windows.negative])
+                out[f"{key}_values"] = np.concatenate(
+                    [windows.params, [windows.residual_v, windows.points], capacity,
+                     windows.covariance.ravel()]
+                )  # fmt: skip
+        return out
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Resume; a reference given at construction (commissioning) wins over a saved one."""
+        modes = [float(v) for v in state["modes"]]
+        if len(modes) != 6:
+            raise ValueError(f"electrode modes have {len(modes)} values, expected 6")
+        self.modes = DegradationModes(*modes)
+        if "fit_names" in state:
+            self.fit, _ = _windows_from(state["fit_names"], state["fit_values"])
+        if "reference_names" in state and self.reference is None:
+            windows, (cap, sigma) = _windows_from(
+                state["reference_names"], state["reference_values"]
+            )
+            self.reference = ElectrodeReference(windows, cap, sigma)
+
+
+def _modes_tuple(m: DegradationModes) -> tuple[float, ...]:
+    return (
+        m.lli_pct, m.lli_sigma_pct, m.lam_pe_pct, m.lam_pe_sigma_pct, m.lam_ne_pct,
+        m.lam_ne_sigma_pct,
+    )  # fmt: skip
+
+
+def _windows_from(names: Any, values: Any) -> tuple[ElectrodeWindows, tuple[float, float]]:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size != 24 or len(names) != 2:
+        raise ValueError("electrode windows state has the wrong shape")
+    windows = ElectrodeWindows.of(str(names[0]), str(names[1]), v[:4], v[8:], v[4], int(v[5]))
+    return windows, (float(v[6]), float(v[7]))
