@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_or, median
 from bess_edge.diagnostics.trend import EwTrend
 from bess_edge.model import FloatArray
 
@@ -54,9 +54,9 @@ def robust_zscore(values: FloatArray, floor: float = SPREAD_FLOOR_V) -> FloatArr
     finite = values[np.isfinite(values)]
     if finite.size < 3:
         return np.full(values.shape, np.nan)
-    median = np.median(finite)
-    sigma = max(MAD_TO_SIGMA * float(np.median(np.abs(finite - median))), floor)
-    return (values - median) / sigma
+    centre = median(finite)
+    sigma = max(MAD_TO_SIGMA * median(np.abs(finite - centre)), floor)
+    return (values - centre) / sigma
 
 
 @dataclass
@@ -131,7 +131,7 @@ class AnomalyDetector:
         soc_rate_pct_per_h = self.drift.slope_per_h / max(slope_v_per_pct, 1e-6)
         leak = -soc_rate_pct_per_h * self.capacity_ah / 100.0
         finite = leak[np.isfinite(leak)]
-        return leak - np.median(finite) if finite.size else leak
+        return leak - median(finite) if finite.size else leak
 
     def _leak_limit(self, slope_v_per_pct: float) -> FloatArray:
         """Leak [A] a cell must exceed: a physical floor and LEAK_SIGMAS standard errors."""

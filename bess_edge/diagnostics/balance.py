@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_or, median
 from bess_edge.diagnostics.trend import EwTrend
 from bess_edge.model import BoolArray, FloatArray
 
@@ -55,8 +55,8 @@ def _spread_advice(cell_soc_pct: FloatArray) -> str:
     if finite.size < 2:
         return "none"
     spread = float(finite.max() - finite.min())
-    median = float(np.median(finite))
-    high = np.flatnonzero(finite_or(cell_soc_pct, -1e9) > median + BALANCE_SPREAD_PCT / 2)
+    centre = median(finite)
+    high = np.flatnonzero(finite_or(cell_soc_pct, -1e9) > centre + BALANCE_SPREAD_PCT / 2)
     if spread > SERVICE_SPREAD_PCT:
         return f"service balance: SOC spread {spread:.1f} % is beyond passive balancing"
     if spread > BALANCE_SPREAD_PCT:

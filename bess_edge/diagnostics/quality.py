@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_or, median
 from bess_edge.model import FloatArray, Quality, Reading
 
 # Plausibility bands, wider than any operating limit: beyond them a value is a broken sensor or
@@ -103,7 +103,7 @@ class QualityMonitor:
         if finite.size < 3:
             return
         window = self.chemistry.cell_voltage_max_v - self.chemistry.cell_voltage_min_v
-        excess = np.abs(step - np.median(finite))
+        excess = np.abs(step - median(finite))
         jumped = np.flatnonzero(finite_or(excess) > JUMP_FRACTION_OF_WINDOW * window)
         if jumped.size:
             reading.flag(Quality.JUMP, f"cell_voltage_v jumped at cells {_ids(jumped)}")

@@ -98,7 +98,10 @@ class SocFilter:
         self.initialised = False
         soc = np.asarray(chemistry.ocv_soc_pct)
         self._slope_soc = soc
-        self._slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
+        slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
+        # Padded with the end segments' slopes, so a searchsorted index needs no clip (NaN
+        # sorts last: the top segment's slope).
+        self._slopes_padded = np.concatenate([slopes[:1], slopes, slopes[-1:]])
         self._flat = chemistry.ocv_flat_regions_pct
         self._table_error_v = ocv_table_error_v(chemistry)
 
@@ -132,8 +135,7 @@ class SocFilter:
 
     def ocv_slope_v_per_pct(self, soc_pct: FloatArray) -> FloatArray:
         """dOCV/dSOC [V/%] of the chemistry's table at each SOC (the observability of SOC)."""
-        idx = np.searchsorted(self._slope_soc, soc_pct, side="right") - 1
-        return self._slopes[np.clip(idx, 0, self._slopes.size - 1)]
+        return self._slopes_padded[np.searchsorted(self._slope_soc, soc_pct, side="right")]
 
     def in_flat_region(self, soc_pct: FloatArray) -> BoolArray:
         """True where the chemistry says voltage cannot tell SOC (LFP plateau)."""
@@ -156,64 +158,65 @@ class SocFilter:
         a cell filter is given the already corrected current.
         """
         chem = self.chemistry
-        n = self.channels
-        cap = np.broadcast_to(np.asarray(capacity_ah, dtype=np.float64), (n,))
-        bias = self.x[:, 2] if self.states == 3 else 0.0
+        n, states = self.channels, self.states
+        x = self.x
+        bias = x[:, 2] if states == 3 else 0.0
         i_corr = current_a - bias
         eta = np.where(i_corr > 0, chem.coulombic_efficiency, 1.0)
-        k = 100.0 * eta * dt_s / (3600.0 * cap)
+        k = 100.0 * eta * dt_s / (3600.0 * capacity_ah)
         a = np.exp(-dt_s / chem.tau1_s)
-        self.x[:, 0] += k * i_corr
-        self.x[:, 1] = a * self.x[:, 1] + r1_ohm * (1 - a) * i_corr
+        rc_gain = r1_ohm * (1 - a)
+        x[:, 0] += k * i_corr
+        x[:, 1] = a * x[:, 1] + rc_gain * i_corr
 
-        jac = np.zeros((n, self.states, self.states))
-        jac[:, 0, 0] = 1.0
+        # Predict P: J P Jᵀ + Q, J the identity but for the RC decay and the offset's column.
+        jac = _identities(n, states)
         jac[:, 1, 1] = a
-        sigma_i = CURRENT_NOISE_C * cap
-        noise = np.zeros((n, self.states, self.states))
-        noise[:, 0, 0] = (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
+        sigma_i = CURRENT_NOISE_C * capacity_ah
+        q_soc = (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
         if capacity_rel_sigma > 0 and dt_s > 0:
             inflate = max(1.0, CAPACITY_ERROR_CORRELATION_S / dt_s)
-            noise[:, 0, 0] += (k * i_corr * capacity_rel_sigma) ** 2 * inflate
-        noise[:, 1, 1] = (r1_ohm * (1 - a) * sigma_i) ** 2
-        if self.states == 3:
+            q_soc = q_soc + (k * i_corr * capacity_rel_sigma) ** 2 * inflate
+        if states == 3:
             jac[:, 0, 2] = -k
-            jac[:, 1, 2] = -r1_ohm * (1 - a)
-            jac[:, 2, 2] = 1.0
-            noise[:, 2, 2] = (BIAS_WALK_C_PER_SQRT_S * cap) ** 2 * dt_s
-        self.p = jac @ self.p @ jac.transpose(0, 2, 1) + noise
+            jac[:, 1, 2] = -rc_gain
+        p = jac @ self.p @ jac.transpose(0, 2, 1)
+        p[:, 0, 0] += q_soc
+        p[:, 1, 1] += (rc_gain * sigma_i) ** 2
+        if states == 3:
+            p[:, 2, 2] += (BIAS_WALK_C_PER_SQRT_S * capacity_ah) ** 2 * dt_s
+        self.p = p
 
-        z, (sigma_ocv, sigma_load) = self._soc_measurement(voltage_v, r0_ohm * i_corr)
-        sigma = np.sqrt(
-            sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3))
-            + sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
+        z, slope, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        sigma2 = sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)) + (
+            sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
         )
         use = np.isfinite(z)
-        h = np.zeros((n, self.states))
-        h[:, 0] = 1.0
-        ph = self.p[:, :, 0]
-        prior_var = self.p[:, 0, 0].copy()
-        s = self.p[:, 0, 0] + sigma**2
-        innovation = np.where(use, z - self.x[:, 0], 0.0)
-        s = np.where(use, np.maximum(s, innovation**2 / INNOVATION_GATE_SIGMAS**2), 1.0)
-        gain = np.where(use[:, None], ph / s[:, None], 0.0)
-        if self.states == 3:
-            unsure = self.p[:, 0, 0] > BIAS_LEARNING_SOC_SIGMA_PCT**2
+        p = self.p
+        prior_var = p[:, 0, 0].copy()
+        innovation = np.where(use, z - x[:, 0], 0.0)
+        gated = np.maximum(prior_var + sigma2, innovation**2 / INNOVATION_GATE_SIGMAS**2)
+        s = np.where(use, gated, 1.0)
+        gain = np.where(use[:, None], p[:, :, 0] / s[:, None], 0.0)
+        if states == 3:
+            unsure = prior_var > BIAS_LEARNING_SOC_SIGMA_PCT**2
             gain[:, 2] = np.where(unsure, 0.0, gain[:, 2])
-        self.x += gain * innovation[:, None]
+        x += gain * innovation[:, None]
         # Joseph form: stays a valid covariance with the sub-optimal (gated, frozen) gains.
-        i_kh = np.eye(self.states) - gain[:, :, None] * h[:, None, :]
-        kkt = gain[:, :, None] * gain[:, None, :] * (s - self.p[:, 0, 0])[:, None, None]
-        self.p = i_kh @ self.p @ i_kh.transpose(0, 2, 1) + kkt
-        self.x[:, 0] = np.clip(self.x[:, 0], 0.0, 100.0)
+        # With H = [1, 0, ...], I - K H is the identity with K subtracted from its first column.
+        i_kh = _identities(n, states)
+        i_kh[:, :, 0] -= gain
+        kkt = gain[:, :, None] * gain[:, None, :] * (s - prior_var)[:, None, None]
+        p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt
+        self.p = p
+        x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 100.0)  # np.clip's wrapper costs more
         if self._table_error_v > 0 and use.any():
             # Where the voltage just moved SOC, SOC is no better known than the table.
-            slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
             floor = np.where(use, (self._table_error_v / slope) ** 2, 0.0)
-            self.p[:, 0, 0] = np.maximum(self.p[:, 0, 0], np.minimum(floor, prior_var))
-        if self.states == 3:
-            limit = BIAS_LIMIT_C * cap
-            self.x[:, 2] = np.clip(self.x[:, 2], -limit, limit)
+            p[:, 0, 0] = np.maximum(p[:, 0, 0], np.minimum(floor, prior_var))
+        if states == 3:
+            limit = BIAS_LIMIT_C * capacity_ah
+            x[:, 2] = np.minimum(np.maximum(x[:, 2], -limit), limit)
 
     @property
     def bias_sigma_a(self) -> float:
@@ -239,9 +242,10 @@ class SocFilter:
 
     def _soc_measurement(
         self, voltage_v: FloatArray, ohmic_drop_v: FloatArray
-    ) -> tuple[FloatArray, tuple[FloatArray, FloatArray]]:
-        """SOC [%] read from each terminal voltage through the OCV table, and the sigmas [%]
-        of its two errors: the OCV table's and the load model's (the ohmic drop).
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """SOC [%] read from each terminal voltage through the OCV table, the OCV slope [V/%]
+        there (floored), and the sigmas [%] of its two errors: the OCV table's and the load
+        model's (the ohmic drop).
 
         Inverting the OCV at the *measured* voltage rather than linearising it at the estimate
         keeps a grossly wrong estimate from being confidently "corrected" along the wrong
@@ -252,10 +256,8 @@ class SocFilter:
         ocv = voltage_v - self.x[:, 1] - ohmic_drop_v
         z = self.chemistry.soc_from_ocv(ocv)
         slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
-        sigma = (
-            OCV_MODEL_ERROR_V / slope,
-            LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v) / slope,
-        )
+        sigma_ocv = OCV_MODEL_ERROR_V / slope
+        sigma_load = LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v) / slope
         for lo, hi in self._flat:
             on_plateau = (z > lo) & (z < hi)
             outside = on_plateau & ((self.x[:, 0] < lo) | (self.x[:, 0] > hi))
@@ -266,7 +268,7 @@ class SocFilter:
                     outside, np.maximum(self.p[:, 0, 0], wide), self.p[:, 0, 0]
                 )
             z = np.where(on_plateau, np.nan, z)
-        return np.where(np.isfinite(voltage_v), z, np.nan), sigma
+        return np.where(np.isfinite(voltage_v), z, np.nan), slope, sigma_ocv, sigma_load
 
     def state(self) -> dict[str, Any]:
         return {"x": self.x, "p": self.p}
@@ -277,3 +279,10 @@ class SocFilter:
             raise ValueError(f"SOC filter state of shape {x.shape} does not fit")
         self.x, self.p = x.astype(np.float64), p.astype(np.float64)
         self.initialised = bool(x.shape[0])
+
+
+def _identities(n: int, size: int) -> FloatArray:
+    """A fresh stack of ``n`` identity matrices (np.eye plus broadcast costs several calls)."""
+    eye = np.zeros((n, size, size))
+    eye.reshape(n, size * size)[:, :: size + 1] = 1.0
+    return eye

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_or, median
 from bess_edge.diagnostics.safety import Finding
 from bess_edge.diagnostics.trend import EwTrend
 from bess_edge.model import FloatArray
@@ -106,7 +106,7 @@ class ThermalMonitor:
             return ThermalResult(np.full(nothing.shape, np.nan), nothing, outliers)
         rate = finite_or(self.temperature.slope_per_h) / 60.0
         sag = finite_or(self.sag.slope_per_h) / 60.0
-        excess_rate = rate - (np.median(rate) if rate.size else 0.0)
+        excess_rate = rate - (median(rate) if rate.size else 0.0)
         low_current = not np.isfinite(current_a) or abs(current_a) < (
             LOW_CURRENT_C * self.capacity_ah
         )
@@ -144,7 +144,7 @@ class ThermalMonitor:
         if finite.size < 3:
             return []
         with np.errstate(invalid="ignore"):
-            excess = np.minimum(neighbour_excess_c(t), t - float(np.median(finite)))
+            excess = np.minimum(neighbour_excess_c(t), t - median(finite))
             hot = excess >= OUTLIER_K
         self.outlier_s = np.where(hot, self.outlier_s + max(dt_s, 0.0), 0.0)
         held = np.flatnonzero(hot & (self.outlier_s >= OUTLIER_HOLD_S))
