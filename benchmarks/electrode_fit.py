@@ -7,7 +7,9 @@ points, 0..100 % SOC). ``diagnostics/electrode.py`` fits it twice: with the whol
 and with the set's own curves taken out (what a cell of unknown materials looks like). The
 aged cells (the accuracy benchmark's ageing: lithium inventory and active material lost) are
 fitted against their fresh cell's fit as reference; the true modes come from PyBaMM's
-electrode capacities.
+electrode capacities. A second table fits the commissioning tables of the accuracy benchmark's
+cells (the bulk OCV along a C/20 discharge of the SPMe from its widened upper cut-off, at the
+cell's temperature, with its C/20 capacity), as ``bess-edge commission`` would give them.
 
     .venv/bin/pip install -r benchmarks/requirements.txt
     nice -n 10 .venv/bin/python benchmarks/electrode_fit.py
@@ -23,7 +25,8 @@ import numpy as np
 
 os.environ.setdefault("PYBAMM_DISABLE_TELEMETRY", "true")
 import pybamm
-from accuracy_cells import CellSpec
+from accuracy_cells import CELLS as ACCURACY_CELLS
+from accuracy_cells import CellSpec, characterise
 
 from bess_edge.chemistry import get_chemistry
 from bess_edge.diagnostics.electrode import (
@@ -147,5 +150,43 @@ def main() -> None:
             raise SystemExit(f"{spec.name}: no capacity")
 
 
+def commissioning_tables() -> None:
+    """The accuracy benchmark's commissioning tables (cached solutions) through the model."""
+    fresh_of = {"nmc-aged-35c": "nmc", "lfp-aged-35c": "lfp"}
+    done: dict[str, tuple[ElectrodeWindows | None, float, np.ndarray]] = {}
+    print("\ncommissioning table | pair | residual mV | LLI / LAM_PE / LAM_NE % (true)")
+    for spec in ACCURACY_CELLS:
+        truth_table = characterise(spec, True)
+        inner = (truth_table.grid_pct >= 5.0) & (truth_table.grid_pct <= 95.0)
+        chem = get_chemistry(spec.preset)
+        w = fit_windows(
+            truth_table.grid_pct[inner],
+            truth_table.ocv_v[inner],
+            curves(chem.positive_materials, "positive"),
+            curves(chem.negative_materials, "negative"),
+        )
+        _, _, caps = full_cell(spec)
+        q = truth_table.capacity_ah
+        done[spec.name] = (w, q, caps)
+        modes = ""
+        ref = done.get(fresh_of.get(spec.name, ""))
+        if ref is not None and w is not None and ref[0] is not None:
+            m = degradation_modes(w, q, 0.0, ref[0], ref[1], 0.0)
+            true = 100.0 * (1.0 - caps / ref[2])
+            modes = (
+                f"{m.lli_pct:.2f}±{m.lli_sigma_pct:.2f} ({true[2]:.2f}) / "
+                f"{m.lam_pe_pct:.2f}±{m.lam_pe_sigma_pct:.2f} ({true[1]:.2f}) / "
+                f"{m.lam_ne_pct:.2f}±{m.lam_ne_sigma_pct:.2f} ({true[0]:.2f})"
+            )
+        if w is None:
+            print(f"{spec.name} | no pair")
+            continue
+        print(
+            f"{spec.name} | {w.positive}/{w.negative} | {1000 * w.residual_v:.2f}"
+            f"{'' if w.matched else ' (' + w.mismatch + ')'} | {modes}"
+        )
+
+
 if __name__ == "__main__":
     main()
+    commissioning_tables()
