@@ -154,3 +154,23 @@ def test_without_a_reference_the_first_matched_fit_becomes_it():
     d = diag.update(Reading("rack", 0, pack_voltage_v=3.3, pack_current_a=0.0))
     assert diag.electrode.reference is not None
     assert abs(d.lli_pct) < 0.5 and abs(d.lam_ne_pct) < 0.5  # nothing lost since itself
+
+
+def test_points_known_only_loosely_neither_make_nor_break_a_match():
+    # A learned curve: known to 2 mV near the rests, its prior's 60 mV (and 40 mV off) elsewhere.
+    pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
+    windows = np.array([0.03, 0.9, 0.9, 0.27])
+    ocv = full_cell_ocv(pos, neg, windows, SOC_PCT / 100)
+    loose = (np.arange(SOC_PCT.size) % 3) == 0
+    sigma = np.where(loose, 0.060, NOISE_V)
+    ocv = ocv + np.where(loose, 0.040, NOISE_V * np.random.default_rng(5).standard_normal(ocv.size))
+    fit = fit_cell(NMC, SOC_PCT, ocv, sigma)
+    assert fit is not None and fit.matched, fit.mismatch if fit else None
+    assert fit.points == int(np.sum(~loose)) and fit.residual_v < 3 * NOISE_V
+    np.testing.assert_allclose(fit.params, windows, atol=0.02)
+
+    # The same curve known well at only 10 points is no match, however well it fits.
+    few = np.where(np.arange(SOC_PCT.size) < 10, NOISE_V, 0.060)
+    sparse = fit_cell(NMC, SOC_PCT, ocv, few)
+    assert sparse is not None and not sparse.matched
+    assert "fewer than 12 points" in sparse.mismatch

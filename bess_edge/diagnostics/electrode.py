@@ -41,6 +41,11 @@ MAX_RESIDUAL_V = 0.010
 MIN_SPAN = 0.4
 # A window within this of MIN_SPAN is the bound's doing, not the data's.
 SPAN_MARGIN = 0.01
+# Four windows fitted to few points leave a wrong pair room to match; below this many points
+# known to MAX_RESIDUAL_V a fit is no match. Even 12 are not safe: the NMC preset's 12-point
+# table (30-50 mV from Chen's LG M50 curve) is matched at 5.3 mV by Ecker's NCO on Kim's
+# graphite, whatever cell it was read from. A judgement call, not fitted.
+MIN_POINTS = 12
 # Coarse grid of starting windows per pair; the best few are refined.
 _GRID = np.array(
     list(
@@ -67,12 +72,14 @@ class ElectrodeWindows:
     y0: float  # positive electrode's lithium fraction at 0 % SOC
     y100: float
     covariance: FloatArray  # 4x4, of (x0, x100, y0, y100)
-    residual_v: float  # RMS of the fit [V]
-    points: int
+    residual_v: float  # RMS of the fit [V], weighted by 1/sigma² when sigma is given
+    points: int  # points known to MAX_RESIDUAL_V or better: those that tell pairs apart
 
     @property
     def mismatch(self) -> str:
         """Why the windows mean nothing ("" when the pair matches the curve)."""
+        if self.points < MIN_POINTS:
+            return f"fewer than {MIN_POINTS} points known to {1000 * MAX_RESIDUAL_V:.0f} mV"
         if not (math.isfinite(self.residual_v) and self.residual_v <= MAX_RESIDUAL_V):
             return f"residual above {1000 * MAX_RESIDUAL_V:.0f} mV RMS"
         if min(self.x100 - self.x0, self.y0 - self.y100) <= MIN_SPAN + SPAN_MARGIN:
@@ -241,9 +248,12 @@ def _windows(
     # Without sigma the residual is the only scale there is; with it, never below sigma.
     scale = chi2 / dof if not sigma_given else max(1.0, chi2 / dof)
     covariance = np.asarray(np.linalg.pinv(j.T @ j) * scale, dtype=np.float64)
-    rms = float(np.sqrt(np.mean(residual**2)))
-    x0, x100, y0, y100 = (float(v) for v in p)
-    return ElectrodeWindows(pos.name, neg.name, x0, x100, y0, y100, covariance, rms, int(soc.size))
+    # Weighted: points whose sigma is wide (a learned curve's knots far from any rest) neither
+    # make nor break a match.
+    weight = sigma**-2.0
+    rms = float(np.sqrt(np.sum(weight * residual**2) / np.sum(weight)))
+    known = int(np.sum(sigma <= MAX_RESIDUAL_V)) if sigma_given else soc.size
+    return ElectrodeWindows.of(pos.name, neg.name, p, covariance, rms, known)
 
 
 def electrode_capacities(p: FloatArray, capacity_ah: float) -> FloatArray:
