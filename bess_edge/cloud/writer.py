@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -385,12 +386,13 @@ class Writer:
         return self.sites[site]
 
 
+_TELEMETRY_VALUES = itemgetter(*_TELEMETRY_COLUMNS[1:-2])  # one C call for 16 of the 20 columns
+
+
 def _telemetry_row(device_id: int, item: dict[str, Any]) -> tuple[Any, ...]:
     extra, notes = item["extra"], item["quality_notes"]
     return (
-        device_id, item["seq"], item["ts_ms"], item["quality"],
-        *[item[k] for k in TELEMETRY_SCALARS], item["status_flags"], item["fault_flags"],
-        item["cell_voltage_v"], item["cell_temperature_c"],
+        device_id, *_TELEMETRY_VALUES(item),
         Jsonb(extra) if extra else None, Jsonb(notes) if notes else None,
     )  # fmt: skip
 
