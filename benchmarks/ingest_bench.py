@@ -15,6 +15,7 @@ of ``--items-per-message`` samples), then measures in one run:
    samples/s for one worker; two >= 1.6x where the cores allow).
 
     .venv/bin/python benchmarks/ingest_bench.py [--samples 60000] [--items-per-message 20]
+        [--in-process]  (1 and 2 only)
 """
 
 from __future__ import annotations

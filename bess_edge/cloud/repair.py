@@ -231,9 +231,10 @@ class Repairer:
         ).fetchall()
         return [Progress(*row) for row in rows]
 
-    def _runs(self, p: Progress) -> list[tuple[int, int]]:
-        """Runs of consecutive seqs above ``contiguous`` that are stored, or were refused for
-        good (dead letters with a seq: they will not come any better if asked for again).
+    def _runs(self, p: Progress) -> list[tuple[int, int, int | None]]:
+        """Runs of consecutive seqs from ``contiguous`` on that are stored, or were refused for
+        good (dead letters with a seq: they will not come any better if asked for again), each
+        as (first, last, time of the last one if stored).
 
         Without a time bound this is an index probe in every partition of the table, each
         tick, for each stream. A complete stream (nothing missing, nothing asked for) is
@@ -242,10 +243,9 @@ class Repairer:
         back further, its new rows are out of sight until its next ping reply shows a head
         beyond them; the stream is then no longer complete and is read whole again.
         """
-        key = (p.device_id, p.stream)
-        floor = self.floor_ms.get(key) if p.complete else None
+        floor = self.floor_ms.get((p.device_id, p.stream)) if p.complete else None
         table = TABLES[p.stream]
-        since = "" if floor is None else "AND ts_ms >= %(floor)s "  # a constant: partitions pruned
+        since = "" if floor is None else "AND ts_ms >= %(floor)s "  # prunes the partitions
         rows = self.conn.execute(
             "SELECT min(seq), max(seq), (array_agg(ts_ms ORDER BY seq DESC))[1] FROM ("
             "SELECT seq, ts_ms, seq - row_number() OVER (ORDER BY seq) AS run FROM ("
@@ -258,17 +258,16 @@ class Repairer:
             {"device_id": p.device_id, "contiguous": p.contiguous, "floor": floor, "site": p.site,
              "device": p.device, "stream": p.stream},
         ).fetchall()  # fmt: skip
-        runs = [(int(a), int(b)) for a, b, _ in rows]
-        contiguous = missing_ranges(p.contiguous, runs, p.head)[0]
-        for _, last, last_ts in rows:
-            if last == contiguous and last_ts is not None:
-                self.floor_ms[key] = int(last_ts) - SCAN_MARGIN_MS
-        return runs
+        return [(int(a), int(b), None if ts is None else int(ts)) for a, b, ts in rows]
 
     def _repair(self, p: Progress, advanced: list[tuple[int, str, int, int]]) -> None:
         """Rewrite the stream's gaps and ask for the oldest; a complete stream that is still
         complete only goes on ``advanced`` (written for all at once), or nowhere if idle."""
-        contiguous, newest, gaps = missing_ranges(p.contiguous, self._runs(p), p.head)
+        runs = self._runs(p)
+        contiguous, newest, gaps = missing_ranges(p.contiguous, [r[:2] for r in runs], p.head)
+        for _, last, last_ts in runs:
+            if last == contiguous and last_ts is not None:  # the next bound (see _runs)
+                self.floor_ms[(p.device_id, p.stream)] = last_ts - SCAN_MARGIN_MS
         if not gaps and p.complete:
             if (contiguous, newest) != (p.contiguous, p.max_seq):
                 advanced.append((p.device_id, p.stream, contiguous, newest))
