@@ -41,6 +41,11 @@ class RainflowCounter:
         self._last_passed: float | None = None
         self._samples = 0
 
+    @property
+    def samples(self) -> int:
+        """Samples that passed the hysteresis: the counter's state changes only with these."""
+        return self._samples
+
     def push(self, value: float) -> list[Cycle]:
         """Add one sample; return the cycles it closes (range in the sample's unit)."""
         if not np.isfinite(value):
@@ -161,6 +166,9 @@ class CycleLife:
     throughput_ah: float = 0.0
     closed_damage: float = 0.0
     closed_histogram: FloatArray = field(default_factory=lambda: dod_histogram([]))
+    # Damage and histogram of the closed cycles plus the residue, and the counter's sample
+    # count they were computed at: they change only when a sample passes the hysteresis.
+    _damage: tuple[int, float, FloatArray] | None = field(default=None, init=False, repr=False)
 
     def update(self, soc_pct: float, current_a: float, dt_s: float) -> None:
         """Add one poll: the string SOC [%] and the bias-corrected current [A] over ``dt_s``."""
@@ -179,9 +187,14 @@ class CycleLife:
     def summary(self) -> dict[str, Any]:
         """Damage so far (closed cycles + the open residue), the DoD histogram, and the
         equivalent full cycles left until end of life at the duty seen so far."""
-        residue = self.counter.residue_cycles()
-        damage = self.closed_damage + cycle_damage(self.chemistry, residue)
-        histogram = self.closed_histogram + dod_histogram(residue)
+        if self._damage is None or self._damage[0] != self.counter.samples:
+            residue = self.counter.residue_cycles()
+            self._damage = (
+                self.counter.samples,
+                self.closed_damage + cycle_damage(self.chemistry, residue),
+                self.closed_histogram + dod_histogram(residue),
+            )
+        _, damage, histogram = self._damage
         efc = self.equivalent_full_cycles
         if damage > 1e-9 and efc > 0.05:
             # Cycles left at the duty seen so far: damage per EFC extrapolated (Miner's rule).
@@ -192,7 +205,7 @@ class CycleLife:
             remaining = float(chem.cycle_life(chem.dod_ref)) * chem.dod_ref
         return {
             "life_used_pct": 100.0 * damage,
-            "dod_histogram": histogram,
+            "dod_histogram": histogram.copy(),
             "remaining_cycles": remaining,
         }
 
@@ -207,3 +220,4 @@ class CycleLife:
         self.counter.load({"stack": state["rainflow_stack"], "scalars": state["rainflow_scalars"]})
         self.throughput_ah, self.closed_damage = (float(v) for v in state["scalars"])
         self.closed_histogram = np.asarray(state["histogram"], dtype=np.float64)
+        self._damage = None

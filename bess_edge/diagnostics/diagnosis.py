@@ -128,9 +128,10 @@ class Diagnosis:
         out = {}
         for f in _FIELDS:
             value = getattr(self, f)
-            if not cell_arrays and f.startswith("cell_") and isinstance(value, np.ndarray):
-                continue
-            out[f] = _jsonable(value)
+            if type(value) is float:  # most fields: _jsonable's type checks skipped
+                out[f] = float(format(value, _FLOAT_FORMAT)) if math.isfinite(value) else None
+            elif cell_arrays or f not in _CELL_FIELDS or not isinstance(value, np.ndarray):
+                out[f] = _jsonable(value)
         if math.isfinite(self.eol_projected_ts_ms):
             out["eol_projected_ts_ms"] = round(self.eol_projected_ts_ms)
         return out
@@ -141,6 +142,8 @@ _FIELDS = tuple(f.name for f in fields(Diagnosis))
 # Estimates are good to a few parts per thousand at best: six significant digits keep every
 # figure exact to its meaning and cut a stored/published diagnosis by about 13 % (demo run).
 SIGNIFICANT_DIGITS = 6
+_FLOAT_FORMAT = f".{SIGNIFICANT_DIGITS}g"
+_CELL_FIELDS = frozenset(f for f in _FIELDS if f.startswith("cell_"))
 
 
 def round_significant(values: np.ndarray) -> np.ndarray:
@@ -165,7 +168,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, float | np.floating):
-        return None if not math.isfinite(value) else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+        return None if not math.isfinite(value) else float(format(value, _FLOAT_FORMAT))
     if isinstance(value, np.integer):
         return int(value)
     return value

@@ -42,6 +42,10 @@ from bess_edge.model import FloatArray, Reading
 
 __all__ = ["Diagnosis", "Diagnostician"]
 
+Forecast = tuple[list[float], list[float], list[float]]  # SOH in 1/5/10 years: mid, low, high
+# What _outlook read (history, capacity, its sigma), the fade projection and the forecast.
+_Outlook = tuple[tuple[FloatArray, float, float], dict[str, float], Forecast]
+
 log = logging.getLogger(__name__)
 
 # Settled: the RC relaxation has died down so the terminal voltage is the OCV within a few mV;
@@ -114,6 +118,7 @@ class Diagnostician:
         self._last_ts_ms: int | None = None
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
+        self._outlook_cache: _Outlook | None = None
 
     def _build_cells(self, count: int, sensors: int) -> _Cells:
         chem, cap = self.chemistry, self.nominal_capacity_ah
@@ -433,11 +438,12 @@ class Diagnostician:
         cap = self.capacity
         d.capacity_ah, d.capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
         d.soh_pct = 100.0 * cap.capacity_ah / self.nominal_capacity_ah
-        fade = fade_projection(
-            cap.history, self.nominal_capacity_ah, self.chemistry.end_of_life_soh_pct
-        )
+        fade, forecast = self._outlook()
         d.capacity_fade_pct_per_year = fade["fade_pct_per_year"]
         d.eol_projected_ts_ms, d.eol_projected_efc = fade["eol_ts_ms"], fade["eol_efc"]
+        d.soh_forecast_pct, d.soh_forecast_low_pct, d.soh_forecast_high_pct = (
+            list(values) for values in forecast
+        )
         life = self.cycles.summary()
         d.equivalent_full_cycles = self.cycles.equivalent_full_cycles
         d.life_used_pct, d.remaining_cycles = life["life_used_pct"], life["remaining_cycles"]
@@ -452,18 +458,31 @@ class Diagnostician:
         d.soh_resistance_pct = resistance_soh_pct(
             float(r0[0]), self.chemistry.r0_ohm(self.nominal_capacity_ah)
         )
-        self._forecast(d)
 
-    def _forecast(self, d: Diagnosis) -> None:
+    def _outlook(self) -> tuple[dict[str, float], Forecast]:
+        """Fade projection and SOH forecast, recomputed only when what they read changed: the
+        capacity estimate and its history, which a refit or a restore replace (the history
+        array is replaced, never edited in place). With a year of history each is a
+        least-squares fit, not to be redone every poll for the same answer."""
+        cap = self.capacity
+        key = (cap.history, cap.capacity_ah, cap.capacity_sigma_ah)
+        cached = self._outlook_cache
+        if cached is None or not _same_inputs(cached[0], key):
+            fade = fade_projection(
+                cap.history, self.nominal_capacity_ah, self.chemistry.end_of_life_soh_pct
+            )
+            cached = self._outlook_cache = (key, fade, self._forecast(fade["fade_pct_per_year"]))
+        return cached[1], cached[2]
+
+    def _forecast(self, fade_pct_per_year: float) -> Forecast:
         """SOH in 1/5/10 years: the measured fade (its sigma from the latest capacity's over
         the span of the history) weighed against the prior."""
         history = self.capacity.history
         span_years = float(np.ptp(history[:, 0])) / (365.25 * 86_400.0) if history.size else 0.0
+        soh = 100.0 * self.capacity.capacity_ah / self.nominal_capacity_ah
         soh_sigma = 100.0 * self.capacity.capacity_sigma_ah / self.nominal_capacity_ah
         fade_sigma = math.sqrt(2.0) * soh_sigma / span_years if span_years > 0 else math.nan
-        d.soh_forecast_pct, d.soh_forecast_low_pct, d.soh_forecast_high_pct = soh_forecast(
-            d.soh_pct, soh_sigma, d.capacity_fade_pct_per_year, fade_sigma
-        )
+        return soh_forecast(soh, soh_sigma, fade_pct_per_year, fade_sigma)
 
     def _cell_views(
         self,
@@ -622,6 +641,12 @@ class Diagnostician:
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()
+
+
+def _same_inputs(a: tuple[FloatArray, float, float], b: tuple[FloatArray, float, float]) -> bool:
+    """Same array object and the same floats (NaN equal to NaN)."""
+    same = zip(a[1:], b[1:], strict=True)
+    return a[0] is b[0] and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in same)
 
 
 def _any(values: FloatArray) -> bool:

@@ -10,6 +10,7 @@ does not read as ageing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class ResistanceEstimator:
         self.pulse_w = np.zeros(cells + 1)
         self.pulse_r = np.zeros(cells + 1)
         self.pulse_rr = np.zeros(cells + 1)
+        # The derived arrays below, read several times a poll but changed only by a step.
+        self._views: dict[str, FloatArray] = {}
 
     def update(
         self,
@@ -74,6 +77,7 @@ class ResistanceEstimator:
             return
         if abs(delta_current_a) < MIN_STEP_C * self.capacity_ah:
             return
+        self._views.clear()
         dv25 = delta_voltage_v / series_cells / temperature_factor(self.chemistry, temperature_c)
         ratio = dv25 / delta_current_a / self.nominal_cell_r0_ohm
         ok = np.isfinite(ratio) & (ratio > PLAUSIBLE_RATIO[0]) & (ratio < PLAUSIBLE_RATIO[1])
@@ -93,6 +97,9 @@ class ResistanceEstimator:
     def small_signal_25c_ohm(self) -> FloatArray:
         """Per-cell small-signal R0 at 25 °C [Ω] (steps below 0.5C): string average (index 0)
         then each cell; NaN before a step."""
+        return self._view("small_signal", self._small_signal)
+
+    def _small_signal(self) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.sxx > 0, self.sxy / self.sxx, np.nan)
 
@@ -100,6 +107,9 @@ class ResistanceEstimator:
     def r0_25c_ohm(self) -> FloatArray:
         """Per-cell R0 at 25 °C [Ω] as reported (``r0_ohm``, ``cell_r0_ohm``): the 1-s pulse
         value where steps >= 0.5C were seen, the small-signal one otherwise."""
+        return self._view("r0", self._r0)
+
+    def _r0(self) -> FloatArray:
         pulse = self.pulse_1s_ohm
         return np.where(np.isfinite(pulse), pulse, self.small_signal_25c_ohm)
 
@@ -107,6 +117,9 @@ class ResistanceEstimator:
     def pulse_1s_ohm(self) -> FloatArray:
         """Per-cell 1-s DC pulse resistance at 25 °C [Ω] from steps ≥ 0.5C (index 0: the
         string's average cell); NaN before the first such step."""
+        return self._view("pulse", self._pulse)
+
+    def _pulse(self) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.pulse_w > 0, self.pulse_r / self.pulse_w, np.nan)
 
@@ -114,6 +127,9 @@ class ResistanceEstimator:
     def pulse_1s_sigma_ohm(self) -> FloatArray:
         """Sigma of :attr:`pulse_1s_ohm`: the steps' scatter over their number, and a floor
         for what differs between steps (SOC, temperature, relaxation state)."""
+        return self._view("pulse_sigma", self._pulse_sigma)
+
+    def _pulse_sigma(self) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.pulse_r / self.pulse_w
             var = np.maximum(self.pulse_rr / self.pulse_w - mean**2, 0.0)
@@ -124,8 +140,20 @@ class ResistanceEstimator:
 
     def r0_or_preset_ohm(self) -> FloatArray:
         """R0 at 25 °C [Ω] per column for the models: as reported, the preset before a step."""
+        return self._view("r0_or_preset", self._r0_or_preset)
+
+    def _r0_or_preset(self) -> FloatArray:
         r0 = self.r0_25c_ohm
         return np.where(np.isfinite(r0), r0, self.nominal_cell_r0_ohm)
+
+    def _view(self, name: str, compute: Callable[[], FloatArray]) -> FloatArray:
+        """A derived array, computed once per change of the sums; read-only, since every
+        reader until the next step shares it."""
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = compute()
+            view.flags.writeable = False
+        return view
 
     def state(self) -> dict[str, Any]:
         return {
@@ -146,6 +174,7 @@ class ResistanceEstimator:
             if value.shape != self.sxx.shape:
                 raise ValueError(f"resistance field {name} has shape {value.shape}")
             setattr(self, name, value)
+        self._views.clear()
 
 
 def resistance_soh_pct(r0_ohm: float, nominal_r0_ohm: float) -> float:

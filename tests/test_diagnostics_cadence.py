@@ -1,0 +1,75 @@
+"""The slow views of a Diagnosis are recomputed when what they read changes, and only then:
+the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves."""
+
+import numpy as np
+from bess_edge.drivers.sim import SimOptions, SimulatedString
+
+from bess_edge.chemistry import NMC
+from bess_edge.diagnostics import Diagnostician, engine
+from bess_edge.diagnostics.cycles import cycle_damage
+
+CAPACITY_AH = 280.0
+# Anchors need a sloped, trusted OCV curve: the simulated cells follow the preset exactly.
+CHEM = NMC.with_overrides({"ocv_source": "file"})
+
+
+def _refit_with_fade(diag: Diagnostician, days: int) -> None:
+    """Rests at 90 and 30 % a day apart, the charge between them 1 % less each day: the
+    capacity estimator refits at every rest and its history fades."""
+    est, soc, t_s = diag.capacity, 90.0, 0.0
+    for day in range(days):
+        for target in (90.0, 30.0):
+            charge_ah = (target - soc) / 100.0 * CAPACITY_AH * (1.0 - 0.01 * day)
+            est.integrate(charge_ah / 2.0, 7200.0)
+            soc, t_s = target, t_s + 7200.0
+            est.observe_rest(float(CHEM.ocv(soc)), 60.0, t_s)
+            est.end_rest(t_s, float(day), 0.0, 0.3)
+        t_s += 86_400.0
+
+
+def test_fade_and_forecast_follow_a_refit_and_are_not_recomputed_without_one(monkeypatch):
+    calls = []
+    real = engine.fade_projection
+    monkeypatch.setattr(engine, "fade_projection", lambda *a: calls.append(a) or real(*a))
+    sim = SimulatedString(SimOptions(cells=16, profile="idle", seed=1), CHEM, CAPACITY_AH)
+    readings = iter(sim.readings(duration_s=100.0, poll_s=1.0))
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    before = [diag.update(next(readings)) for _ in range(10)][-1]
+    assert len(calls) == 1  # nothing the views read changed in 10 polls
+    assert np.isnan(before.capacity_fade_pct_per_year)
+
+    _refit_with_fade(diag, days=3)
+    after = diag.update(next(readings))
+    assert len(calls) == 2
+    diag.update(next(readings))
+    assert len(calls) == 2
+    # What a Diagnostician restored from this state computes from scratch.
+    fresh = Diagnostician("rack", CHEM, CAPACITY_AH)
+    fresh.restore_state(diag.export_state())
+    expected = fresh.update(next(readings))
+    assert after.capacity_fade_pct_per_year > 100.0  # 1 % a day
+    for name in (
+        "capacity_fade_pct_per_year",
+        "eol_projected_ts_ms",
+        "soh_forecast_pct",
+        "soh_forecast_low_pct",
+        "soh_forecast_high_pct",
+    ):
+        assert getattr(after, name) == getattr(expected, name), name
+    assert after.soh_forecast_pct != before.soh_forecast_pct
+
+
+def test_cycle_life_follows_the_soc_between_cached_polls():
+    sim = SimulatedString(
+        SimOptions(cells=4, profile="daily", c_rate=1.0, day_length_s=7200.0, seed=2),
+        CHEM,
+        CAPACITY_AH,
+    )
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    for reading in sim.readings(duration_s=3 * 7200.0, poll_s=10.0):
+        d = diag.update(reading)
+        # The same cycles counted afresh: the cached damage is never stale.
+        residue = diag.cycles.counter.residue_cycles()
+        damage = diag.cycles.closed_damage + cycle_damage(CHEM, residue)
+        assert d.life_used_pct == 100.0 * damage
+    assert d.life_used_pct > 0.0
