@@ -130,6 +130,8 @@ class Diagnosis:
             value = getattr(self, f)
             if type(value) is float:  # most fields: _jsonable's type checks skipped
                 out[f] = float(format(value, _FLOAT_FORMAT)) if math.isfinite(value) else None
+            elif type(value) in _AS_IS:
+                out[f] = value
             elif cell_arrays or f not in _CELL_FIELDS or not isinstance(value, np.ndarray):
                 out[f] = _jsonable(value)
         if math.isfinite(self.eol_projected_ts_ms):
@@ -144,6 +146,7 @@ _FIELDS = tuple(f.name for f in fields(Diagnosis))
 SIGNIFICANT_DIGITS = 6
 _FLOAT_FORMAT = f".{SIGNIFICANT_DIGITS}g"
 _CELL_FIELDS = frozenset(f for f in _FIELDS if f.startswith("cell_"))
+_AS_IS = frozenset({str, int, bool, type(None)})  # JSON-ready already
 
 
 def round_significant(values: np.ndarray) -> np.ndarray:

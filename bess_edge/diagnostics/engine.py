@@ -552,14 +552,18 @@ class Diagnostician:
         )
         if c.sensors:
             v = inputs.cell_voltage_v
-            block_dev = _block_mean(v - finite_median(v), c.sensor_index, c.sensors)
+            deviation = v - finite_median(v)
+            # One sensor per cell (sensor_of_cell is then the identity): each block is its cell.
+            same = c.sensors == c.count
+            block_dev = deviation if same else _block_mean(deviation, c.sensor_index, c.sensors)
             thermal = c.thermal.update(dt_s, temps, block_dev, current)
             findings += thermal.findings
-            d.thermal_runaway_score = float(np.max(thermal.precursor_score))
+            d.thermal_runaway_score = float(thermal.precursor_score.max())
             d.temperature_rate_max_k_per_min = finite_max(thermal.rate_k_per_min)
-        if _any(temps):
-            d.temperature_max_c = float(np.nanmax(temps))
-            d.temperature_min_c = float(np.nanmin(temps))
+        finite_temps = temps[np.isfinite(temps)]
+        if finite_temps.size:
+            d.temperature_max_c = float(finite_temps.max())
+            d.temperature_min_c = float(finite_temps.min())
             d.temperature_spread_c = d.temperature_max_c - d.temperature_min_c
         level = max((lvl for lvl, _ in findings), default=0)
         d.thermal_risk_level, d.thermal_risk = level, RISK_LEVELS[level]
@@ -647,10 +651,6 @@ def _same_inputs(a: tuple[FloatArray, float, float], b: tuple[FloatArray, float,
     """Same array object and the same floats (NaN equal to NaN)."""
     same = zip(a[1:], b[1:], strict=True)
     return a[0] is b[0] and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in same)
-
-
-def _any(values: FloatArray) -> bool:
-    return bool(values.size) and bool(np.isfinite(values).any())
 
 
 def _block_mean(values: FloatArray, block: np.ndarray, blocks: int) -> FloatArray:

@@ -169,7 +169,7 @@ def _frozen(
         return values, values.copy(), np.zeros(values.size)
     unchanged = values == last
     live = np.isfinite(values) & ~unchanged
-    if values.size >= 3 and live.mean() >= LIVE_FRACTION:
+    if values.size >= 3 and np.count_nonzero(live) >= LIVE_FRACTION * values.size:
         same = np.where(unchanged, same + 1, 0)
     else:
         same = np.where(unchanged, same, 0)

@@ -59,12 +59,15 @@ def neighbour_excess_c(temperature_c: FloatArray) -> FloatArray:
     t = np.asarray(temperature_c, dtype=np.float64)
     if t.size < 2:
         return np.zeros(t.size)
-    left = np.concatenate([[np.nan], t[:-1]])
-    right = np.concatenate([t[1:], [np.nan]])
-    pair = np.vstack([left, right])
-    count = np.isfinite(pair).sum(axis=0)
+    ok = np.isfinite(t)
+    value = np.where(ok, t, 0.0)
+    total, count = np.zeros(t.size), np.zeros(t.size)
+    total[1:] += value[:-1]  # left neighbour
+    count[1:] += ok[:-1]
+    total[:-1] += value[1:]  # right neighbour
+    count[:-1] += ok[1:]
     with np.errstate(invalid="ignore"):
-        mean = np.where(count > 0, np.nansum(pair, axis=0) / np.maximum(count, 1), np.nan)
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return t - mean
 
 
@@ -100,7 +103,8 @@ class ThermalMonitor:
         self.temperature.add(dt_s, temperature_c)
         self.sag.add(dt_s, block_deviation_v)
         self.observed_s += max(dt_s, 0.0)
-        outliers = self._hot_outliers(dt_s, temperature_c)
+        neighbour_excess = neighbour_excess_c(temperature_c)
+        outliers = self._hot_outliers(dt_s, temperature_c, neighbour_excess)
         if self.observed_s < RATE_TIME_CONSTANT_S:
             nothing = np.zeros(np.shape(temperature_c))
             return ThermalResult(np.full(nothing.shape, np.nan), nothing, outliers)
@@ -113,7 +117,7 @@ class ThermalMonitor:
         s_rate = np.clip(excess_rate / EXCESS_RATE_FULL_K_PER_MIN, 0.0, 1.0)
         if not low_current:
             s_rate = 0.5 * s_rate  # load explains part of any heating
-        hot = finite_or(neighbour_excess_c(temperature_c))
+        hot = finite_or(neighbour_excess)
         s_hot = np.clip((hot - HOT_SPOT_START_K) / (HOT_SPOT_FULL_K - HOT_SPOT_START_K), 0, 1)
         s_sag = np.where(rate > 0.1, np.clip(-sag / VOLTAGE_SAG_FULL_V_PER_MIN, 0.0, 1.0), 0.0)
         score = WEIGHTS[0] * s_rate + WEIGHTS[1] * s_hot + WEIGHTS[2] * s_sag
@@ -134,9 +138,12 @@ class ThermalMonitor:
                     break
         return result
 
-    def _hot_outliers(self, dt_s: float, temperature_c: FloatArray) -> list[Finding]:
-        """Sensors hotter than their neighbours and the string by OUTLIER_K, for OUTLIER_HOLD_S:
-        a hot cell that the precursor score (weighted, and rate-led) may never reach."""
+    def _hot_outliers(
+        self, dt_s: float, temperature_c: FloatArray, neighbour_excess: FloatArray
+    ) -> list[Finding]:
+        """Sensors hotter than their neighbours (``neighbour_excess_c``) and the string by
+        OUTLIER_K, for OUTLIER_HOLD_S: a hot cell that the precursor score (weighted, and
+        rate-led) may never reach."""
         t = np.asarray(temperature_c, dtype=np.float64)
         if t.size < 3 or self.outlier_s.size != t.size:
             return []
@@ -144,7 +151,7 @@ class ThermalMonitor:
         if finite.size < 3:
             return []
         with np.errstate(invalid="ignore"):
-            excess = np.minimum(neighbour_excess_c(t), t - median(finite))
+            excess = np.minimum(neighbour_excess, t - median(finite))
             hot = excess >= OUTLIER_K
         self.outlier_s = np.where(hot, self.outlier_s + max(dt_s, 0.0), 0.0)
         held = np.flatnonzero(hot & (self.outlier_s >= OUTLIER_HOLD_S))

@@ -39,9 +39,12 @@ class EwTrend:
         self.time_constant_s = time_constant_s
         for name in _FIELDS:
             setattr(self, name, np.zeros(columns))
+        # Slope and time spread, read every poll but changed only by add/new_segment/load.
+        self._derived: dict[str, FloatArray] = {}
 
     def add(self, dt_s: float, y: FloatArray, weight: FloatArray | float = 1.0) -> None:
         """Add samples ``y`` taken ``dt_s`` after the previous ones (NaN entries are skipped)."""
+        self._derived.clear()
         decay = np.exp(-max(dt_s, 0.0) / self.time_constant_s)
         dt_h = max(dt_s, 0.0) / 3600.0
         # Move the time origin to the new sample: t_old' = t_old - dt.
@@ -59,6 +62,7 @@ class EwTrend:
 
     def new_segment(self) -> None:
         """Close the current segment: keep its slope information, forget its level."""
+        self._derived.clear()
         sxx, sxy = self._centred()
         self.pxx = self.pxx + sxx
         self.pxy = self.pxy + sxy
@@ -66,23 +70,33 @@ class EwTrend:
             setattr(self, name, np.zeros_like(self.s0))
 
     def _centred(self) -> tuple[FloatArray, FloatArray]:
-        safe = np.where(self.s0 > 0, self.s0, 1.0)
-        sxx = np.where(self.s0 > 0, self.stt - self.st**2 / safe, 0.0)
-        sxy = np.where(self.s0 > 0, self.sty - self.st * self.sy / safe, 0.0)
+        some = self.s0 > 0
+        safe = np.where(some, self.s0, 1.0)
+        sxx = np.where(some, self.stt - self.st**2 / safe, 0.0)
+        sxy = np.where(some, self.sty - self.st * self.sy / safe, 0.0)
         return np.maximum(sxx, 0.0), sxy
 
     @property
     def time_spread_h2(self) -> FloatArray:
         """Weighted spread of sample times [h²]: how much evidence the slope rests on."""
-        return self.pxx + self._centred()[0]
+        if "spread" not in self._derived:
+            self._keep("spread", self.pxx + self._centred()[0])
+        return self._derived["spread"]
 
     @property
     def slope_per_h(self) -> FloatArray:
         """The fitted slope [unit of y per hour]; NaN where there is no spread in time yet."""
-        sxx, sxy = self._centred()
-        den = self.pxx + sxx
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 1e-12, (self.pxy + sxy) / den, np.nan)
+        if "slope" not in self._derived:
+            sxx, sxy = self._centred()
+            den = self.pxx + sxx
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._keep("slope", np.where(den > 1e-12, (self.pxy + sxy) / den, np.nan))
+        return self._derived["slope"]
+
+    def _keep(self, name: str, value: FloatArray) -> None:
+        """Cache a derived array until the next change; read-only, as its readers share it."""
+        value.flags.writeable = False
+        self._derived[name] = value
 
     @property
     def mean(self) -> FloatArray:
@@ -100,3 +114,4 @@ class EwTrend:
             if value.shape != (size,):
                 raise ValueError(f"trend field {name} has shape {value.shape}, expected {size}")
             setattr(self, name, value)
+        self._derived.clear()
