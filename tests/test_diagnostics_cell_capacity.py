@@ -102,8 +102,9 @@ def test_restart_keeps_per_cell_capacity_and_an_older_blob_still_loads(day):
     after.restore_state(blob)
     np.testing.assert_array_equal(after.cells.capacity.ratio_inverse(),
                                   before.cells.capacity.ratio_inverse())  # fmt: skip
+    np.testing.assert_array_equal(after.cells.limits.first, before.cells.limits.first)
     header, parts = persist.unpack(blob)
-    del parts["cell_capacity"]
+    del parts["cell_capacity"], parts["limits"]
     older = Diagnostician("string", MEASURED_NMC, CAPACITY_AH)
     older.restore_state(persist.pack(header, parts))
     assert older.capacity.capacity_ah == d_before.capacity_ah  # the rest of the state loaded

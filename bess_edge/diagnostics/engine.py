@@ -619,6 +619,7 @@ class Diagnostician:
             cells.thermal.load(parts["thermal"])
             if "cell_capacity" in parts:  # blobs from before per-cell capacity have none
                 cells.capacity.load(parts["cell_capacity"])
+            if "limits" in parts:
                 cells.limits.load(parts["limits"])
             electrode = ElectrodeTracker(self.chemistry, self.electrode.reference)
             if "electrode" in parts:  # blobs from before the electrode model have none
