@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bess_edge.metrics import sample_value
+from bess_edge.metrics import MQTT_CONNECTED, gauge_value
 from bess_edge.model import CommsState, now_ms
 from bess_edge.store import Store
 
@@ -143,7 +143,7 @@ def _frame_counters(driver: object) -> dict[str, int] | None:
 def _mqtt_state(daemon: Daemon) -> str:
     if not daemon.settings.mqtt.enabled:
         return "disabled"
-    return "connected" if sample_value("bess_edge_mqtt_connected") == 1 else "disconnected"
+    return "connected" if gauge_value(MQTT_CONNECTED) == 1 else "disconnected"
 
 
 async def check(daemon: Daemon) -> Health:

@@ -210,6 +210,9 @@ def exposition(health: Health) -> bytes:
     return generate_latest(_Scrape(health))  # type: ignore[arg-type]
 
 
-def sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:
-    """The current value of an event metric (for /health's broker state)."""
-    return REGISTRY.get_sample_value(name, labels or {})
+def gauge_value(gauge: Gauge) -> float:
+    """The value of an unlabelled gauge (for /health's broker state), read from it alone: the
+    registry's get_sample_value collects every metric first, ~3 ms with 20 devices'
+    histograms, and the daemon state file asks every 5 s."""
+    (family,) = gauge.collect()
+    return float(family.samples[0].value)

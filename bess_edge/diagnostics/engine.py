@@ -283,21 +283,21 @@ class Diagnostician:
         mean_temp: float,
     ) -> None:
         chem = self.chemistry
-        r1 = chem.r1_ohm_ah / self.nominal_capacity_ah
-        tf = float(temperature_factor(chem, mean_temp))
         if not self.string_soc.initialised:
             if not math.isfinite(string_v):
                 return
             self._initialise_soc(string_v, current, inputs, r0_25)
+        # R0 and R1 at the string's mean temperature (column 0) and at each cell's, in one go.
+        tf = temperature_factor(chem, np.concatenate(([mean_temp], cell_temps)))
+        r0_now, r1_now = r0_25 * tf, chem.r1_ohm_ah / self.nominal_capacity_ah * tf
         self.string_soc.step(
-            current, dt_s, np.array([string_v]), r0_25[:1] * tf, np.array([r1 * tf]),
+            current, dt_s, np.array([string_v]), r0_now[:1], r1_now[:1],
             self.capacity_ah, self.capacity_rel_sigma,
         )  # fmt: skip
         if self.cells.count:
-            tf_cells = temperature_factor(chem, cell_temps)
             self.cells.soc.step(
                 current - self.string_soc.bias_a, dt_s, inputs.cell_voltage_v,
-                r0_25[1:] * tf_cells, r1 * tf_cells, self._cell_counting_capacity_ah(),
+                r0_now[1:], r1_now[1:], self._cell_counting_capacity_ah(),
                 self.capacity_rel_sigma,
             )  # fmt: skip
 
