@@ -15,8 +15,9 @@ forgetting. A pair's residual has three sources: the cells' relative rested-volt
 between the cell's SOC and the string's (its *shape*, taken as the table's error over
 SHAPE_SPAN_PCT of SOC), and the table's common bias, which moves every cell's ΔSOC by the same
 amount and so a ratio ``u ≠ 1`` by ``(u - 1)·bias``. Where the residuals scatter more than that,
-the sigma is widened by the scatter (reduced chi-square). Anchors on a flat region (the LFP
-plateau) are not used: a voltage there does not say the SOC.
+the sigma is widened by the scatter (reduced chi-square); and because the shape error comes
+back at every rest at the same SOC, the sigma is floored by the cells' robust spread. Anchors
+on a flat region (the LFP plateau) are not used: a voltage there does not say the SOC.
 
 ``C_k = Q/u_k`` needs Q: without the string's capacity the ratios are still reported, the
 capacities are NaN. A cell whose capacity is WEAK_DEFICIT below the string's median cell and
@@ -46,6 +47,13 @@ SHAPE_SPAN_PCT = 25.0
 MIN_PAIR_SPAN_PCT = 5.0
 # Each new pair multiplies older weights by this (memory of ~50 pairs, weeks of daily rests).
 PAIR_FORGETTING = 0.98
+# The table's shape error repeats wherever the same rests come back (a site rests at the same
+# SOCs every day), so pooling pairs does not average it away: the fitted sigma is floored by the
+# robust spread of the cells' ratios (a string's cells are within 1-2 % when new), the cells'
+# own calibration of that error (accuracy benchmark, NMC preset: ratios off by ~4 %, fitted
+# sigma 0.4-2 %, MAD spread 4.6 %). Needs this many cells with a ratio.
+SPREAD_MIN_CELLS = 4
+MAD_TO_SIGMA = 1.4826
 # Ratios are reported after this many pairs (one pair has no scatter to check its sigma by).
 MIN_PAIRS = 2
 # Weak: capacity at least 5 % below the string's median cell (beyond the production spread of
@@ -133,11 +141,13 @@ class CellCapacity:
         return np.where(self.pairs >= MIN_PAIRS - 1e-9, u, np.nan)
 
     def ratio_inverse_sigma(self, u: FloatArray) -> FloatArray:
-        """Sigma of ``u``: the fit's, widened by the residuals' scatter where it is larger."""
+        """Sigma of ``u``: the fit's, widened by the residuals' scatter where it is larger, and
+        never below the cells' robust spread (the table's shape error is systematic)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             chi2 = np.maximum(self.s_yy - 2 * u * self.s_xy + u**2 * self.s_xx, 0.0)
             dof = np.maximum(self.pairs - 1.0, 1.0)
-            return np.sqrt(np.maximum(1.0, chi2 / dof) / self.s_xx)
+            fit = np.sqrt(np.maximum(1.0, chi2 / dof) / self.s_xx)
+        return np.hypot(fit, _robust_spread(u))
 
     def result(self, capacity_ah: float, capacity_sigma_ah: float) -> CellCapacityResult:
         """Ratios, capacities [Ah] with ``capacity_ah`` ± sigma as the string's Q, weak cells."""
@@ -169,3 +179,11 @@ class CellCapacity:
         self._anchor, self._anchor_var = anchor
         self._anchor_bias_var = float(np.asarray(state["bias_var"]).ravel()[0])
         self.s_xx, self.s_xy, self.s_yy, self.pairs = sums
+
+
+def _robust_spread(u: FloatArray) -> float:
+    """Robust standard deviation (MAD) of the cells' ratios, 0 for fewer than SPREAD_MIN_CELLS."""
+    finite = u[np.isfinite(u)]
+    if finite.size < SPREAD_MIN_CELLS:
+        return 0.0
+    return MAD_TO_SIGMA * float(np.median(np.abs(finite - np.median(finite))))
