@@ -56,6 +56,8 @@ SPREAD_MIN_CELLS = 4
 MAD_TO_SIGMA = 1.4826
 # Ratios are reported after this many pairs (one pair has no scatter to check its sigma by).
 MIN_PAIRS = 2
+# The forgetting-weighted count that MIN_PAIRS pairs leave.
+MIN_PAIRS_WEIGHT = (1.0 - PAIR_FORGETTING**MIN_PAIRS) / (1.0 - PAIR_FORGETTING)
 # Weak: capacity at least 5 % below the string's median cell (beyond the production spread of
 # new cells, ~1-2 %), and that deficit at least 3 sigma out.
 WEAK_DEFICIT = 0.05
@@ -138,7 +140,7 @@ class CellCapacity:
         """u_k = Q/C_k per cell, NaN before MIN_PAIRS pairs."""
         with np.errstate(divide="ignore", invalid="ignore"):
             u = self.s_xy / self.s_xx
-        return np.where(self.pairs >= MIN_PAIRS - 1e-9, u, np.nan)
+        return np.where(self.pairs >= MIN_PAIRS_WEIGHT - 1e-9, u, np.nan)
 
     def ratio_inverse_sigma(self, u: FloatArray) -> FloatArray:
         """Sigma of ``u``: the fit's, widened by the residuals' scatter where it is larger, and
