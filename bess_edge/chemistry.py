@@ -71,6 +71,9 @@ class Chemistry:
     # the pairs the electrode-level OCV model tries. Empty: no such model (lead-acid).
     positive_materials: tuple[str, ...] = ()
     negative_materials: tuple[str, ...] = ()
+    # Posterior 1-sigma [V] of a learned table at each of its points (empty otherwise: the
+    # table's error is then a constant by its source, see diagnostics/soc.py).
+    ocv_sigma_v: tuple[float, ...] = ()
 
     def ocv(self, soc_pct: FloatArray | float) -> FloatArray:
         """Open-circuit voltage [V] at a state of charge [%] (linear interpolation, clipped)."""
@@ -107,9 +110,16 @@ class Chemistry:
             values.setdefault("ocv_source", "config")
         return dataclasses.replace(self, **values)
 
-    def with_ocv_table(self, soc_pct: FloatArray, ocv_v: FloatArray, source: str) -> Chemistry:
-        """A copy counting with this cell's own OCV table; the plateau regions are re-derived
-        from its slope (below 1 mV per %, where 4 mV of model error is > 4 % of SOC)."""
+    def with_ocv_table(
+        self,
+        soc_pct: FloatArray,
+        ocv_v: FloatArray,
+        source: str,
+        sigma_v: FloatArray | None = None,
+    ) -> Chemistry:
+        """A copy counting with this cell's own OCV table (``sigma_v``: its 1-sigma per point,
+        for a learned one); the plateau regions are re-derived from its slope (below 1 mV per
+        %, where 4 mV of model error is > 4 % of SOC)."""
         soc, ocv = check_ocv_table(soc_pct, ocv_v)
         slope = np.diff(ocv) / np.diff(soc)
         return dataclasses.replace(
@@ -118,6 +128,7 @@ class Chemistry:
             ocv_v=tuple(float(x) for x in ocv),
             ocv_flat_regions_pct=flat_regions(soc, slope, FLAT_SLOPE_V_PER_PCT),
             ocv_source=source,
+            ocv_sigma_v=() if sigma_v is None else tuple(float(x) for x in sigma_v),
         )
 
 

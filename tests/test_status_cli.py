@@ -97,6 +97,23 @@ def test_status_units_are_consistent(make_config):
     )
 
 
+def test_status_says_where_the_ocv_curve_comes_from(make_config):
+    """A learned OCV curve is named with how well the rests fit it; a preset just by name."""
+    config = make_config()
+    store = Store(load_config(config).storage.path)
+    for k, (source, residual) in enumerate((("preset", None), ("learned", 0.00214))):
+        store.commit_cycle(Cycle(
+            reading=Reading("rack-1", ts_ms=now_ms() + k, pack_voltage_v=52.0,
+                            pack_current_a=1.0),
+            diagnosis={"device_id": "rack-1", "ts_ms": now_ms() + k, "soc_pct": 45.2,
+                       "ocv_source": source, "ocv_fit_residual_v": residual},
+        ))  # fmt: skip
+        line = next(x for x in status(config).splitlines() if "diagnosis:" in x)
+        expected = "OCV preset" if source == "preset" else "OCV learned (rests fit to 2.1 mV)"
+        assert line.strip() == f"diagnosis: SOC 45.2 %, {expected}"
+    store.close()
+
+
 def test_status_shows_the_main_file_and_the_wal_apart(make_config, daemon, tmp_path):
     config = make_config()
     daemon(config).wait_for_log("first reading")

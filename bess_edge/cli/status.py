@@ -260,6 +260,14 @@ def _device_lines(d: dict[str, Any]) -> list[str]:
         shown[0] = shown[0].removesuffix(" %") + f" ± {sigma:.1f} %"
     if diagnosis.get("thermal_risk"):
         shown.append(f"thermal risk {diagnosis['thermal_risk']}")
+    if diagnosis.get("ocv_source"):
+        residual = diagnosis.get("ocv_fit_residual_v")
+        fit = (
+            f" (rests fit to {residual * 1000:.1f} mV)"
+            if isinstance(residual, int | float) and math.isfinite(residual)
+            else ""
+        )
+        shown.append(f"OCV {diagnosis['ocv_source']}{fit}")
     if shown:
         lines.append("    diagnosis: " + ", ".join(shown))
     if d["last_error"] and d["comms"] != "ok":

@@ -29,13 +29,16 @@ handed to the filter (``offset_learned``): never both ways at once, so no anchor
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
 from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V, ocv_table_error_v
 from bess_edge.model import FloatArray
+
+if TYPE_CHECKING:
+    from bess_edge.diagnostics.ocv_learn import LearnedOcv
 
 # Q is fitted once a chain of anchors spans at least 20 % SOC: shorter spans divide the anchors'
 # errors by too little charge.
@@ -64,8 +67,14 @@ class CapacityEstimator:
         self.nominal_capacity_ah = nominal_capacity_ah
         self.ah_counter = 0.0  # measured (not offset-corrected) charge since start [Ah]
         self.ah_sigma2 = 0.0  # variance of that integral since the last anchor [Ah²]
+        # Variance of the counter since start [Ah²]: the gain error and what sampling misses.
+        self.counter_var_ah2 = 0.0
+        self._last_current_a = math.nan
         self.chain = 0.0  # increments where the counter lost charge (a gap, a restart)
         self._rest_v = math.nan  # rested voltage, averaged over the settled part of this rest
+        # This rest's settled sample: (averaged voltage V, counter Ah, its variance since
+        # start Ah², time s, chain).
+        self.settled_rest: tuple[float, float, float, float, float] | None = None
         self._pending: FloatArray | None = None  # the anchor this rest will give
         self.anchors: FloatArray = np.zeros((0, 6))
         self.capacity_ah = math.nan
@@ -81,13 +90,19 @@ class CapacityEstimator:
             return
         eta = self.chemistry.coulombic_efficiency if current_a > 0 else 1.0
         self.ah_counter += eta * current_a * dt_s / 3600.0
-        self.ah_sigma2 += (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2
+        gain_var = (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2
+        self.ah_sigma2 += gain_var
+        # A poll sees one value of a current that may have changed many times since the last
+        # (regulation at 10-s setpoints polled every 30 s): up to half the step goes uncounted.
+        step = current_a - self._last_current_a if math.isfinite(self._last_current_a) else 0.0
+        self._last_current_a = current_a
+        self.counter_var_ah2 += gain_var + (0.5 * step * dt_s / 3600.0) ** 2
 
     def break_chain(self) -> None:
         """Charge went uncounted (a long gap, a restart): later anchors start a new chain."""
         self.chain += 1.0
         self._pending = None
-        self._rest_v = math.nan
+        self._rest_v, self.settled_rest = math.nan, None
 
     def observe_rest(self, rested_voltage_v: float, dt_s: float, ts_s: float) -> None:
         """Note a settled resting poll: the mean cell voltage [V] is taken as the OCV."""
@@ -98,9 +113,12 @@ class CapacityEstimator:
             self._rest_v += alpha * (rested_voltage_v - self._rest_v)
         else:
             self._rest_v = rested_voltage_v
+        self.settled_rest = (
+            self._rest_v, self.ah_counter, self.counter_var_ah2, ts_s, self.chain
+        )  # fmt: skip
         soc = float(self.chemistry.soc_from_ocv(self._rest_v))
         slope = float(self.chemistry.docv_dsoc(soc))
-        error_v = math.hypot(OCV_MODEL_ERROR_V, ocv_table_error_v(self.chemistry))
+        error_v = math.hypot(OCV_MODEL_ERROR_V, float(ocv_table_error_v(self.chemistry, soc)))
         if slope <= 0 or error_v / slope > MAX_ANCHOR_SIGMA_PCT:
             self._pending = None
             return
@@ -122,7 +140,7 @@ class CapacityEstimator:
         SOC filter's estimate), the prior of the fit.
         """
         pending, self._pending = self._pending, None
-        self._rest_v = math.nan
+        self._rest_v, self.settled_rest = math.nan, None
         if pending is None:
             return False
         self.anchors = np.vstack([self.anchors, pending])[-MAX_ANCHORS:]
@@ -140,6 +158,18 @@ class CapacityEstimator:
             -MAX_HISTORY:
         ]
         return True
+
+    def adopt(self, fit: LearnedOcv, ts_s: float, equivalent_full_cycles: float) -> None:
+        """Take Q and b from the learned-OCV fit: it solved for them together with the curve
+        that gives the anchors their SOC, which a fit on those SOCs alone would count twice."""
+        self.capacity_ah, self.capacity_sigma_ah = fit.capacity_ah, fit.capacity_sigma_ah
+        self.offset_a, self.offset_sigma_a = fit.offset_a, fit.offset_sigma_a
+        self.offset_learned = False  # its prior was the rests' offset, which the filter has
+        row = np.array([ts_s, equivalent_full_cycles, fit.capacity_ah])
+        if self.history.size and self.history[-1, 0] == ts_s:
+            self.history[-1] = row
+        else:
+            self.history = np.vstack([self.history, row])[-MAX_HISTORY:]
 
     def state(self) -> dict[str, Any]:
         return {
@@ -168,7 +198,7 @@ class CapacityEstimator:
         # else: a blob from before anchors were kept (pairs of offset-corrected charge); the
         # capacity and its history carry over, the anchors start afresh.
         self._pending = None
-        self._rest_v = math.nan
+        self._rest_v, self.settled_rest = math.nan, None
 
 
 def fit_capacity_wtls(

@@ -110,7 +110,7 @@ class CellCapacity:
         soc = np.where(np.isfinite(rest_v) & ~flat, soc, np.nan)
         slope = np.maximum(np.asarray(chemistry.docv_dsoc(soc), dtype=np.float64), 1e-6)
         mean = float(np.nanmean(soc)) if np.isfinite(soc).any() else math.nan
-        table_v = ocv_table_error_v(chemistry)
+        table_v = float(ocv_table_error_v(chemistry, mean if math.isfinite(mean) else 50.0))
         shape = table_v * np.abs(soc - mean) / SHAPE_SPAN_PCT
         var = (CELL_OCV_ERROR_V**2 + shape**2) / slope**2
         mean_slope = max(float(chemistry.docv_dsoc(mean)), 1e-6) if math.isfinite(mean) else 1.0

@@ -38,6 +38,8 @@ class Diagnosis:
     current_offset_uncertainty_a: float = NAN
     # Where the OCV table came from: preset, config, file (commissioning), learned.
     ocv_source: str = "preset"
+    # RMS of the settled rests around a learned OCV curve (NaN unless ocv_source is learned).
+    ocv_fit_residual_v: float = NAN
     # Capacity and health.
     capacity_ah: float = NAN  # estimated, NaN until two rested SOC points were seen
     capacity_uncertainty_ah: float = NAN

@@ -26,6 +26,7 @@ from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.electrode import ElectrodeWindows
 from bess_edge.diagnostics.electrode_tracker import ElectrodeReference, ElectrodeTracker
 from bess_edge.diagnostics.numeric import finite_max, finite_mean, finite_median
+from bess_edge.diagnostics.ocv_learn import LearnedOcv, OcvLearner
 from bess_edge.diagnostics.quality import CleanInputs, QualityMonitor, check_soc_agreement
 from bess_edge.diagnostics.resistance import (
     ResistanceEstimator,
@@ -113,6 +114,8 @@ class Diagnostician:
         self.series_cells = 0  # learned from the first reading
         self.rest = RestTracker(capacity_ah)
         self.electrode = ElectrodeTracker(chemistry, electrode_reference)
+        # The cell's own OCV is learned unless a measured table (file, config) was given.
+        self.ocv_learner = OcvLearner(chemistry) if chemistry.ocv_source == "preset" else None
         # Estimator warnings by topic (offset on its bound, offset of the wrong sign, ...).
         self.warnings: dict[str, str] = {}
         self._last_ts_ms: int | None = None
@@ -120,8 +123,8 @@ class Diagnostician:
         self._last_current_a = 0.0
         self._outlook_cache: _Outlook | None = None
 
-    def _build_cells(self, count: int, sensors: int) -> _Cells:
-        chem, cap = self.chemistry, self.nominal_capacity_ah
+    def _build_cells(self, count: int, sensors: int, chem: Chemistry | None = None) -> _Cells:
+        chem, cap = chem or self.chemistry, self.nominal_capacity_ah
         return _Cells(
             count=count,
             sensors=sensors,
@@ -195,6 +198,8 @@ class Diagnostician:
         self._step_resistance(dt_s, inputs, cell_temps, mean_temp)
 
         diagnosis = Diagnosis(self.device_id, reading.ts_ms, ocv_source=self.chemistry.ocv_source)
+        if self.chemistry.ocv_source == "learned" and self.learned_ocv is not None:
+            diagnosis.ocv_fit_residual_v = self.learned_ocv.residual_v
         self._track_rest(dt_s, current, battery_ms)
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
@@ -370,12 +375,46 @@ class Diagnostician:
             offset, offset_sigma = soc.bias_a, soc.bias_sigma_a
         else:
             offset, offset_sigma = 0.0, INITIAL_BIAS_SIGMA_C * self.nominal_capacity_ah
+        settled = self.capacity.settled_rest
         if self.capacity.end_rest(
             ts_ms / 1000.0, self.cycles.equivalent_full_cycles, offset, offset_sigma
         ):
             log.info("%s: capacity refitted to %.2f Ah", self.device_id, self.capacity_ah)
             if self.capacity.offset_learned and soc.initialised:
                 soc.assume_bias(self.capacity.offset_a, self.capacity.offset_sigma_a)
+        self._learn_ocv(settled, offset, offset_sigma, ts_ms / 1000.0)
+
+    def _learn_ocv(
+        self,
+        settled: tuple[float, float, float, float, float] | None,
+        offset_a: float,
+        offset_sigma_a: float,
+        ts_s: float,
+    ) -> None:
+        """Refit the learned OCV with this rest; once it stands, every estimator counts with
+        it and the capacity is the joint fit's."""
+        learner = self.ocv_learner
+        if learner is None:
+            return
+        label = (self.nominal_capacity_ah, LABEL_CAPACITY_REL_SIGMA * self.nominal_capacity_ah)
+        if learner.end_rest(settled, label, (offset_a, offset_sigma_a)):
+            chemistry = learner.chemistry()
+            if chemistry is not None:
+                self._use_chemistry(chemistry)
+        if learner.fit is not None and self.chemistry.ocv_source == "learned":
+            self.capacity.adopt(learner.fit, ts_s, self.cycles.equivalent_full_cycles)
+
+    def _use_chemistry(self, chemistry: Chemistry) -> None:
+        """Count with another OCV table from now on; the estimators keep their state."""
+        self.chemistry = chemistry
+        self.string_soc.use_chemistry(chemistry)
+        self.cells.soc.use_chemistry(chemistry)
+        self.capacity.chemistry = chemistry
+
+    @property
+    def learned_ocv(self) -> LearnedOcv | None:
+        """The cell's learned OCV curve with its posterior sigma per knot (None before one)."""
+        return self.ocv_learner.fit if self.ocv_learner is not None else None
 
     def _check_offset_bound(self) -> None:
         """An offset on its bound is reported and the SOC it integrates is trusted less."""
@@ -431,6 +470,11 @@ class Diagnostician:
     ) -> None:
         # The capacity fit learns the offset from its anchors: it counts the measured current.
         self.capacity.integrate(current, dt_s)
+        if self.ocv_learner is not None:
+            self.ocv_learner.observe(
+                corrected, string_v, self.capacity.ah_counter, ts_ms / 1000.0,
+                self.capacity.chain, self.nominal_capacity_ah,
+            )  # fmt: skip
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else math.nan
         if self.settled:
             self.capacity.observe_rest(string_v, dt_s, ts_ms / 1000.0)
@@ -597,6 +641,8 @@ class Diagnostician:
             "thermal": c.thermal.state(),
             "electrode": self.electrode.state(),
         }
+        if self.ocv_learner is not None:
+            parts["ocv_learn"] = self.ocv_learner.state()
         return persist.pack(header, parts)
 
     def restore_state(self, data: bytes) -> None:
@@ -605,9 +651,10 @@ class Diagnostician:
             header, parts = persist.unpack(data)
             if header.get("chemistry") != self.chemistry.name:
                 raise ValueError(f"state is for chemistry {header.get('chemistry')!r}")
-            cells = self._build_cells(int(header["cells"]), int(header["sensors"]))
-            string_soc = SocFilter(self.chemistry, 1, estimate_bias=True)
-            capacity = CapacityEstimator(self.chemistry, self.nominal_capacity_ah)
+            learner, chem = self._restored_learner(parts)
+            cells = self._build_cells(int(header["cells"]), int(header["sensors"]), chem)
+            string_soc = SocFilter(chem, 1, estimate_bias=True)
+            capacity = CapacityEstimator(chem, self.nominal_capacity_ah)
             cycles = CycleLife(self.chemistry, self.nominal_capacity_ah)
             string_soc.load(parts["string_soc"])
             capacity.load(parts["capacity"])
@@ -630,6 +677,7 @@ class Diagnostician:
             log.warning("%s: ignoring saved diagnostics state: %s", self.device_id, exc)
             return
         string_soc.initialised, cells.soc.initialised = string_init, cells_init
+        self.chemistry, self.ocv_learner = chem, learner
         self.string_soc, self.capacity, self.cycles, self.cells = (
             string_soc,
             capacity,
@@ -646,6 +694,17 @@ class Diagnostician:
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()
+
+    def _restored_learner(self, parts: dict[str, dict[str, Any]]) -> tuple[Any, Chemistry]:
+        """The OCV learner of a saved state and the chemistry to count with: its learned curve,
+        or the one this Diagnostician was made with (blobs from before learning have none; a
+        measured table from config wins over a learned one)."""
+        if self.ocv_learner is None:
+            return None, self.chemistry
+        learner = OcvLearner(self.ocv_learner.preset)
+        if "ocv_learn" in parts:
+            learner.load(parts["ocv_learn"])
+        return learner, learner.chemistry() or self.ocv_learner.preset
 
 
 def _same_inputs(a: tuple[FloatArray, float, float], b: tuple[FloatArray, float, float]) -> bool:

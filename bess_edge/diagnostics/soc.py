@@ -35,12 +35,17 @@ OCV_MODEL_ERROR_V = 0.004
 # 60 mV as the sigma of a preset: with 30 mV the truth was within 2σ 20-57 % of the time on the
 # NMC/NCA cells of the accuracy benchmark, with 60 mV 60-100 %. A commissioning table measured
 # on the cell is good to the 4 mV above.
+# A learned table carries its own sigma per point (the fit's posterior, ocv_learn.py).
 OCV_TABLE_ERROR_V = {"preset": 0.060, "config": 0.010, "file": 0.0, "learned": 0.0}
 
 
-def ocv_table_error_v(chemistry: Chemistry) -> float:
-    """Bias [V] of the chemistry's OCV table for this cell, by where the table came from."""
-    return OCV_TABLE_ERROR_V.get(chemistry.ocv_source, OCV_TABLE_ERROR_V["preset"])
+def ocv_table_error_v(chemistry: Chemistry, soc_pct: FloatArray | float = 50.0) -> FloatArray:
+    """Bias [V] of the chemistry's OCV table for this cell at a SOC [%]: a learned table's
+    posterior sigma there, else a constant by where the table came from."""
+    if chemistry.ocv_sigma_v:
+        return np.asarray(np.interp(soc_pct, chemistry.ocv_soc_pct, chemistry.ocv_sigma_v))
+    error = OCV_TABLE_ERROR_V.get(chemistry.ocv_source, OCV_TABLE_ERROR_V["preset"])
+    return np.full(np.shape(soc_pct), error)
 
 
 def in_flat_region(regions: tuple[tuple[float, float], ...], soc_pct: FloatArray) -> BoolArray:
@@ -91,11 +96,15 @@ class SocFilter:
     """A bank of EKFs, one per channel, advanced together with numpy (no loop over cells)."""
 
     def __init__(self, chemistry: Chemistry, channels: int, estimate_bias: bool) -> None:
-        self.chemistry = chemistry
         self.states = 3 if estimate_bias else 2
         self.x: FloatArray = np.zeros((channels, self.states))
         self.p: FloatArray = np.zeros((channels, self.states, self.states))
         self.initialised = False
+        self.use_chemistry(chemistry)
+
+    def use_chemistry(self, chemistry: Chemistry) -> None:
+        """Count with another OCV table from now on (a learned one); the state is kept."""
+        self.chemistry = chemistry
         soc = np.asarray(chemistry.ocv_soc_pct)
         self._slope_soc = soc
         slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
@@ -103,7 +112,9 @@ class SocFilter:
         # sorts last: the top segment's slope).
         self._slopes_padded = np.concatenate([slopes[:1], slopes, slopes[-1:]])
         self._flat = chemistry.ocv_flat_regions_pct
-        self._table_error_v = ocv_table_error_v(chemistry)
+        # A learned table's error depends on SOC (interpolated per poll); others' is a constant.
+        self._table_sigma = bool(chemistry.ocv_sigma_v)
+        self._table_error_v = float(ocv_table_error_v(chemistry))
 
     @property
     def channels(self) -> int:
@@ -210,9 +221,14 @@ class SocFilter:
         p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt
         self.p = p
         x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 100.0)  # np.clip's wrapper costs more
-        if self._table_error_v > 0 and use.any():
+        if (self._table_sigma or self._table_error_v > 0) and use.any():
             # Where the voltage just moved SOC, SOC is no better known than the table.
-            floor = np.where(use, (self._table_error_v / slope) ** 2, 0.0)
+            error_v = (
+                ocv_table_error_v(self.chemistry, np.where(use, z, 50.0))
+                if self._table_sigma
+                else self._table_error_v
+            )
+            floor = np.where(use, (error_v / slope) ** 2, 0.0)
             p[:, 0, 0] = np.maximum(p[:, 0, 0], np.minimum(floor, prior_var))
         if states == 3:
             limit = BIAS_LIMIT_C * capacity_ah

@@ -1,0 +1,373 @@
+"""The cell's own OCV curve, learned on the device from settled rests and full-charge anchors.
+
+A preset curve is a published cell's; the cell on site differs by tens of mV, a bias that
+averaging cannot remove and that keeps SOC and capacity from converging. The rests measure the
+cell's curve, but only against a SOC scale that itself depends on the unknowns: the charge
+counter between rests holds the capacity ``Q``, the sensor's offset ``b`` and an unknown zero
+``c`` per chain of uninterrupted counting. So the curve, Q, b and the zeros are fitted jointly
+(SOC ``s`` in %, counter ``A`` in Ah, time ``h`` in hours since the newest rest):
+
+    s_k = 100 (A_k - b h_k - c_chain) / Q
+    V_k = preset(s_k) + d(s_k) + e_k         settled rest k, e_k the rest's model error
+    100 = 100 (A_f - b h_f - c_chain) / Q    a calibration charge: upper limit with CV taper
+
+``d`` is a correction, piecewise linear on the preset's own knots, with the preset's table error
+as its prior (widened where the curve is steep, since there the error is a shift of the curve
+in SOC), and a smoothness prior on its change of slope; Q's prior is the label with its 10 %,
+b's the offset the rests measured. Regularised Gauss-Newton (Levenberg-damped) finds the most
+probable set; its posterior covariance says how well each knot of the curve is known, which
+is what the SOC filter and the capacity anchors then count with instead of a constant. Any
+curve can be fitted this way (no library of cells is assumed), and with no rest near a knot
+its uncertainty stays the prior's.
+
+The fit runs at the end of a rest (a few ms: a dozen knots, a few chains), never per poll.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.soc import ocv_table_error_v
+from bess_edge.model import FloatArray
+
+# Rest columns: rested voltage V, charge counter Ah, its variance Ah², time s, chain.
+V, AH, AH_VAR, TIME, CHAIN = range(5)
+# Anchor columns: SOC %, its variance, charge counter Ah, time s, chain.
+A_SOC, A_SOC_VAR, A_AH, A_TIME, A_CHAIN = range(5)
+# A settled rest's voltage is the OCV to within this [V]: the residual relaxation after
+# 30 min, the cell monitor's 1 mV and the 1-RC model's misfit (as OCV_MODEL_ERROR_V in soc.py).
+REST_ERROR_V = 0.004
+# Where the preset is steep its error is a shift of the curve along SOC rather than in volts:
+# the prior of each knot is the table error or this shift times the local slope, the larger.
+PRIOR_SHIFT_PCT = 5.0
+# Smoothness: the correction's slope may change between neighbouring segments by this [V/%]
+# (1 sigma), plus a share of the preset's own change of slope there: the cells of the accuracy
+# benchmark differ from their presets by corrections whose slope changes by a few mV/% over
+# 10 % of SOC, and by more at the knees, where a knee at another SOC bends the difference.
+CURVATURE_SIGMA_V_PER_PCT = 0.002
+CURVATURE_SHARE = 0.5
+MAX_ITERATIONS = 40
+
+
+@dataclass(frozen=True)
+class LearnedOcv:
+    """A fitted curve on the preset's knots with its posterior, and the counter's unknowns."""
+
+    soc_pct: FloatArray
+    ocv_v: FloatArray
+    sigma_v: FloatArray  # posterior 1-sigma of the curve at each knot
+    residual_v: float  # RMS of the rests around the curve
+    capacity_ah: float
+    capacity_sigma_ah: float
+    offset_a: float
+    offset_sigma_a: float
+    rests: int
+
+
+def knot_prior_sigma_v(soc_pct: FloatArray, ocv_v: FloatArray, table_error_v: float) -> FloatArray:
+    """Prior sigma [V] of each knot of a preset: its table error, or a shift of
+    PRIOR_SHIFT_PCT along SOC at the local slope where that is larger."""
+    slopes = np.abs(np.diff(ocv_v) / np.diff(soc_pct))
+    local = np.maximum(np.concatenate([slopes[:1], slopes]), np.concatenate([slopes, slopes[-1:]]))
+    return np.hypot(table_error_v, PRIOR_SHIFT_PCT * local)
+
+
+class _Problem:
+    """Residuals and Jacobian of the joint fit, whitened (each residual in its sigmas)."""
+
+    def __init__(
+        self,
+        knots: FloatArray,
+        prior_ocv: FloatArray,
+        prior_sigma: FloatArray,
+        rests: FloatArray,
+        anchors: FloatArray,
+        q_prior: tuple[float, float],
+        b_prior: tuple[float, float],
+    ) -> None:
+        self.knots, self.ocv0, self.sigma0 = knots, prior_ocv, prior_sigma
+        self.k = knots.size
+        self.dk = np.diff(knots)
+        t_ref = float(np.max(np.concatenate([rests[:, TIME], anchors[:, A_TIME]])))
+        chains, index = np.unique(
+            np.concatenate([rests[:, CHAIN], anchors[:, A_CHAIN]]), return_inverse=True
+        )
+        self.chains = chains.size
+        self.rest_chain, self.anchor_chain = index[: rests.shape[0]], index[rests.shape[0] :]
+        self.v, self.ah, self.ah_var = rests[:, V], rests[:, AH], rests[:, AH_VAR]
+        self.hours = (rests[:, TIME] - t_ref) / 3600.0
+        self.a_soc, self.a_sigma = anchors[:, A_SOC], np.sqrt(anchors[:, A_SOC_VAR])
+        self.a_ah, self.a_hours = anchors[:, A_AH], (anchors[:, A_TIME] - t_ref) / 3600.0
+        self.q0, self.q_sigma = q_prior
+        self.b0, self.b_sigma = b_prior
+        self.n = self.k + 2 + self.chains
+        # Change of slope between neighbouring segments, as a matrix on d.
+        curv = np.zeros((max(self.k - 2, 0), self.k))
+        for j in range(self.k - 2):
+            curv[j, j] = 1.0 / self.dk[j]
+            curv[j, j + 1] = -1.0 / self.dk[j] - 1.0 / self.dk[j + 1]
+            curv[j, j + 2] = 1.0 / self.dk[j + 1]
+        bend = np.abs(curv @ prior_ocv)
+        self.curv = curv / np.hypot(CURVATURE_SIGMA_V_PER_PCT, CURVATURE_SHARE * bend)[:, None]
+
+    def initial(self) -> FloatArray:
+        """d = 0, Q and b at their priors, each chain's zero from the preset's SOC."""
+        theta = np.zeros(self.n)
+        theta[self.k], theta[self.k + 1] = self.q0, self.b0
+        soc = np.interp(self.v, self.ocv0, self.knots)
+        zero_r = self.ah - self.b0 * self.hours - self.q0 * soc / 100.0
+        zero_a = self.a_ah - self.b0 * self.a_hours - self.q0 * self.a_soc / 100.0
+        for c in range(self.chains):
+            from_anchor = zero_a[self.anchor_chain == c]
+            values = from_anchor if from_anchor.size else zero_r[self.rest_chain == c]
+            theta[self.k + 2 + c] = float(np.median(values))
+        return theta
+
+    def curve(
+        self, theta: FloatArray, soc: FloatArray
+    ) -> tuple[FloatArray, FloatArray, Any, FloatArray]:
+        """g(s), its slope, the segment index and the weight of its upper knot (linear
+        extrapolation beyond the ends, so the derivatives stay valid there)."""
+        table = self.ocv0 + theta[: self.k]
+        idx = np.clip(np.searchsorted(self.knots, soc, side="right") - 1, 0, self.k - 2)
+        w = (soc - self.knots[idx]) / self.dk[idx]
+        slope = (table[idx + 1] - table[idx]) / self.dk[idx]
+        return table[idx] + slope * (soc - self.knots[idx]), slope, idx, w
+
+    def residuals(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        k, n = self.k, self.n
+        q, b = theta[k], theta[k + 1]
+        zero = theta[k + 2 :]
+        soc = 100.0 * (self.ah - b * self.hours - zero[self.rest_chain]) / q
+        g, slope, idx, w = self.curve(theta, soc)
+        sigma = np.sqrt(REST_ERROR_V**2 + (slope * 100.0 / q) ** 2 * self.ah_var)
+        rows = [(self.v - g) / sigma]
+        jac = np.zeros((soc.size, n))
+        jac[np.arange(soc.size), idx] = -(1.0 - w) / sigma
+        jac[np.arange(soc.size), idx + 1] = -w / sigma
+        ds = -slope / sigma  # d r / d s
+        jac[:, k] = ds * (-soc / q)
+        jac[:, k + 1] = ds * (-100.0 * self.hours / q)
+        jac[np.arange(soc.size), k + 2 + self.rest_chain] = ds * (-100.0 / q)
+        jacs = [jac]
+        a_soc = 100.0 * (self.a_ah - b * self.a_hours - zero[self.anchor_chain]) / q
+        rows.append((a_soc - self.a_soc) / self.a_sigma)
+        ja = np.zeros((a_soc.size, n))
+        ja[:, k] = -a_soc / q / self.a_sigma
+        ja[:, k + 1] = -100.0 * self.a_hours / q / self.a_sigma
+        ja[np.arange(a_soc.size), k + 2 + self.anchor_chain] = -100.0 / q / self.a_sigma
+        jacs.append(ja)
+        d = theta[:k]
+        prior = np.zeros((k, n))
+        prior[:, :k] = np.diag(1.0 / self.sigma0)
+        rows += [d / self.sigma0, self.curv @ d]
+        smooth = np.zeros((self.curv.shape[0], n))
+        smooth[:, :k] = self.curv
+        scalar = np.zeros((2, n))
+        scalar[0, k], scalar[1, k + 1] = 1.0 / self.q_sigma, 1.0 / self.b_sigma
+        rows.append(np.array([(q - self.q0) / self.q_sigma, (b - self.b0) / self.b_sigma]))
+        jacs += [prior, smooth, scalar]
+        return np.concatenate(rows), np.vstack(jacs)
+
+
+def fit_learned_ocv(
+    knots: FloatArray,
+    prior_ocv: FloatArray,
+    prior_sigma: FloatArray,
+    rests: FloatArray,
+    anchors: FloatArray,
+    q_prior: tuple[float, float],
+    b_prior: tuple[float, float],
+) -> LearnedOcv | None:
+    """The most probable curve, Q and b given the rests and anchors (columns above) and the
+    priors (value, sigma); None if the data cannot carry a fit (fewer than two rests)."""
+    if rests.shape[0] < 2:
+        return None
+    problem = _Problem(knots, prior_ocv, prior_sigma, rests, anchors, q_prior, b_prior)
+    theta = problem.initial()
+    r, jac = problem.residuals(theta)
+    cost, damping = float(r @ r), 1e-3
+    for _ in range(MAX_ITERATIONS):
+        hess, grad = jac.T @ jac, jac.T @ r
+        step = np.linalg.solve(hess + damping * np.diag(np.diag(hess) + 1e-12), -grad)
+        trial = theta + step
+        if not trial[problem.k] > 0.1 * problem.q0:
+            damping *= 10.0
+            continue
+        r_new, jac_new = problem.residuals(trial)
+        cost_new = float(r_new @ r_new)
+        if cost_new <= cost:
+            theta, r, jac = trial, r_new, jac_new
+            done = cost - cost_new < 1e-9 * max(cost, 1.0)
+            cost, damping = cost_new, max(damping / 3.0, 1e-9)
+            if done:
+                break
+        else:
+            damping *= 5.0
+            if damping > 1e8:
+                break
+    hess = jac.T @ jac
+    try:
+        cov = np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return None
+    # Rests scattered wider than their assumed error mean the model misses something (a curve
+    # the correction cannot follow, hysteresis): the posterior widens by the ratio (Birge).
+    rest_r = r[: problem.v.size]
+    cov *= max(1.0, float(np.mean(rest_r**2)))
+    k = problem.k
+    q = float(theta[k])
+    soc = 100.0 * (problem.ah - theta[k + 1] * problem.hours - theta[k + 2 :][problem.rest_chain])
+    misfit = problem.v - problem.curve(theta, soc / q)[0]
+    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return LearnedOcv(
+        soc_pct=knots.copy(),
+        ocv_v=prior_ocv + theta[:k],
+        sigma_v=sd[:k],
+        residual_v=float(math.sqrt(float(np.mean(misfit**2)))),
+        capacity_ah=q,
+        capacity_sigma_ah=float(sd[k]),
+        offset_a=float(theta[k + 1]),
+        offset_sigma_a=float(sd[k + 1]),
+        rests=int(rests.shape[0]),
+    )
+
+
+# A charge has reached full when it tapers (at most C/10, a CV phase or a BMS's last steps)
+# within 30 mV of the upper voltage limit; a discharge at most C/10 within 0.1 V of the lower
+# limit has reached empty (the empty knee is steeper: 40-70 mV per % on the presets). The
+# counter there is 100 % (0 %) SOC to within the sigma: a BMS ends its taper between C/20 and
+# C/50, 98.5-100 % of a cell's capacity.
+LIMIT_TAPER_C = 0.1
+FULL_MARGIN_V = 0.03
+EMPTY_MARGIN_V = 0.1
+LIMIT_SOC_SIGMA_PCT = 1.5
+# Charging, not a rest read through an offset: at least this [fraction of 1C] after the offset.
+LIMIT_MIN_C = 0.01
+# The curve replaces the preset once this many settled rests are in the fit.
+MIN_RESTS = 3
+# About a month of daily cycling: the curve and Q move slowly with ageing, so old rests go.
+MAX_RESTS = 120
+MAX_ANCHORS = 30
+SCHEMA = 1  # of the learner's saved state; a learned curve also counts its revisions
+
+
+class OcvLearner:
+    """Collects settled rests and limit anchors; refits the curve, Q and b at each rest end."""
+
+    def __init__(self, preset: Chemistry) -> None:
+        self.preset = preset
+        self.knots = np.asarray(preset.ocv_soc_pct, dtype=np.float64)
+        self.prior_ocv = np.asarray(preset.ocv_v, dtype=np.float64)
+        self.prior_sigma = knot_prior_sigma_v(
+            self.knots, self.prior_ocv, float(ocv_table_error_v(preset))
+        )
+        self.rests: FloatArray = np.zeros((0, 5))
+        self.anchors: FloatArray = np.zeros((0, 5))
+        self.fit: LearnedOcv | None = None
+        self.revision = 0  # how many times the curve was refitted
+        self._limit: FloatArray | None = None  # the newest limit sample of this charge
+        self._last_rest: tuple[float, float] | None = None  # chain, counter variance there
+
+    def observe(
+        self,
+        corrected_current_a: float,
+        voltage_v: float,
+        counter_ah: float,
+        ts_s: float,
+        chain: float,
+        capacity_ah: float,
+    ) -> None:
+        """One poll (a few comparisons): note the counter where a taper meets a limit."""
+        amps = abs(corrected_current_a)
+        if not (LIMIT_MIN_C * capacity_ah <= amps <= LIMIT_TAPER_C * capacity_ah):
+            return
+        chem = self.preset
+        if corrected_current_a > 0 and voltage_v >= chem.cell_voltage_max_v - FULL_MARGIN_V:
+            soc = 100.0
+        elif corrected_current_a < 0 and voltage_v <= chem.cell_voltage_min_v + EMPTY_MARGIN_V:
+            soc = 0.0
+        else:
+            return
+        self._limit = np.array([soc, LIMIT_SOC_SIGMA_PCT**2, counter_ah, ts_s, chain])
+
+    def end_rest(
+        self,
+        rest: tuple[float, float, float, float, float] | None,
+        q_prior: tuple[float, float],
+        b_prior: tuple[float, float],
+    ) -> bool:
+        """A rest ended; ``rest`` is its settled (voltage V, counter Ah, the counter's variance
+        since start Ah², time s, chain) or None. Refits with Q's and b's priors (value, sigma);
+        True if a new curve was fitted."""
+        new = False
+        if self._limit is not None:
+            self.anchors = np.vstack([self.anchors, self._limit])[-MAX_ANCHORS:]
+            self._limit, new = None, True
+        if rest is not None and all(math.isfinite(x) for x in rest):
+            v, ah, var, ts, chain = rest
+            last, self._last_rest = self._last_rest, (chain, var)
+            row = [v, ah, var - last[1] if last and last[0] == chain else 0.0, ts, chain]
+            self.rests = np.vstack([self.rests, row])[-MAX_RESTS:]
+            new = True
+        if not new or self.rests.shape[0] < MIN_RESTS:
+            return False
+        fit = fit_learned_ocv(
+            self.knots, self.prior_ocv, self.prior_sigma, self.rests, self.anchors,
+            q_prior, b_prior,
+        )  # fmt: skip
+        if fit is None or not (np.isfinite(fit.ocv_v).all() and np.isfinite(fit.sigma_v).all()):
+            return False
+        self.fit, self.revision = fit, self.revision + 1
+        return True
+
+    def chemistry(self) -> Chemistry | None:
+        """The preset with the learned curve and its sigma (None before a fit, or if the fit
+        is not a usable table)."""
+        if self.fit is None:
+            return None
+        # Strictly rising (a plateau's knots may swap within their noise): a µV per knot.
+        ocv = np.maximum.accumulate(self.fit.ocv_v + np.arange(self.knots.size) * 1e-6)
+        try:
+            return self.preset.with_ocv_table(self.knots, ocv, "learned", self.fit.sigma_v)
+        except ValueError:
+            return None
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": np.array([SCHEMA, self.revision]),
+            "rests": self.rests,
+            "anchors": self.anchors,
+            "limit": np.zeros((0, 5)) if self._limit is None else self._limit[None, :],
+        }
+        if self.fit is not None:
+            f = self.fit
+            out["curve"] = np.vstack([f.soc_pct, f.ocv_v, f.sigma_v])
+            out["fit"] = np.array(
+                [f.residual_v, f.capacity_ah, f.capacity_sigma_ah, f.offset_a,
+                 f.offset_sigma_a, f.rests],
+            )  # fmt: skip
+        return out
+
+    def load(self, state: dict[str, Any]) -> None:
+        schema, revision = (int(x) for x in state["schema"])
+        if schema != SCHEMA:
+            raise ValueError(f"learned OCV state schema {schema}, expected {SCHEMA}")
+        rests = np.asarray(state["rests"], dtype=np.float64).reshape(-1, 5)
+        anchors = np.asarray(state["anchors"], dtype=np.float64).reshape(-1, 5)
+        fit = None
+        if "curve" in state:
+            curve = np.asarray(state["curve"], dtype=np.float64)
+            if curve.shape != (3, self.knots.size) or not np.allclose(curve[0], self.knots):
+                raise ValueError("learned OCV curve is not on this preset's knots")
+            r, q, q_sigma, b, b_sigma, n = (float(x) for x in state["fit"])
+            fit = LearnedOcv(curve[0], curve[1], curve[2], r, q, q_sigma, b, b_sigma, int(n))
+        self.rests, self.anchors, self.fit, self.revision = rests, anchors, fit, revision
+        limit = np.asarray(state.get("limit", np.zeros((0, 5))), dtype=np.float64)
+        self._limit = limit.reshape(5) if limit.size == 5 else None
+        self._last_rest = None

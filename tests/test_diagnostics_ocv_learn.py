@@ -1,0 +1,133 @@
+"""A cell nobody measured: its own OCV curve is learned from rests and a calibration charge."""
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+from bess_edge.drivers.sim import SimOptions, SimulatedString
+
+from bess_edge.chemistry import NMC
+from bess_edge.diagnostics import Diagnostician, persist
+
+LABEL_AH = 100.0
+TRUE_AH = 92.0  # an aged cell: 8 % below its label
+# A cell of the family whose curve the preset misses by up to 55 mV between 10 and 100 %
+# and by 200 mV at empty (as the PyBaMM cells of benchmarks/diagnostics_accuracy.py do), its
+# full end at the upper limit (4.2 V), its empty end at the lower one (2.8 V).
+CELL = NMC.with_overrides(
+    {
+        "ocv_v": tuple(
+            v + 0.045 * np.sin(np.pi * s / 100.0) + 0.02 * s / 100.0 - 0.2 * max(0, 1 - s / 10)
+            for s, v in zip(NMC.ocv_soc_pct, NMC.ocv_v, strict=True)
+        )
+    }
+)
+# (target SOC %, C-rate) legs, each followed by a rest of an hour: partial cycles, one
+# calibration charge (C/4 to 95 %, then C/20 until the BMS stops at full) and one deep
+# discharge (C/20 until the BMS stops at empty).
+LEGS = [
+    (50, -0.3), (20, -0.3), (80, 0.25), (35, -0.3), (60, 0.25), (15, -0.3),
+    (95, 0.25), (101, 0.05), (70, -0.3), (10, -0.3), (-1, -0.05), (30, 0.25),
+    (85, 0.25), (45, -0.3),
+]  # fmt: skip
+REST_S = 3600.0
+POLL_S = 30.0
+
+
+def _run(diag: Diagnostician, sim: SimulatedString, legs, start_ms: int = 0):
+    """Drive the simulated cell through the legs; the Diagnosis after each rest."""
+    t_ms, out = start_ms, []
+    for target, c_rate in legs:
+        sim.options.current_a = c_rate * TRUE_AH
+        while np.sign(c_rate) * (target - float(sim.soc.mean())) > 0:
+            t_ms += int(POLL_S * 1000)
+            sim.advance(POLL_S)
+            d = diag.update(sim.measure(t_ms, diag.device_id))
+            if sim.current_a == 0.0:
+                break  # the BMS stopped the charge at full
+        sim.options.current_a = 0.0
+        for _ in range(int(REST_S / POLL_S)):
+            t_ms += int(POLL_S * 1000)
+            sim.advance(POLL_S)
+            d = diag.update(sim.measure(t_ms, diag.device_id))
+        out.append(d)
+    return out, t_ms
+
+
+def _cell() -> SimulatedString:
+    options = SimOptions(
+        cells=1, profile="constant", seed=3, initial_soc_pct=55.0, capacity_spread_pct=0.0,
+        current_offset_a=0.8, soc_spread_pct=0.0,
+    )  # fmt: skip
+    return SimulatedString(options, CELL, TRUE_AH)
+
+
+def test_learned_ocv_converges_on_a_cell_unlike_its_preset():
+    sim = _cell()
+    diag = Diagnostician("cell", NMC, LABEL_AH)
+    diagnoses, _ = _run(diag, sim, LEGS)
+    d = diagnoses[-1]
+    learned = diag.learned_ocv
+    assert learned is not None and d.ocv_source == "learned"
+    grid = np.linspace(15.0, 100.0, 35)
+    truth = CELL.ocv(grid)
+    preset_error = np.abs(NMC.ocv(grid) - truth).max()
+    learned_error = np.abs(np.interp(grid, learned.soc_pct, learned.ocv_v) - truth).max()
+    sigma = np.interp(grid, learned.soc_pct, learned.sigma_v)
+    print(
+        f"max error 15-100 %: preset {1000 * preset_error:.0f} mV, learned "
+        f"{1000 * learned_error:.1f} mV; capacity {d.capacity_ah:.2f} ± "
+        f"{d.capacity_uncertainty_ah:.2f} Ah (true {TRUE_AH}); residual "
+        f"{1000 * d.ocv_fit_residual_v:.1f} mV"
+    )
+    assert preset_error > 0.04  # the preset is tens of mV off: the case being tested
+    assert learned_error < 0.015
+    assert np.all(np.abs(np.interp(grid, learned.soc_pct, learned.ocv_v) - truth) < 3 * sigma)
+    assert d.capacity_ah == pytest.approx(TRUE_AH, rel=0.03)
+    assert abs(d.capacity_ah - TRUE_AH) < 2.0 * d.capacity_uncertainty_ah
+    assert d.ocv_fit_residual_v < 0.005
+    assert abs(d.soc_pct - float(sim.soc.mean())) < 2.0
+
+
+def test_restart_keeps_the_learned_curve():
+    sim = _cell()
+    before = Diagnostician("cell", NMC, LABEL_AH)
+    _, t_ms = _run(before, sim, LEGS[:9])
+    assert before.learned_ocv is not None
+    after = Diagnostician("cell", NMC, LABEL_AH)
+    after.restore_state(before.export_state())
+    assert after.chemistry.ocv_source == "learned"
+    assert after.chemistry.ocv_v == before.chemistry.ocv_v
+    assert after.chemistry.ocv_sigma_v == before.chemistry.ocv_sigma_v
+    assert after.ocv_learner is not None and after.ocv_learner.revision > 1
+    twin = copy.deepcopy(sim)
+    d_after, _ = _run(after, sim, LEGS[9:10], t_ms)
+    d_before, _ = _run(before, twin, LEGS[9:10], t_ms)
+    assert d_after[-1].ocv_source == "learned"
+    # The restart lost only the rest it interrupted (its counter started a new chain).
+    assert d_after[-1].capacity_ah == pytest.approx(d_before[-1].capacity_ah, rel=0.02)
+    np.testing.assert_allclose(after.chemistry.ocv_v, before.chemistry.ocv_v, atol=0.005)
+
+
+def test_state_from_before_learning_still_loads(caplog):
+    sim = _cell()
+    diag = Diagnostician("cell", NMC, LABEL_AH)
+    _run(diag, sim, LEGS[:2])
+    header, parts = persist.unpack(diag.export_state())
+    parts.pop("ocv_learn")
+    old = persist.pack(header, parts)
+    restored = Diagnostician("cell", NMC, LABEL_AH)
+    with caplog.at_level(logging.WARNING):
+        restored.restore_state(old)
+    assert not caplog.records
+    assert restored.chemistry.ocv_source == "preset"
+    assert restored.string_soc.initialised
+
+
+def test_a_measured_table_wins_over_learning():
+    own = NMC.with_ocv_table(np.array(CELL.ocv_soc_pct), np.array(CELL.ocv_v), source="file")
+    diag = Diagnostician("cell", own, LABEL_AH)
+    diagnoses, _ = _run(diag, _cell(), LEGS[:4])
+    assert diag.ocv_learner is None
+    assert diagnoses[-1].ocv_source == "file"
