@@ -64,8 +64,13 @@ def test_weak_cell_is_named_within_a_bounded_time_with_a_preset_table():
     assert f"low-capacity cells [{WEAK_CELL}]" in d.balancing_recommendation
     ratio = d.cell_capacity_ratio
     assert ratio[WEAK_CELL] < 0.9 and np.all(np.delete(ratio, WEAK_CELL) > 0.97)
-    # Without the string's capacity (a preset's anchors are too unsure) no Ah are claimed.
-    assert np.isnan(d.capacity_ah) and np.isnan(d.cell_capacity_ah).all()
+    # The string's capacity comes from the curve learned on the preset's prior: claimed with
+    # the wide sigma that prior leaves, and the cells' Ah with it.
+    assert d.ocv_source == "learned" and d.capacity_uncertainty_ah > 0.03 * CAPACITY_AH
+    assert abs(d.capacity_ah - sim.capacity_ah.mean()) <= 2.0 * d.capacity_uncertainty_ah
+    assert np.all(
+        np.abs(d.cell_capacity_ah - sim.capacity_ah) <= 2.0 * d.cell_capacity_uncertainty_ah
+    )
 
 
 @pytest.fixture(scope="module")

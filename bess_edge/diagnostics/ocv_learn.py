@@ -216,20 +216,21 @@ def fit_learned_ocv(
         cov = np.linalg.inv(hess)
     except np.linalg.LinAlgError:
         return None
-    # Rests scattered wider than their assumed error mean the model misses something (a curve
-    # the correction cannot follow, hysteresis): the posterior widens by the ratio (Birge).
-    rest_r = r[: problem.v.size]
-    cov *= max(1.0, float(np.mean(rest_r**2)))
     k = problem.k
     q = float(theta[k])
     soc = 100.0 * (problem.ah - theta[k + 1] * problem.hours - theta[k + 2 :][problem.rest_chain])
     misfit = problem.v - problem.curve(theta, soc / q)[0]
+    # Rests scattered wider than a settled rest's error mean the model misses something (a
+    # curve the correction cannot follow, hysteresis, a counter that lost charge): the
+    # posterior widens by the ratio (Birge), in volts so counter noise cannot excuse it.
+    misfit_rms = float(np.sqrt(np.mean(misfit**2)))
+    cov *= max(1.0, float(np.mean(r[: problem.v.size] ** 2)), (misfit_rms / REST_ERROR_V) ** 2)
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     return LearnedOcv(
         soc_pct=knots.copy(),
         ocv_v=prior_ocv + theta[:k],
         sigma_v=sd[:k],
-        residual_v=float(math.sqrt(float(np.mean(misfit**2)))),
+        residual_v=misfit_rms,
         capacity_ah=q,
         capacity_sigma_ah=float(sd[k]),
         offset_a=float(theta[k + 1]),
