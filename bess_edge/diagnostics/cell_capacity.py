@@ -89,6 +89,8 @@ class CellCapacity:
         self.s_xy = np.zeros(cells)
         self.s_yy = np.zeros(cells)
         self.pairs = np.zeros(cells)  # forgetting-weighted count of pairs per cell
+        # result() for (capacity, sigma), read every poll, changed only by a pair or a load.
+        self._result: tuple[tuple[float, float], CellCapacityResult] | None = None
 
     def observe_rest(self, cell_voltage_v: FloatArray, dt_s: float) -> None:
         """A settled resting poll: each cell's voltage [V] is its OCV (NaN cells are skipped)."""
@@ -135,6 +137,7 @@ class CellCapacity:
         self.s_xy = PAIR_FORGETTING * self.s_xy + w * ref * y
         self.s_yy = PAIR_FORGETTING * self.s_yy + w * y**2
         self.pairs = PAIR_FORGETTING * self.pairs + ok
+        self._result = None
 
     def ratio_inverse(self) -> FloatArray:
         """u_k = Q/C_k per cell, NaN before MIN_PAIRS pairs."""
@@ -152,7 +155,21 @@ class CellCapacity:
         return np.hypot(fit, _robust_spread(u))
 
     def result(self, capacity_ah: float, capacity_sigma_ah: float) -> CellCapacityResult:
-        """Ratios, capacities [Ah] with ``capacity_ah`` ± sigma as the string's Q, weak cells."""
+        """Ratios, capacities [Ah] with ``capacity_ah`` ± sigma as the string's Q, weak cells;
+        computed again only when the pairs or the capacity changed (its arrays are read-only:
+        the Diagnoses until then share them)."""
+        key = (capacity_ah, capacity_sigma_ah)
+        cached = self._result
+        if cached is None or not all(
+            a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(cached[0], key, strict=True)
+        ):
+            result = self._compute_result(capacity_ah, capacity_sigma_ah)
+            for array in vars(result).values():
+                array.flags.writeable = False
+            cached = self._result = (key, result)
+        return cached[1]
+
+    def _compute_result(self, capacity_ah: float, capacity_sigma_ah: float) -> CellCapacityResult:
         u = self.ratio_inverse()
         sigma_u = np.where(np.isfinite(u), self.ratio_inverse_sigma(u), np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -181,6 +198,7 @@ class CellCapacity:
         self._anchor, self._anchor_var = anchor
         self._anchor_bias_var = float(np.asarray(state["bias_var"]).ravel()[0])
         self.s_xx, self.s_xy, self.s_yy, self.pairs = sums
+        self._result = None
 
 
 def _robust_spread(u: FloatArray) -> float:
