@@ -309,10 +309,10 @@ class Diagnostician:
     def _cell_counting_capacity_ah(self) -> FloatArray:
         """What each cell's filter counts with [Ah]: the string's capacity times the cell's
         measured ratio to it, once that ratio is known to 2 %."""
-        c = self.cells.capacity
-        u = c.ratio_inverse()
-        trusted = np.isfinite(u) & (c.ratio_inverse_sigma(u) < TRUSTED_CAPACITY_SIGMA)
-        return self.capacity_ah / np.where(trusted, u, 1.0)
+        cap = self.cells.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
+        with np.errstate(invalid="ignore"):
+            trusted = cap.ratio_sigma < TRUSTED_CAPACITY_SIGMA * cap.ratio  # False where NaN
+        return self.capacity_ah * np.where(trusted, cap.ratio, 1.0)
 
     def _initialise_soc(
         self, string_v: float, current: float, inputs: CleanInputs, r0_25: FloatArray
