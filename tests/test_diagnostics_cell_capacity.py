@@ -56,16 +56,16 @@ def test_weak_cell_is_named_within_a_bounded_time_with_a_preset_table():
     for reading in sim.readings(duration_s=14 * 3600, poll_s=30.0):
         d = diag.update(reading)
         assert set(d.weak_cells) <= {WEAK_CELL}, d.weak_cells
-        if d.weak_cells == [WEAK_CELL]:
+        if d.weak_cells == [WEAK_CELL] and named_after_h is None:
             named_after_h = reading.ts_ms / 3.6e6
-            break
     print(f"weak cell named after {named_after_h} h")
     assert named_after_h is not None and named_after_h <= 12.0
     assert f"low-capacity cells [{WEAK_CELL}]" in d.balancing_recommendation
     ratio = d.cell_capacity_ratio
     assert ratio[WEAK_CELL] < 0.9 and np.all(np.delete(ratio, WEAK_CELL) > 0.97)
-    # The string's capacity comes from the curve learned on the preset's prior: claimed with
-    # the wide sigma that prior leaves, and the cells' Ah with it.
+    # By the end of the run the string's capacity comes from the curve learned on the preset's
+    # prior (the ratios did not wait for it): claimed with the wide sigma that prior leaves,
+    # and the cells' Ah with it.
     assert d.ocv_source == "learned" and d.capacity_uncertainty_ah > 0.03 * CAPACITY_AH
     assert abs(d.capacity_ah - sim.capacity_ah.mean()) <= 2.0 * d.capacity_uncertainty_ah
     assert np.all(
