@@ -9,6 +9,8 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC
 from bess_edge.diagnostics import Diagnostician, persist
+from bess_edge.model import Reading
+from bess_edge.store import Cycle, Store
 
 LABEL_AH = 100.0
 TRUE_AH = 92.0  # an aged cell: 8 % below its label
@@ -90,13 +92,23 @@ def test_learned_ocv_converges_on_a_cell_unlike_its_preset():
     assert abs(d.soc_pct - float(sim.soc.mean())) < 2.0
 
 
-def test_restart_keeps_the_learned_curve():
+def test_restart_keeps_the_learned_curve(tmp_path):
     sim = _cell()
     before = Diagnostician("cell", NMC, LABEL_AH)
     _, t_ms = _run(before, sim, LEGS[:9])
     assert before.learned_ocv is not None
+    # Through the daemon's store, as a restart reads it back.
+    store = Store(tmp_path / "state.db")
+    reading = Reading("cell", ts_ms=t_ms, pack_voltage_v=3.9, pack_current_a=0.0)
+    blob = before.export_state()
+    store.commit_cycle(Cycle(reading=reading, estimator_state=blob))
+    store.close()
+    store = Store(tmp_path / "state.db")
+    saved = store.estimator_state("cell")
+    store.close()
+    assert saved is not None
     after = Diagnostician("cell", NMC, LABEL_AH)
-    after.restore_state(before.export_state())
+    after.restore_state(saved)
     assert after.chemistry.ocv_source == "learned"
     assert after.chemistry.ocv_v == before.chemistry.ocv_v
     assert after.chemistry.ocv_sigma_v == before.chemistry.ocv_sigma_v
