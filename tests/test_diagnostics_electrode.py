@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+import test_diagnostics_ocv_learn as ocv_learn_duty
+from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LEAD_ACID, LFP, NMC, Chemistry
 from bess_edge.diagnostics.electrode import (
@@ -14,7 +16,7 @@ from bess_edge.diagnostics.electrode import (
     full_cell_ocv,
 )
 from bess_edge.diagnostics.electrode_ocp import LIBRARY, HalfCell
-from bess_edge.diagnostics.electrode_tracker import ElectrodeReference
+from bess_edge.diagnostics.electrode_tracker import ELECTRODE_REFIT_S, ElectrodeReference
 from bess_edge.diagnostics.engine import Diagnostician
 from bess_edge.model import Reading
 
@@ -174,3 +176,33 @@ def test_points_known_only_loosely_neither_make_nor_break_a_match():
     sparse = fit_cell(NMC, SOC_PCT, ocv, few)
     assert sparse is not None and not sparse.matched
     assert "fewer than 12 points" in sparse.mismatch
+
+
+def test_the_learned_curve_is_handed_to_the_electrode_model_at_most_daily():
+    # A cell of the LG M50's electrodes, 8 % below its label, learned from rests (the duty of
+    # test_diagnostics_ocv_learn.py).
+    windows = np.array([0.06, 0.9, 0.85, 0.27])
+    soc = np.linspace(0.0, 100.0, 41)
+    pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
+    cell = NMC.with_ocv_table(soc, full_cell_ocv(pos, neg, windows, soc / 100), "file")
+    options = SimOptions(
+        cells=1, profile="constant", seed=3, initial_soc_pct=55.0, capacity_spread_pct=0.0,
+        current_offset_a=0.8, soc_spread_pct=0.0,
+    )  # fmt: skip
+    sim = SimulatedString(options, cell, ocv_learn_duty.TRUE_AH)
+    diag = Diagnostician("cell", NMC, ocv_learn_duty.LABEL_AH)
+    t_ms, fitted_at, d = 0, set(), None
+    for leg in ocv_learn_duty.LEGS:
+        (d,), t_ms = ocv_learn_duty._run(diag, sim, [leg], t_ms)
+        if math.isfinite(diag.electrode.refit_ts_s):
+            fitted_at.add(diag.electrode.refit_ts_s)
+    assert d is not None and d.ocv_source == "learned"
+    assert d.electrode_pair and math.isfinite(d.electrode_fit_residual_v)
+    times = sorted(fitted_at)
+    print(f"electrode fits at {[round(t / 3600, 1) for t in times]} h: {d.electrode_pair}")
+    assert len(times) >= 2 and np.all(np.diff(times) >= ELECTRODE_REFIT_S)
+    # Most of the learned knots are known to 12-25 mV after two days: too loosely to tell
+    # electrode pairs apart, so no modes are reported (the honest answer, not a guess).
+    fit = diag.electrode.fit
+    assert fit is not None and "fewer than 12 points" in fit.mismatch
+    assert math.isnan(d.lli_pct) and math.isnan(d.lam_ne_pct)

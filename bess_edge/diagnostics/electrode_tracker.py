@@ -26,6 +26,9 @@ from bess_edge.diagnostics.electrode import (
 )
 from bess_edge.model import FloatArray
 
+# A learned curve is refitted at most this often [s of battery time]: LLI and LAM move over
+# months, and each fit costs about a second of CPU.
+ELECTRODE_REFIT_S = 86_400.0
 REFERENCE_PREFIX = "electrode reference:"
 COVARIANCE_PREFIX = "electrode covariance:"
 
@@ -92,6 +95,11 @@ class ElectrodeTracker:
         self.reference = reference
         self.fit: ElectrodeWindows | None = reference.windows if reference else None
         self.modes = DegradationModes()
+        self.refit_ts_s = -math.inf  # when a curve was last fitted (battery clock)
+
+    def due(self, ts_s: float) -> bool:
+        """A learned curve may be refitted now (ELECTRODE_REFIT_S since the last fit)."""
+        return ts_s - self.refit_ts_s >= ELECTRODE_REFIT_S
 
     def refit(
         self,
@@ -100,9 +108,11 @@ class ElectrodeTracker:
         sigma_v: FloatArray | None,
         capacity_ah: float,
         capacity_sigma_ah: float,
+        ts_s: float = -math.inf,
     ) -> ElectrodeWindows | None:
         """Fit a new OCV curve of the cell, whose capacity is now ``capacity_ah`` (NaN if not
-        known: then the windows are fitted and no modes are given)."""
+        known: then the windows are fitted and no modes are given) at battery time ``ts_s``."""
+        self.refit_ts_s = ts_s
         fit = fit_cell(self.chemistry, soc_pct, ocv_v, sigma_v)
         if fit is None:
             return None
@@ -129,7 +139,10 @@ class ElectrodeTracker:
             d.electrode_fit_residual_v = fit.residual_v
 
     def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"modes": np.array(_modes_tuple(self.modes))}
+        out: dict[str, Any] = {
+            "modes": np.array(_modes_tuple(self.modes)),
+            "refit_ts_s": np.array(self.refit_ts_s),
+        }
         for key, windows, capacity in (
             ("fit", self.fit, (math.nan, math.nan)),
             (
@@ -154,6 +167,7 @@ class ElectrodeTracker:
         if len(modes) != 6:
             raise ValueError(f"electrode modes have {len(modes)} values, expected 6")
         self.modes = DegradationModes(*modes)
+        self.refit_ts_s = float(state.get("refit_ts_s", -math.inf))
         if "fit_names" in state:
             self.fit, _ = _windows_from(state["fit_names"], state["fit_values"])
         if "reference_names" in state and self.reference is None:

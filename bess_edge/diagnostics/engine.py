@@ -401,8 +401,20 @@ class Diagnostician:
             chemistry = learner.chemistry()
             if chemistry is not None:
                 self._use_chemistry(chemistry)
+                self._refit_electrodes_to_learned(ts_s)
         if learner.fit is not None and self.chemistry.ocv_source == "learned":
             self.capacity.adopt(learner.fit, ts_s, self.cycles.equivalent_full_cycles)
+
+    def _refit_electrodes_to_learned(self, ts_s: float) -> None:
+        """The electrode model follows the learned curve with the joint fit's capacity (on
+        the same SOC axis), at most once per ELECTRODE_REFIT_S: a fit costs about a second
+        of CPU and the learner refits at every rest, while the modes move over months."""
+        fit = self.learned_ocv
+        if fit is None or not self.electrode.due(ts_s):
+            return
+        self.electrode.refit(
+            fit.soc_pct, fit.ocv_v, fit.sigma_v, fit.capacity_ah, fit.capacity_sigma_ah, ts_s
+        )
 
     def _use_chemistry(self, chemistry: Chemistry) -> None:
         """Count with another OCV table from now on; the estimators keep their state."""
