@@ -160,6 +160,10 @@ def round_significant(values: np.ndarray) -> np.ndarray:
 
 
 def _jsonable(value: Any) -> Any:
+    if type(value) is float:  # the items of most lists: the checks below skipped
+        return float(format(value, _FLOAT_FORMAT)) if math.isfinite(value) else None
+    if type(value) in _AS_IS:
+        return value
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
