@@ -11,7 +11,7 @@ import logging
 from bess_edge.alerts import AlertEngine
 from bess_edge.config import DeviceConfig
 from bess_edge.diagnostics import Diagnostician
-from bess_edge.diagnostics.electrode_tracker import read_reference
+from bess_edge.diagnostics.electrode_tracker import FitRunner, read_reference, run_inline
 from bess_edge.model import CommsState, Reading
 from bess_edge.store import CommitResult, Cycle, DeviceStatus, Store
 
@@ -29,7 +29,13 @@ CELL_ARRAYS_EVERY_POLLS = 60
 class DevicePipeline:
     """Holds one device's diagnostics state and status; produces :class:`Cycle` objects."""
 
-    def __init__(self, device: DeviceConfig, store: Store, alerts: AlertEngine) -> None:
+    def __init__(
+        self,
+        device: DeviceConfig,
+        store: Store,
+        alerts: AlertEngine,
+        fit_runner: FitRunner = run_inline,
+    ) -> None:
         self.device = device
         self.alerts = alerts
         # Only the simulator has a time_scale: its battery ages faster than its timestamps.
@@ -41,6 +47,7 @@ class DevicePipeline:
             time_scale=time_scale,
             series_cells=device.series_cells,
             electrode_reference=read_reference(device.ocv_table) if device.ocv_table else None,
+            fit_runner=fit_runner,
         )
         saved = store.estimator_state(device.id)
         if saved is not None and device.driver == "sim":

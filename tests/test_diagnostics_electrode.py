@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import test_diagnostics_ocv_learn as ocv_learn_duty
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LEAD_ACID, LFP, NMC, Chemistry
+from bess_edge.diagnostics import persist
 from bess_edge.diagnostics.electrode import (
     MAX_RESIDUAL_V,
     degradation_modes,
@@ -206,3 +209,50 @@ def test_the_learned_curve_is_handed_to_the_electrode_model_at_most_daily():
     fit = diag.electrode.fit
     assert fit is not None and "fewer than 12 points" in fit.mismatch
     assert math.isnan(d.lli_pct) and math.isnan(d.lam_ne_pct)
+
+
+def test_a_fit_on_another_thread_is_adopted_whole_and_equals_the_inline_one():
+    pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
+    fresh_w, fresh_q = _cell_curve(pos, neg, 5.83, 8.73, 7.61, 2.5, 4.2)
+    aged_w, aged_q = _cell_curve(pos, neg, 5.83, 8.73 * 0.92, 7.61 * 0.95, 2.5, 4.2)
+    fresh = _fit(NMC, full_cell_ocv(pos, neg, fresh_w, SOC_PCT / 100))
+    assert fresh is not None
+    reference = ElectrodeReference(fresh, fresh_q, 0.005 * fresh_q)
+    aged_ocv = full_cell_ocv(pos, neg, aged_w, SOC_PCT / 100)
+    sigma = np.full(SOC_PCT.size, NOISE_V)
+    readings = [Reading("rack", t, pack_voltage_v=3.6, pack_current_a=0.0) for t in (0, 1000)]
+
+    inline = Diagnostician("rack", NMC, 5.0, electrode_reference=reference)
+    assert inline.refit_electrodes(SOC_PCT, aged_ocv, sigma, (aged_q, 0.005 * aged_q))
+    expected = [inline.update(r) for r in readings]
+
+    # The worker's fit waits for a gate: the polls meanwhile see (and save) the state before it.
+    gate = threading.Event()
+    worker = ThreadPoolExecutor(1)
+    threaded = Diagnostician(
+        "rack", NMC, 5.0, electrode_reference=reference,
+        fit_runner=lambda fn: worker.submit(lambda: gate.wait(10) and fn()),
+    )  # fmt: skip
+    saved_before = persist.unpack(threaded.export_state())[1]["electrode"]
+    assert threaded.refit_electrodes(SOC_PCT, aged_ocv, sigma, (aged_q, 0.005 * aged_q)) is None
+    pending = threaded.update(readings[0])
+    assert math.isnan(pending.lli_pct)
+    assert pending.electrode_pair == f"{fresh.positive}/{fresh.negative}"  # the reference's
+    saved_pending = persist.unpack(threaded.export_state())[1]["electrode"]
+    assert saved_pending.keys() == saved_before.keys()
+    for key, value in saved_before.items():
+        np.testing.assert_array_equal(saved_pending[key], value)
+    gate.set()
+    worker.shutdown(wait=True)
+    adopted = threaded.update(readings[1])
+    fields = [
+        "lli_pct", "lli_uncertainty_pct", "lam_pe_pct", "lam_pe_uncertainty_pct", "lam_ne_pct",
+        "lam_ne_uncertainty_pct", "electrode_pair", "electrode_fit_residual_v",
+    ]  # fmt: skip
+    assert math.isfinite(adopted.lli_pct)
+    assert [getattr(adopted, f) for f in fields] == [getattr(expected[1], f) for f in fields]
+    saved_inline = persist.unpack(inline.export_state())[1]["electrode"]
+    saved_adopted = persist.unpack(threaded.export_state())[1]["electrode"]
+    assert saved_adopted.keys() == saved_inline.keys()
+    for key, value in saved_inline.items():
+        np.testing.assert_array_equal(saved_adopted[key], value)

@@ -4,12 +4,17 @@ The reference is the cell as commissioned (the windows ``bess-edge commission`` 
 the OCV table file, as ``# electrode reference:`` comment lines) or, without one, the first fit
 on the device that matched the library: losses are then counted from that day, not from the
 factory. A fit happens only when a new OCV curve exists (a commissioning table, a refit of
-the learned curve), never per poll: it costs about a second of CPU.
+the learned curve), never per poll: it costs about a second of CPU. That second would stall
+every other device on the daemon's event loop, so the fit is handed to a runner (the daemon's
+runs it on a worker thread; the default runs it at once) and adopted at the first poll after it
+is done; until then the tracker's state is the one before the fit, whole.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,55 @@ class ElectrodeReference:
     windows: ElectrodeWindows
     capacity_ah: float
     capacity_sigma_ah: float
+
+
+@dataclass(frozen=True)
+class ElectrodeFit:
+    """One fit's outcome: the windows, the reference after it and the modes against it."""
+
+    windows: ElectrodeWindows
+    reference: ElectrodeReference | None
+    modes: DegradationModes
+
+
+# Runs a fit (a call without arguments) and returns its Future: at once, or on another thread.
+FitRunner = Callable[[Callable[[], ElectrodeFit | None]], "Future[ElectrodeFit | None]"]
+
+
+def run_inline(fn: Callable[[], ElectrodeFit | None]) -> Future[ElectrodeFit | None]:
+    """The default runner: the fit runs now, so results come at the same poll (tests, replay)."""
+    future: Future[ElectrodeFit | None] = Future()
+    try:
+        future.set_result(fn())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
+def fit_electrodes(
+    chemistry: Chemistry,
+    reference: ElectrodeReference | None,
+    soc_pct: FloatArray,
+    ocv_v: FloatArray,
+    sigma_v: FloatArray | None,
+    capacity_ah: float,
+    capacity_sigma_ah: float,
+) -> ElectrodeFit | None:
+    """Fit a cell's OCV curve, whose capacity is ``capacity_ah`` (NaN if not known: then the
+    windows are fitted and no modes are given). Reads only its arguments: safe on any thread."""
+    fit = fit_cell(chemistry, soc_pct, ocv_v, sigma_v)
+    if fit is None:
+        return None
+    known = math.isfinite(capacity_ah) and math.isfinite(capacity_sigma_ah)
+    if reference is None and fit.matched and known:
+        reference = ElectrodeReference(fit, capacity_ah, capacity_sigma_ah)
+    modes = DegradationModes()
+    if reference is not None:
+        modes = degradation_modes(
+            fit, capacity_ah, capacity_sigma_ah,
+            reference.windows, reference.capacity_ah, reference.capacity_sigma_ah,
+        )  # fmt: skip
+    return ElectrodeFit(fit, reference, modes)
 
 
 def reference_lines(ref: ElectrodeReference) -> list[str]:
@@ -96,10 +150,13 @@ class ElectrodeTracker:
         self.fit: ElectrodeWindows | None = reference.windows if reference else None
         self.modes = DegradationModes()
         self.refit_ts_s = -math.inf  # when a curve was last fitted (battery clock)
+        # A fit handed to the runner and not yet adopted, with its battery time.
+        self._pending: tuple[float, Future[ElectrodeFit | None]] | None = None
 
     def due(self, ts_s: float) -> bool:
-        """A learned curve may be refitted now (ELECTRODE_REFIT_S since the last fit)."""
-        return ts_s - self.refit_ts_s >= ELECTRODE_REFIT_S
+        """A learned curve may be refitted now (ELECTRODE_REFIT_S since the last fit, and no
+        fit still running)."""
+        return self._pending is None and ts_s - self.refit_ts_s >= ELECTRODE_REFIT_S
 
     def refit(
         self,
@@ -109,25 +166,32 @@ class ElectrodeTracker:
         capacity_ah: float,
         capacity_sigma_ah: float,
         ts_s: float = -math.inf,
+        runner: FitRunner = run_inline,
     ) -> ElectrodeWindows | None:
-        """Fit a new OCV curve of the cell, whose capacity is now ``capacity_ah`` (NaN if not
-        known: then the windows are fitted and no modes are given) at battery time ``ts_s``."""
-        self.refit_ts_s = ts_s
-        fit = fit_cell(self.chemistry, soc_pct, ocv_v, sigma_v)
-        if fit is None:
+        """Fit a new OCV curve of the cell, whose capacity is ``capacity_ah`` (NaN if not
+        known: then the windows are fitted and no modes are given) at battery time ``ts_s``,
+        on ``runner``. The windows if the fit is done and adopted now, else None."""
+        copy = None if sigma_v is None else np.array(sigma_v, dtype=np.float64)
+        inputs = (np.array(soc_pct, dtype=np.float64), np.array(ocv_v, dtype=np.float64), copy)
+        reference = self.reference
+        self._pending = (ts_s, runner(
+            lambda: fit_electrodes(
+                self.chemistry, reference, *inputs, capacity_ah, capacity_sigma_ah
+            )
+        ))  # fmt: skip
+        return self.adopt_done()
+
+    def adopt_done(self) -> ElectrodeWindows | None:
+        """Take a finished fit's result (at a poll, on the loop's thread): the windows, or None
+        if none is done or it found none. A fit that raised raises here, once."""
+        if self._pending is None or not self._pending[1].done():
             return None
-        self.fit = fit
-        known = math.isfinite(capacity_ah) and math.isfinite(capacity_sigma_ah)
-        if self.reference is None and fit.matched and known:
-            self.reference = ElectrodeReference(fit, capacity_ah, capacity_sigma_ah)
-        ref = self.reference
-        self.modes = DegradationModes()
-        if ref is not None:
-            self.modes = degradation_modes(
-                fit, capacity_ah, capacity_sigma_ah,
-                ref.windows, ref.capacity_ah, ref.capacity_sigma_ah,
-            )  # fmt: skip
-        return fit
+        (self.refit_ts_s, future), self._pending = self._pending, None
+        result = future.result()
+        if result is None:
+            return None
+        self.fit, self.reference, self.modes = result.windows, result.reference, result.modes
+        return result.windows
 
     def fill(self, d: Diagnosis) -> None:
         m, fit = self.modes, self.fit

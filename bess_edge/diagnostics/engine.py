@@ -24,7 +24,12 @@ from bess_edge.diagnostics.cell_capacity import CellCapacity
 from bess_edge.diagnostics.cycles import CycleLife
 from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.electrode import ElectrodeWindows
-from bess_edge.diagnostics.electrode_tracker import ElectrodeReference, ElectrodeTracker
+from bess_edge.diagnostics.electrode_tracker import (
+    ElectrodeReference,
+    ElectrodeTracker,
+    FitRunner,
+    run_inline,
+)
 from bess_edge.diagnostics.numeric import finite_max, finite_mean, finite_median
 from bess_edge.diagnostics.ocv_learn import LearnedOcv, OcvLearner
 from bess_edge.diagnostics.quality import CleanInputs, QualityMonitor, check_soc_agreement
@@ -94,8 +99,12 @@ class Diagnostician:
         time_scale: float = 1.0,
         series_cells: int | None = None,
         electrode_reference: ElectrodeReference | None = None,
+        fit_runner: FitRunner = run_inline,
     ) -> None:
         self.device_id = device_id
+        # Where the electrode fit (about a second of CPU) runs: at once by default; the daemon
+        # gives a worker thread's, so the fit never stalls the other devices' polls.
+        self.fit_runner = fit_runner
         # Cells in series, from config, for a device that reports no cell voltages.
         self.configured_series_cells = series_cells
         # Seconds of battery life per second of Reading timestamps: 1 for every real device;
@@ -211,6 +220,7 @@ class Diagnostician:
             diagnosis.current_offset_uncertainty_a = self.string_soc.bias_sigma_a
             diagnosis.soc_disputed = check_soc_agreement(reading, soc, sigma)
         diagnosis.rest_s = self.rest.rest_s
+        self.electrode.adopt_done()
         self.electrode.fill(diagnosis)
         diagnosis.estimator_warnings = list(self.warnings.values())
         diagnosis.quality_flags = reading.quality.names()
@@ -226,10 +236,11 @@ class Diagnostician:
     ) -> ElectrodeWindows | None:
         """Fit the electrode windows to a new OCV curve of this cell (a learned table's refit)
         whose capacity and sigma [Ah] are ``capacity`` (default: as now estimated, NaN before
-        the rests pin it); the next Diagnoses carry the modes. About a second of CPU: call it
-        when the curve changes, never per poll."""
+        the rests pin it); the Diagnoses from the first poll after the fit is done carry the
+        modes. About a second of CPU, on :attr:`fit_runner`: call it when the curve changes,
+        never per poll. The windows if the fit is already done (the inline runner's)."""
         q, sigma = capacity or (self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
-        return self.electrode.refit(soc_pct, ocv_v, sigma_v, q, sigma)
+        return self.electrode.refit(soc_pct, ocv_v, sigma_v, q, sigma, runner=self.fit_runner)
 
     def _battery_ms(self, ts_ms: int) -> int:
         """The battery's own clock for a timestamp: the timestamp itself at time_scale 1, else
@@ -413,8 +424,9 @@ class Diagnostician:
         if fit is None or not self.electrode.due(ts_s):
             return
         self.electrode.refit(
-            fit.soc_pct, fit.ocv_v, fit.sigma_v, fit.capacity_ah, fit.capacity_sigma_ah, ts_s
-        )
+            fit.soc_pct, fit.ocv_v, fit.sigma_v, fit.capacity_ah, fit.capacity_sigma_ah, ts_s,
+            self.fit_runner,
+        )  # fmt: skip
 
     def _use_chemistry(self, chemistry: Chemistry) -> None:
         """Count with another OCV table from now on; the estimators keep their state."""
