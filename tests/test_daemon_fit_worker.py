@@ -81,7 +81,8 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
     gaps = np.diff(during)
     print(
         f"{len(fits)} fits started, {len(pairs)} polls carried a fit; hot device: "
-        f"{len(during)} polls, gaps {1000 * gaps.mean():.0f} ms mean, {1000 * gaps.max():.0f} ms max"
+        f"{len(during)} polls, gaps {1000 * gaps.mean():.0f} ms mean, "
+        f"{1000 * gaps.max():.0f} ms max"
     )
     assert len(fits) >= 2 and pairs[-1] == "lfp_safari2011/graphite_safari2011"
     assert gaps.max() < 2 * POLL_S  # inline, each fit held every poll for 0.6-1 s
