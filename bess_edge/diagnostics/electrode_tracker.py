@@ -12,6 +12,7 @@ is done; until then the tracker's state is the one before the fit, whole.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -171,14 +172,13 @@ class ElectrodeTracker:
         """Fit a new OCV curve of the cell, whose capacity is ``capacity_ah`` (NaN if not
         known: then the windows are fitted and no modes are given) at battery time ``ts_s``,
         on ``runner``. The windows if the fit is done and adopted now, else None."""
-        copy = None if sigma_v is None else np.array(sigma_v, dtype=np.float64)
-        inputs = (np.array(soc_pct, dtype=np.float64), np.array(ocv_v, dtype=np.float64), copy)
-        reference = self.reference
-        self._pending = (ts_s, runner(
-            lambda: fit_electrodes(
-                self.chemistry, reference, *inputs, capacity_ah, capacity_sigma_ah
-            )
-        ))  # fmt: skip
+        # The fit may run on another thread: it gets copies, never this tracker's attributes.
+        sigma = None if sigma_v is None else np.array(sigma_v, dtype=np.float64)
+        job = functools.partial(
+            fit_electrodes, self.chemistry, self.reference, np.array(soc_pct, dtype=np.float64),
+            np.array(ocv_v, dtype=np.float64), sigma, capacity_ah, capacity_sigma_ah,
+        )  # fmt: skip
+        self._pending = (ts_s, runner(job))
         return self.adopt_done()
 
     def adopt_done(self) -> ElectrodeWindows | None:
