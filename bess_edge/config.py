@@ -93,6 +93,10 @@ class MqttConfig(Section):
     # Cap on the bytes/s of backlog (telemetry, diagnostics) catch-up on a thin or metered
     # uplink; alerts are never limited. Unset: as fast as the broker acknowledges.
     backlog_max_bytes_s: float | None = Field(None, gt=0)
+    # Live telemetry and diagnostics wait up to this long for more polls, so that one message
+    # carries several (a message per poll costs more CPU than the poll); 0 sends each at once.
+    # Alerts and command replies never wait.
+    linger_s: float = Field(1.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _replies_apart_from_data(self) -> MqttConfig:

@@ -75,6 +75,7 @@ class Syncer:
             Encoder(cfg.topic_prefix, self.site, cfg.encoding, cfg.max_message_bytes, device_info),
             cfg.max_inflight,
             cfg.backlog_max_bytes_s,
+            cfg.linger_s,
         )
         self.commands: asyncio.Queue[Inbound] = asyncio.Queue(COMMAND_QUEUE)
         self._busy_log = RateLimitedLog("mqtt command refused: too many waiting")
