@@ -92,6 +92,25 @@ def test_learned_ocv_converges_on_a_cell_unlike_its_preset():
     assert abs(d.soc_pct - float(sim.soc.mean())) < 2.0
 
 
+def test_without_the_empty_end_the_capacity_sigma_admits_the_scale_is_unseen():
+    """No discharge below 15 %: the rests cannot tell the cell's 200 mV lower end from a
+    different capacity, so the fit keeps the preset's shape there and Q near the label; its
+    2 sigma must still reach the truth, and SOC's must too."""
+    sim = _cell()
+    diag = Diagnostician("cell", NMC, LABEL_AH)
+    shallow = [leg for leg in LEGS if leg[0] > 12]
+    diagnoses, _ = _run(diag, sim, shallow)
+    d = diagnoses[-1]
+    print(
+        f"capacity {d.capacity_ah:.2f} ± {d.capacity_uncertainty_ah:.2f} Ah (true {TRUE_AH}); "
+        f"SOC {d.soc_pct:.1f} ± {d.soc_uncertainty_pct:.1f} % (true {float(sim.soc.mean()):.1f})"
+    )
+    assert d.ocv_source == "learned"
+    assert abs(d.capacity_ah - TRUE_AH) > 0.03 * TRUE_AH  # the scale is missed: the case tested
+    assert abs(d.capacity_ah - TRUE_AH) < 2.0 * d.capacity_uncertainty_ah
+    assert abs(d.soc_pct - float(sim.soc.mean())) < 2.0 * d.soc_uncertainty_pct
+
+
 def test_restart_keeps_the_learned_curve(tmp_path):
     sim = _cell()
     before = Diagnostician("cell", NMC, LABEL_AH)

@@ -16,7 +16,9 @@ as its prior (widened where the curve is steep, since there the error is a shift
 in SOC), and a smoothness prior on its change of slope; Q's prior is the label with its 10 %,
 b's the offset the rests measured. Regularised Gauss-Newton (Levenberg-damped) finds the most
 probable set; its posterior covariance says how well each knot of the curve is known, which
-is what the SOC filter and the capacity anchors then count with instead of a constant. Any
+is what the SOC filter and the capacity anchors then count with instead of a constant (the
+covariance leaves the preset's SOC scale open: without the empty end Q is known only as well
+as its label, see _posterior_covariance). Any
 curve can be fitted this way (no library of cells is assumed), and with no rest near a knot
 its uncertainty stays the prior's.
 
@@ -52,6 +54,11 @@ PRIOR_SHIFT_PCT = 5.0
 CURVATURE_SIGMA_V_PER_PCT = 0.002
 CURVATURE_SHARE = 0.5
 MAX_ITERATIONS = 40
+# The preset's SOC scale (where its 0 % lies against its 100 %) as one more unknown of the
+# covariance: 1 sigma of a stretch [fraction]. Wide enough to say nothing a label does not:
+# electrode balances differ between cell designs by tens of % of the window, and the label's
+# 10 % is then what holds Q along the direction the rests cannot see.
+SCALE_PRIOR_REL = 0.5
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,42 @@ class _Problem:
         return np.concatenate(rows), np.vstack(jacs)
 
 
+def _posterior_covariance(problem: _Problem, theta: FloatArray, jac: FloatArray) -> FloatArray:
+    """Posterior covariance of (curve correction, Q, b, zeros) at the fit, with the preset's
+    scale left open.
+
+    The knots' prior is independent per knot, but a preset's error is not: a cell whose
+    electrodes are balanced differently has the preset's curve stretched along SOC, the same
+    way at every knot. Against the counter, a stretch about the full end and a capacity larger
+    by the same factor predict the same rests; only a discharge to the lower limit (or rests
+    reaching the empty knee) tells them apart. A dozen independent knot priors would each
+    penalise the stretch, and together pin Q to a few % from the preset's shape alone, which is
+    what the cell does not follow (a 190 mV different low end). So the covariance is taken
+    with that stretch as one more unknown ``e`` of wide prior (SCALE_PRIOR_REL): the cell's
+    SOC ``s`` reads the curve at ``100 - (100 - s)(1 + e)``, which adds ``-g'(s)(100 - s) e``
+    at each knot. Along what the data cannot see, Q is then known as well as its label
+    allows; where rests or limit anchors see both ends, they pin ``e`` and Q with it. The
+    curve's covariance carries the stretch too: at SOC ``s`` it is the curve's uncertainty
+    from a scale known to ``σ_Q/Q``, (100 - s) σ_Q/Q points of SOC, which is what the SOC
+    filters' floor then counts with. The fit itself (the most probable set) is unchanged."""
+    k = problem.k
+    rests = problem.v.size
+    table = problem.ocv0 + theta[:k]
+    slope = np.gradient(table, problem.knots)
+    mode = -slope * (100.0 - problem.knots)
+    column = np.zeros((jac.shape[0], 1))
+    column[:rests, 0] = jac[:rests, :k] @ mode  # only the rests read the curve
+    augmented = np.hstack([jac, column])
+    hess = augmented.T @ augmented
+    hess[-1, -1] += 1.0 / SCALE_PRIOR_REL**2
+    full = np.linalg.inv(hess)
+    # Back to the curve (d + e·mode), Q, b and the zeros.
+    to_curve = np.hstack([np.eye(problem.n), np.zeros((problem.n, 1))])
+    to_curve[:k, -1] = mode
+    cov: FloatArray = to_curve @ full @ to_curve.T
+    return cov
+
+
 def fit_learned_ocv(
     knots: FloatArray,
     prior_ocv: FloatArray,
@@ -211,9 +254,8 @@ def fit_learned_ocv(
             damping *= 5.0
             if damping > 1e8:
                 break
-    hess = jac.T @ jac
     try:
-        cov = np.linalg.inv(hess)
+        cov = _posterior_covariance(problem, theta, jac)
     except np.linalg.LinAlgError:
         return None
     k = problem.k
