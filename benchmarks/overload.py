@@ -20,7 +20,7 @@ Two parts, in one run, on the same box:
 Run it under ``nice``; the box is usually shared, and a busy box inflates every CPU figure.
 
     nice -n 10 .venv/bin/python benchmarks/overload.py [--devices 20] [--rates 1 2 5 10 20 50]
-        [--step-s 10] [--polls 3000]
+        [--step-s 10] [--polls 3000] [--linger-s 1]
 """
 
 from __future__ import annotations
@@ -50,11 +50,19 @@ TARGET_MS = 1.0
 WARMUP_S = 4.0
 
 
-def config_text(workdir: Path, devices: int, rate_hz: float, mqtt_port: int, http_port: int) -> str:
+def config_text(
+    workdir: Path,
+    devices: int,
+    rate_hz: float,
+    mqtt_port: int,
+    http_port: int,
+    linger_s: float | None = None,
+) -> str:
+    linger = "" if linger_s is None else f"linger_s = {linger_s!r}\n"
     parts = [
         '[site]\nid = "overload"\n',
         f'[storage]\npath = "{workdir / "overload.db"}"\n',
-        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {mqtt_port}\n',
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {mqtt_port}\n{linger}',
         f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {http_port}\n',
         '[logging]\nformat = "json"\nlevel = "warning"\n',
     ]
@@ -184,12 +192,17 @@ def _wait_for_http(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
 
 
 def end_to_end(
-    workdir: Path, mqtt_port: int, devices: int, rate_hz: float, step_s: float
+    workdir: Path,
+    mqtt_port: int,
+    devices: int,
+    rate_hz: float,
+    step_s: float,
+    linger_s: float | None,
 ) -> dict[str, float]:
     http_port = free_port()
     step_dir = Path(tempfile.mkdtemp(dir=workdir))
     config = step_dir / "overload.toml"
-    config.write_text(config_text(step_dir, devices, rate_hz, mqtt_port, http_port))
+    config.write_text(config_text(step_dir, devices, rate_hz, mqtt_port, http_port, linger_s))
     with (step_dir / "daemon.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bess_edge", "run", "--config", str(config)],
@@ -226,6 +239,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50])
     parser.add_argument("--step-s", type=float, default=10.0)
+    parser.add_argument("--linger-s", type=float, help="mqtt.linger_s (default: the config's)")
     parser.add_argument("--polls", type=int, default=3000, help="polls per stage measurement")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bess-overload-") as tmp:
@@ -244,7 +258,7 @@ def main() -> None:
                   "unsent growth/s")  # fmt: skip
             first = None
             for rate in args.rates:
-                r = end_to_end(workdir, mqtt_port, args.devices, rate, args.step_s)
+                r = end_to_end(workdir, mqtt_port, args.devices, rate, args.step_s, args.linger_s)
                 first = first or r
                 print(
                     f"  {r['asked']:7.0f} {r['done']:8.1f} {r['skipped']:10.1f} {r['cpu_pct']:7.0f}"
