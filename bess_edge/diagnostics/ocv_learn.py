@@ -202,11 +202,14 @@ def _posterior_covariance(problem: _Problem, theta: FloatArray, jac: FloatArray)
     filters' floor then counts with. The fit itself (the most probable set) is unchanged."""
     k = problem.k
     rests = problem.v.size
-    table = problem.ocv0 + theta[:k]
-    slope = np.gradient(table, problem.knots)
-    mode = -slope * (100.0 - problem.knots)
+    mode = -np.gradient(problem.ocv0 + theta[:k], problem.knots) * (100.0 - problem.knots)
+    # A rest reads the stretched curve at s - (100 - s) e: its column is d r/d s times
+    # -(100 - s), which is Q's and its chain's zero's columns combined (each is d r/d s times
+    # -s/Q and -100/Q). Built from the knots' mode instead, the piecewise-linear table would
+    # let the rests tell a stretch from a capacity by its kinks, which no cell says.
     column = np.zeros((jac.shape[0], 1))
-    column[:rests, 0] = jac[:rests, :k] @ mode  # only the rests read the curve
+    q = theta[k]
+    column[:rests, 0] = q * (jac[:rests, k + 2 :].sum(axis=1) - jac[:rests, k])
     augmented = np.hstack([jac, column])
     hess = augmented.T @ augmented
     hess[-1, -1] += 1.0 / SCALE_PRIOR_REL**2
