@@ -119,22 +119,28 @@ def test_a_chemistry_without_electrode_curves_gets_no_fit():
     assert _fit(LEAD_ACID, ocv) is None
 
 
-def test_a_new_ocv_curve_gives_the_diagnosis_its_modes_and_they_survive_a_restart():
+def _commissioned_and_aged_nmc():
+    """An LG M50-like cell's commissioning fit and its curve after 5 % LLI and 8 % LAM_PE:
+    (fresh fit, reference, aged OCV [V] on SOC_PCT, its sigma [V], aged capacity (Ah, sigma))."""
     pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
     fresh_w, fresh_q = _cell_curve(pos, neg, 5.83, 8.73, 7.61, 2.5, 4.2)
     aged_w, aged_q = _cell_curve(pos, neg, 5.83, 8.73 * 0.92, 7.61 * 0.95, 2.5, 4.2)
     fresh = _fit(NMC, full_cell_ocv(pos, neg, fresh_w, SOC_PCT / 100))
     assert fresh is not None
     reference = ElectrodeReference(fresh, fresh_q, 0.005 * fresh_q)
+    aged_ocv = full_cell_ocv(pos, neg, aged_w, SOC_PCT / 100)
+    sigma = np.full(SOC_PCT.size, NOISE_V)
+    return fresh, reference, aged_ocv, sigma, (aged_q, 0.005 * aged_q)
+
+
+def test_a_new_ocv_curve_gives_the_diagnosis_its_modes_and_they_survive_a_restart():
+    fresh, reference, aged_ocv, sigma, aged_capacity = _commissioned_and_aged_nmc()
     diag = Diagnostician("rack", NMC, 5.0, electrode_reference=reference)
     reading = Reading("rack", 0, pack_voltage_v=3.6, pack_current_a=0.0)
     assert math.isnan(diag.update(reading).lli_pct)  # nothing new since commissioning
 
-    aged_ocv = full_cell_ocv(pos, neg, aged_w, SOC_PCT / 100)
-    sigma = np.full(SOC_PCT.size, NOISE_V)
-    diag.refit_electrodes(SOC_PCT, aged_ocv, sigma, capacity=(aged_q, 0.005 * aged_q))
+    diag.refit_electrodes(SOC_PCT, aged_ocv, sigma, capacity=aged_capacity)
     d = diag.update(Reading("rack", 1000, pack_voltage_v=3.6, pack_current_a=0.0))
-    print(d.lli_pct, d.lam_pe_pct, d.lam_ne_pct)
     assert abs(d.lli_pct - 5.0) < 1.0 and abs(d.lam_pe_pct - 8.0) < 1.0
     assert abs(d.lam_ne_pct) < 1.0 and 0 < d.lam_pe_uncertainty_pct < 1.5
     assert d.electrode_pair == "nmc811_chen2020/graphite_chen2020"
@@ -212,18 +218,11 @@ def test_the_learned_curve_is_handed_to_the_electrode_model_at_most_daily():
 
 
 def test_a_fit_on_another_thread_is_adopted_whole_and_equals_the_inline_one():
-    pos, neg = LIBRARY["nmc811_chen2020"], LIBRARY["graphite_chen2020"]
-    fresh_w, fresh_q = _cell_curve(pos, neg, 5.83, 8.73, 7.61, 2.5, 4.2)
-    aged_w, aged_q = _cell_curve(pos, neg, 5.83, 8.73 * 0.92, 7.61 * 0.95, 2.5, 4.2)
-    fresh = _fit(NMC, full_cell_ocv(pos, neg, fresh_w, SOC_PCT / 100))
-    assert fresh is not None
-    reference = ElectrodeReference(fresh, fresh_q, 0.005 * fresh_q)
-    aged_ocv = full_cell_ocv(pos, neg, aged_w, SOC_PCT / 100)
-    sigma = np.full(SOC_PCT.size, NOISE_V)
+    fresh, reference, aged_ocv, sigma, aged_capacity = _commissioned_and_aged_nmc()
     readings = [Reading("rack", t, pack_voltage_v=3.6, pack_current_a=0.0) for t in (0, 1000)]
 
     inline = Diagnostician("rack", NMC, 5.0, electrode_reference=reference)
-    assert inline.refit_electrodes(SOC_PCT, aged_ocv, sigma, (aged_q, 0.005 * aged_q))
+    assert inline.refit_electrodes(SOC_PCT, aged_ocv, sigma, aged_capacity)
     expected = [inline.update(r) for r in readings]
 
     # The worker's fit waits for a gate: the polls meanwhile see (and save) the state before it.
@@ -234,7 +233,7 @@ def test_a_fit_on_another_thread_is_adopted_whole_and_equals_the_inline_one():
         fit_runner=lambda fn: worker.submit(lambda: gate.wait(10) and fn()),
     )  # fmt: skip
     saved_before = persist.unpack(threaded.export_state())[1]["electrode"]
-    assert threaded.refit_electrodes(SOC_PCT, aged_ocv, sigma, (aged_q, 0.005 * aged_q)) is None
+    assert threaded.refit_electrodes(SOC_PCT, aged_ocv, sigma, aged_capacity) is None
     pending = threaded.update(readings[0])
     assert math.isnan(pending.lli_pct)
     assert pending.electrode_pair == f"{fresh.positive}/{fresh.negative}"  # the reference's
