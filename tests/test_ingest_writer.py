@@ -330,3 +330,23 @@ def test_gap_repair_reads_a_complete_streams_recent_partitions_only(store, db):
     writer.record_heads("site-a", {"rack-1": {"telemetry": 21}})
     repairer.tick()
     assert contiguous() == 21 and db.execute("SELECT * FROM gaps").fetchall() == []
+
+
+def test_integral_floats_where_the_schema_says_integer_land_as_integers(store, db):
+    """JSON Schema counts 5.0 as an integer, so a gateway (or a hand-written publisher) that
+    writes seq, ts_ms or a flag word as a float is valid; PostgreSQL's bigint refuses "5.0"."""
+    parser = Parser("bess", 1 << 20)
+    topic, payload = next((t, p) for t, p in _payloads(store, "json") if "telemetry" in t)
+    doc = json.loads(payload)
+    items = [
+        {**item, "seq": float(item["seq"]), "ts_ms": float(item["ts_ms"]), "status_flags": 3.0}
+        for item in doc["items"]
+    ]
+    batch = parser.parse(
+        topic, dumps({**doc, "items": items, "seq_first": float(doc["seq_first"])})
+    )
+    assert not isinstance(batch, Refusal), batch
+    result = _writer(db).write_isolating([batch])  # type: ignore[list-item]
+    assert result.refused == 0 and result.inserted["telemetry"] == len(items)
+    assert _count(db, "SELECT count(*) FROM dead_letter") == 0
+    assert _count(db, "SELECT count(*) FROM telemetry WHERE status_flags = 3") == len(items)
