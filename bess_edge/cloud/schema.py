@@ -218,7 +218,11 @@ _V4 = "\n".join(
     ]
 )
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# An alert's events are read by (device, episode): without this, every alert in a list scanned
+# the whole history (100 alerts of 600,000 transitions: 1.35 s).
+_V5 = "CREATE INDEX alert_history_alert ON alert_history (device_id, alert_id)"
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 
 def migrate(conn: psycopg.Connection) -> int:

@@ -284,15 +284,10 @@ class PostgresStorage:
             "ORDER BY raised_ms DESC NULLS LAST, id DESC LIMIT %(limit)s",
             params,
         )
+        histories = self._histories([(row[1], row[0]) for row in rows])
         out = []
         for alert_id, device_id, device, rule, severity, state, message, raised, updated in rows:
-            # A cloud alert's id is its cloud_alerts id negated: gateway ids are positive.
-            source = "cloud" if alert_id < 0 else "gateway"
-            history = self._rows(
-                "SELECT seq, ts_ms, transition, actor, note, cell, value FROM alert_history "
-                "WHERE device_id = %s AND alert_id = %s AND source = %s ORDER BY seq, id",
-                (device_id, abs(alert_id), source),
-            )
+            history = histories.get((device_id, alert_id), [])
             # seq 0: a transition made in the cloud, in no gateway's alerts stream
             events = [AlertEvent(seq=h[0] or 0, ts_ms=h[1], transition=h[2], actor=h[3],
                                  note=h[4]) for h in history]  # fmt: skip
@@ -311,6 +306,27 @@ class PostgresStorage:
                 acked_by=acked.actor if acked else None,
                 ack_note=acked.note if acked else None, events=events,
             ))  # fmt: skip
+        return out
+
+    def _histories(self, alerts: list[tuple[int, int]]) -> dict[tuple[int, int], list[Any]]:
+        """Each alert's transitions (seq, ts_ms, transition, actor, note, cell, value) in order,
+        by (device id, alert id), in one query. A cloud alert's id is its cloud_alerts id
+        negated: gateway ids are positive."""
+        if not alerts:
+            return {}
+        devices, ids = zip(*alerts, strict=True)
+        rows = self._rows(
+            "SELECT h.device_id, CASE WHEN h.source = 'cloud' THEN -h.alert_id ELSE h.alert_id "
+            "END, seq, ts_ms, transition, actor, note, cell, value FROM alert_history h "
+            "JOIN unnest(%s::int[], %s::bigint[]) AS a(device_id, alert_id) "
+            "ON h.device_id = a.device_id AND h.alert_id = abs(a.alert_id) "
+            "AND h.source = CASE WHEN a.alert_id < 0 THEN 'cloud' ELSE 'gateway' END "
+            "ORDER BY h.seq, h.id",
+            (list(devices), list(ids)),
+        )
+        out: dict[tuple[int, int], list[Any]] = {}
+        for device_id, alert_id, *event in rows:
+            out.setdefault((device_id, alert_id), []).append(event)
         return out
 
     def events(self, limit: int = 100, device: str | None = None) -> list[Event]:
