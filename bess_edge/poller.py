@@ -83,8 +83,11 @@ class DevicePoller:
                     self._skips.append((now, missed))
             else:
                 due = now + self.backoff_s()
+            # asyncio.timeout, not wait_for: wait_for wraps the wait in a Task of its own, and
+            # that Task and the driver read's were a measurable share of a poll's CPU.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=max(due - now, 0))
+                async with asyncio.timeout(max(due - now, 0)):
+                    await self.stop.wait()
         await self._close()
 
     async def poll_once(self) -> bool:
@@ -92,10 +95,12 @@ class DevicePoller:
         started = time.monotonic()
         timeout = self.device.timeout_s
         try:
-            if not self._opened:
-                await asyncio.wait_for(self.driver.open(), timeout)
-                self._opened = True
-            reading = await asyncio.wait_for(self.driver.read(), timeout)
+            async with asyncio.timeout(timeout):
+                if not self._opened:
+                    await self.driver.open()
+                    self._opened = True
+            async with asyncio.timeout(timeout):
+                reading = await self.driver.read()
         except TimeoutError:
             await self._failed(f"timeout after {timeout:g} s")
             return False
