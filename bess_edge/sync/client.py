@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,12 @@ class MqttLink:
         self._connack: asyncio.Future[tuple[bool, str]] | None = None
         self._last_error: str | None = None
         self.broker_max_packet_bytes: int | None = None
+        # PUBACKs not yet handed to the event loop: a burst goes over in one call, as one
+        # wake-up of the loop (a self-pipe write, a pass of the drainer) per PUBACK cost more
+        # CPU than publishing the message.
+        self._pubacks: list[tuple[int, bool, str]] = []
+        self._pubacks_lock = threading.Lock()
+        self._content_props: dict[str, Properties] = {}
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -227,14 +234,24 @@ class MqttLink:
         """Queue a QoS 1 publish; returns its mid (paho re-sends it after a reconnect)."""
         assert self.client is not None
         props = None
-        if self.v5 and (content_type or correlation_data):
+        if self.v5 and correlation_data:
             props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
             if content_type:
                 props.ContentType = content_type
-            if correlation_data:
-                props.CorrelationData = correlation_data
+        elif self.v5 and content_type:
+            props = self._content_type_props(content_type)
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         return info.mid
+
+    def _content_type_props(self, content_type: str) -> Properties:
+        """One set of properties per content type, shared by every publish (paho only reads
+        it): building it for each message cost ~11 us of a live message's CPU."""
+        props = self._content_props.get(content_type)
+        if props is None:
+            props = self._content_props[content_type] = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+        return props
 
     def subscribe(self, topic: str) -> None:
         assert self.client is not None
@@ -280,7 +297,17 @@ class MqttLink:
         self.disconnected.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._call(self.on_puback, mid, not reason.is_failure, str(reason))
+        with self._pubacks_lock:
+            self._pubacks.append((mid, not reason.is_failure, str(reason)))
+            first = len(self._pubacks) == 1
+        if first:
+            self._call(self._deliver_pubacks)
+
+    def _deliver_pubacks(self) -> None:
+        with self._pubacks_lock:
+            pubacks, self._pubacks = self._pubacks, []
+        for mid, ok, reason in pubacks:
+            self.on_puback(mid, ok, reason)
 
     def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

@@ -1,0 +1,62 @@
+"""PUBACKs from paho's network thread reach the event loop in order, a burst in one hand-over."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bess_edge.config import MqttConfig
+from bess_edge.sync.client import MqttLink
+
+
+def test_a_burst_of_pubacks_is_handed_to_the_loop_at_once_and_in_order():
+    received: list[tuple[int, bool, str]] = []
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        link = MqttLink(
+            MqttConfig(),
+            "gw",
+            will=lambda: ("t", b""),
+            on_message=lambda inbound: None,
+            on_puback=lambda mid, ok, reason: received.append((mid, ok, reason)),
+        )
+        link._loop = loop
+        handovers = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args):  # type: ignore[no-untyped-def]
+            nonlocal handovers
+            handovers += 1
+            return real(*args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        refused = ReasonCode(PacketTypes.PUBACK, identifier=0x97)  # quota exceeded
+        success = ReasonCode(PacketTypes.PUBACK, identifier=0)
+
+        def network_thread() -> None:
+            for mid in range(1, 6):
+                link._on_publish(None, None, mid, refused if mid == 3 else success, None)
+
+        thread = threading.Thread(target=network_thread)
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0)
+        link._on_publish(None, None, 6, success, None)  # after the hand-over: a new one
+        await asyncio.sleep(0)
+        return handovers
+
+    handovers = asyncio.run(scenario())
+    assert [(mid, ok) for mid, ok, _ in received] == [
+        (1, True),
+        (2, True),
+        (3, False),
+        (4, True),
+        (5, True),
+        (6, True),
+    ]
+    assert "Quota exceeded" in received[2][2]
+    assert handovers == 2
