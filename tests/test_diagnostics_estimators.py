@@ -6,6 +6,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LFP, NMC
 from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.soc import SocFilter
 
 CAPACITY_AH = 100.0
 
@@ -74,3 +75,20 @@ def test_r0_and_capacity_match_the_simulated_cells():
     assert d.capacity_ah == pytest.approx(true_capacity, rel=0.03)
     assert d.soh_pct == pytest.approx(100.0 * true_capacity / CAPACITY_AH, abs=3.0)
     assert d.soh_resistance_pct == pytest.approx(100.0, abs=5.0)
+
+
+def test_lfp_plateau_poll_without_a_voltage_reading_leaves_the_filter_as_the_update_would():
+    """A step whose voltages all say "somewhere on the plateau" skips the measurement update:
+    run in full, that update changes neither the state nor its covariance, bit for bit."""
+    for channels, with_bias in ((1, True), (16, False)):
+        soc = SocFilter(LFP, channels, estimate_bias=with_bias)
+        soc.reset(np.full(channels, 10.0), np.full(channels, 3.0), CAPACITY_AH)
+        for _ in range(5):  # below the plateau: the voltage corrects, correlations build up
+            volts, ohms = np.full(channels, float(LFP.ocv(10.0))), np.full(channels, 1e-3)
+            soc.step(20.0, 1.0, volts, ohms, ohms, CAPACITY_AH, 0.02)
+        x, p = soc.x.copy(), soc.p.copy()
+        if with_bias:  # correlations the identity must keep
+            assert p[0, 0, 1] != 0.0 and p[0, 0, 2] != 0.0
+        nothing = np.full(channels, np.nan)
+        soc._correct(nothing, np.zeros(channels, dtype=bool), np.full(channels, 1e-3), nothing)
+        assert np.array_equal(soc.x, x) and np.array_equal(soc.p, p)

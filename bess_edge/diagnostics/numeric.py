@@ -43,9 +43,10 @@ def finite_median(values: FloatArray) -> float:
 
 
 def finite_mean(values: FloatArray) -> float:
-    """Mean of the finite entries; NaN if there are none."""
+    """Mean of the finite entries; NaN if there are none (sum over count is what ``mean``
+    computes, bit for bit, without its ~1.5 us of Python wrapper)."""
     finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
+    return float(finite.sum() / finite.size) if finite.size else math.nan
 
 
 def finite_max(values: FloatArray) -> float:

@@ -107,7 +107,9 @@ class SocFilter:
         self.chemistry = chemistry
         soc = np.asarray(chemistry.ocv_soc_pct)
         self._slope_soc = soc
-        slopes = np.diff(np.asarray(chemistry.ocv_v)) / np.diff(soc)
+        # The table as arrays: np.interp converts the chemistry's tuples at every call.
+        self._table_v = np.asarray(chemistry.ocv_v, dtype=np.float64)
+        slopes = np.diff(self._table_v) / np.diff(soc)
         # Padded with the end segments' slopes, so a searchsorted index needs no clip (NaN
         # sorts last: the top segment's slope).
         self._slopes_padded = np.concatenate([slopes[:1], slopes, slopes[-1:]])
@@ -199,29 +201,41 @@ class SocFilter:
         self.p = p
 
         z, slope, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_corr)
-        sigma2 = sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)) + (
-            sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
-        )
         use = np.isfinite(z)
-        p = self.p
+        # Without a measurement on any channel (LFP's plateau, most of the time) the correction
+        # is the identity: skipped, the same x and P at half the cost of the step.
+        if use.any():
+            sigma2 = sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)) + (
+                sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
+            )
+            self._correct(z, use, slope, sigma2)
+        x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 100.0)  # np.clip's wrapper costs more
+        if states == 3:
+            limit = BIAS_LIMIT_C * capacity_ah
+            x[:, 2] = np.minimum(np.maximum(x[:, 2], -limit), limit)
+
+    def _correct(
+        self, z: FloatArray, use: BoolArray, slope: FloatArray, sigma2: FloatArray
+    ) -> None:
+        """The measurement update with the SOC ``z`` [%] read from the voltage (NaN: none) and
+        its variance ``sigma2`` [%²]; ``slope`` is the OCV slope there [V/%]."""
+        x, p = self.x, self.p
         prior_var = p[:, 0, 0].copy()
         innovation = np.where(use, z - x[:, 0], 0.0)
         gated = np.maximum(prior_var + sigma2, innovation**2 / INNOVATION_GATE_SIGMAS**2)
         s = np.where(use, gated, 1.0)
         gain = np.where(use[:, None], p[:, :, 0] / s[:, None], 0.0)
-        if states == 3:
+        if self.states == 3:
             unsure = prior_var > BIAS_LEARNING_SOC_SIGMA_PCT**2
             gain[:, 2] = np.where(unsure, 0.0, gain[:, 2])
         x += gain * innovation[:, None]
         # Joseph form: stays a valid covariance with the sub-optimal (gated, frozen) gains.
         # With H = [1, 0, ...], I - K H is the identity with K subtracted from its first column.
-        i_kh = _identities(n, states)
+        i_kh = _identities(self.channels, self.states)
         i_kh[:, :, 0] -= gain
         kkt = gain[:, :, None] * gain[:, None, :] * (s - prior_var)[:, None, None]
-        p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt
-        self.p = p
-        x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 100.0)  # np.clip's wrapper costs more
-        if (self._table_sigma or self._table_error_v > 0) and use.any():
+        p = self.p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt
+        if self._table_sigma or self._table_error_v > 0:
             # Where the voltage just moved SOC, SOC is no better known than the table.
             error_v = (
                 ocv_table_error_v(self.chemistry, np.where(use, z, 50.0))
@@ -230,9 +244,6 @@ class SocFilter:
             )
             floor = np.where(use, (error_v / slope) ** 2, 0.0)
             p[:, 0, 0] = np.maximum(p[:, 0, 0], np.minimum(floor, prior_var))
-        if states == 3:
-            limit = BIAS_LIMIT_C * capacity_ah
-            x[:, 2] = np.minimum(np.maximum(x[:, 2], -limit), limit)
 
     @property
     def bias_sigma_a(self) -> float:
@@ -270,7 +281,7 @@ class SocFilter:
         alone; neither counts as a measurement (NaN).
         """
         ocv = voltage_v - self.x[:, 1] - ohmic_drop_v
-        z = self.chemistry.soc_from_ocv(ocv)
+        z = np.interp(ocv, self._table_v, self._slope_soc)  # = chemistry.soc_from_ocv
         slope = np.maximum(self.ocv_slope_v_per_pct(z), 1e-6)
         sigma_ocv = OCV_MODEL_ERROR_V / slope
         sigma_load = LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v) / slope
