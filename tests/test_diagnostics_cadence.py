@@ -1,11 +1,13 @@
 """The slow views of a Diagnosis are recomputed when what they read changes, and only then:
-the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves."""
+the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
+cells' leak currents when a settled rest moves their drift fit or the OCV slope changes."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC
 from bess_edge.diagnostics import Diagnostician, engine
+from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.cycles import cycle_damage
 
 CAPACITY_AH = 280.0
@@ -73,3 +75,29 @@ def test_cycle_life_follows_the_soc_between_cached_polls():
         damage = diag.cycles.closed_damage + cycle_damage(CHEM, residue)
         assert d.life_used_pct == 100.0 * damage
     assert d.life_used_pct > 0.0
+
+
+def test_leak_currents_between_rests_equal_a_fresh_computation(monkeypatch):
+    computed = []
+    real = AnomalyDetector._leak
+    monkeypatch.setattr(
+        AnomalyDetector, "_leak", lambda self, s: computed.append(s) or real(self, s)
+    )
+    leak = {"kind": "self_discharge", "cell": 5, "current_a": 0.5}
+    sim = SimulatedString(
+        SimOptions(cells=16, profile="daily", day_length_s=6 * 3600, seed=3, faults=[leak]),
+        CHEM,
+        CAPACITY_AH,
+    )
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    polls = 0
+    for reading in sim.readings(duration_s=8 * 3600, poll_s=10.0):
+        d = diag.update(reading)
+        polls += 1
+        anomaly = diag.cells.anomaly
+        slope = anomaly._leak_cache[1]
+        fresh_leak, fresh_limit = real(anomaly, slope), anomaly._leak_limit(slope)
+        np.testing.assert_allclose(d.cell_self_discharge_a, fresh_leak, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(anomaly._leak_view(slope)[1], fresh_limit, rtol=1e-9, atol=0)
+    assert d.cell_self_discharge_a[5] > 0.2  # the rests did measure the leak
+    assert polls / 10 < len(computed) < polls / 2  # each settled poll, not every poll

@@ -84,6 +84,8 @@ class AnomalyDetector:
         self.resid_var = np.full(cells, VOLTAGE_NOISE_V**2)
         self.baseline_z_smooth = np.zeros(cells)
         self.r_ratio_baseline = np.ones(cells)
+        # What _leak_view last read (the drift's slope array, the OCV slope) and gave.
+        self._leak_cache: tuple[FloatArray, float, FloatArray, FloatArray] | None = None
 
     def start_rest(self) -> None:
         """A new rest begins: its OCV level is new, only its drift joins the old ones."""
@@ -102,12 +104,14 @@ class AnomalyDetector:
         """One poll: cell voltage minus string median [V], the corrected current [A], whether
         the string has rested long enough to read OCV, the OCV slope [V/%] at the string SOC,
         and each cell's R0 over the string median with the number of steps behind it."""
+        if settled_rest:
+            self.drift.add(dt_s, deviation_v)
+        leak_a, leak_limit = self._leak_view(ocv_slope_v_per_pct)
         result = AnomalyResult(
             zscore=robust_zscore(deviation_v),
-            leak_a=self._leak(dt_s, deviation_v, settled_rest, ocv_slope_v_per_pct),
+            leak_a=leak_a,
             baseline_z=self._baseline(dt_s, deviation_v, current_a),
         )
-        leak_limit = self._leak_limit(ocv_slope_v_per_pct)
         for cell in np.flatnonzero(finite_or(result.leak_a) > leak_limit):
             result.cells.append(int(cell))
             result.reasons.append(
@@ -122,11 +126,20 @@ class AnomalyDetector:
         result.cells = sorted(set(result.cells))
         return result
 
-    def _leak(
-        self, dt_s: float, deviation_v: FloatArray, settled: bool, slope_v_per_pct: float
-    ) -> FloatArray:
-        if settled:
-            self.drift.add(dt_s, deviation_v)
+    def _leak_view(self, slope_v_per_pct: float) -> tuple[FloatArray, FloatArray]:
+        """Each cell's leak [A] and the leak it must exceed, computed again only when the
+        drift fit (its slope array is replaced at every settled poll, kept otherwise) or the
+        OCV slope changed: between rests they are the same every poll. Read-only arrays, as
+        the Diagnoses until then share them."""
+        drift = self.drift.slope_per_h
+        cached = self._leak_cache
+        if cached is None or cached[0] is not drift or cached[1] != slope_v_per_pct:
+            leak, limit = self._leak(slope_v_per_pct), self._leak_limit(slope_v_per_pct)
+            leak.flags.writeable = limit.flags.writeable = False
+            cached = self._leak_cache = (drift, slope_v_per_pct, leak, limit)
+        return cached[2], cached[3]
+
+    def _leak(self, slope_v_per_pct: float) -> FloatArray:
         # A leak discharges: the cell's OCV falls against the string, so leak = -drift.
         soc_rate_pct_per_h = self.drift.slope_per_h / max(slope_v_per_pct, 1e-6)
         leak = -soc_rate_pct_per_h * self.capacity_ah / 100.0

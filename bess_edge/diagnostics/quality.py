@@ -151,7 +151,7 @@ def _in_band(reading: Reading, values: FloatArray, lo: float, hi: float, name: s
     missing = np.isnan(out)
     if missing.any():
         reading.flag(Quality.MISSING, f"{name} missing at {_ids(np.flatnonzero(missing))}")
-    bad = ~missing & ~((out >= lo) & (out <= hi))
+    bad = (out < lo) | (out > hi)  # False for NaN: missing is not also out of range
     if bad.any():
         reading.flag(
             Quality.OUT_OF_RANGE,

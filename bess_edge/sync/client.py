@@ -111,6 +111,18 @@ def apply_credentials(client: paho.Client, cfg: MqttConfig) -> None:
         client.tls_insecure_set(cfg.tls.insecure_skip_verify)
 
 
+class _ErrorText(logging.Handler):
+    """The latest error line paho logged: it reports socket and TLS errors ("failed to receive
+    on socket: ...") only there."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text = record.getMessage()
+
+
 class MqttLink:
     """One MQTT client with a will; connect(), publish(), and events delivered to asyncio."""
 
@@ -134,7 +146,7 @@ class MqttLink:
         self.disconnected.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[tuple[bool, str]] | None = None
-        self._last_error: str | None = None
+        self._errors = _ErrorText()
         self.broker_max_packet_bytes: int | None = None
         # PUBACKs not yet handed to the event loop: a burst goes over in one call, as one
         # wake-up of the loop (a self-pipe write, a pass of the drainer) per PUBACK cost more
@@ -161,7 +173,12 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        # Through a logger at ERROR, not on_log: paho formats every packet's debug line for an
+        # on_log callback (with its properties: a third of a live publish's CPU), while a logger
+        # below its level costs one check.
+        errors = logging.Logger(f"{__name__}.paho", logging.ERROR)
+        errors.addHandler(self._errors)
+        client.enable_logger(errors)
         return client
 
     # -- connecting -------------------------------------------------------------------------
@@ -177,7 +194,7 @@ class MqttLink:
         client = self.client
         topic, payload = self.will()  # stamped with this connection's time
         client.will_set(topic, payload, qos=1, retain=True)
-        self._last_error = None
+        self._errors.text = None
         self._connack = self._loop.create_future()
         try:
             await asyncio.to_thread(self._connect_blocking, client)
@@ -280,7 +297,7 @@ class MqttLink:
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        why = self._last_error or str(reason)
+        why = self._errors.text or str(reason)
         self._call(self._lost, why)
 
     def _lost(self, why: str) -> None:
@@ -318,8 +335,3 @@ class MqttLink:
             correlation_data=getattr(props, "CorrelationData", None),
         )
         self._call(self.on_message, inbound)
-
-    def _on_log(self, client: Any, userdata: Any, level: int, text: str) -> None:
-        # paho reports socket and TLS errors only here ("failed to receive on socket: ...").
-        if level == paho.MQTT_LOG_ERR:
-            self._last_error = text

@@ -1,10 +1,13 @@
-"""PUBACKs from paho's network thread reach the event loop in order, a burst in one hand-over."""
+"""What paho's network thread tells the event loop: PUBACKs in order, a burst in one hand-over;
+the reason a connection was lost, from paho's error log line."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from unittest import mock
 
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -60,3 +63,23 @@ def test_a_burst_of_pubacks_is_handed_to_the_loop_at_once_and_in_order():
     ]
     assert "Quota exceeded" in received[2][2]
     assert handovers == 2
+
+
+def test_a_lost_connection_is_reported_with_the_socket_error_paho_logged():
+    why: list[str] = []
+
+    async def scenario() -> None:
+        link = MqttLink(MqttConfig(), "gw", lambda: ("t", b""), lambda m: None, lambda *a: None)
+        link._loop = asyncio.get_running_loop()
+        link.connected.set()
+        client = link._build()
+        assert client.on_log is None  # debug lines of every packet are never formatted
+        client._easy_log(paho.MQTT_LOG_DEBUG, "Sending PUBLISH (m%d)", 1)
+        client._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", "[Errno 104] reset")
+        with mock.patch("bess_edge.sync.client.log.warning") as warning:
+            link._on_disconnect(client, None, None, "Unspecified error", None)
+            await asyncio.sleep(0)
+        why.append(warning.call_args.kwargs["extra"]["error"])
+
+    asyncio.run(scenario())
+    assert why == ["failed to receive on socket: [Errno 104] reset"]
