@@ -9,8 +9,10 @@ duty and measured with sensors as they are.
 
 PyBaMM is solved in two-hour chunks with only the knots where the current changes (a
 drive-cycle ``Interpolant`` costs time in proportion to its number of knots at every
-evaluation). Solutions are cached as ``.npz`` under ``$BESS_EDGE_BENCH_CACHE`` (default: the
-temp dir), keyed by PyBaMM's version, the cell, the solver settings and the exact current.
+evaluation); a single cell's calibration charge is a CC-CV ``pybamm.Experiment`` to the cell's
+own upper cut-off, so the current there is the cell's answer, not the duty's. Solutions are
+cached as ``.npz`` under ``$BESS_EDGE_BENCH_CACHE`` (default: the temp dir), keyed by PyBaMM's
+version, the cell, the solver settings, the exact current and the calibration charges.
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ import pybamm
 
 CHUNK_S = 7200
 SOLVER = {"rtol": 1e-6, "atol": 1e-8}  # IDAKLU defaults (1e-4) leave ~2 mV of solver error
-CACHE_VERSION = 2  # bump when solve() changes what it computes
+CACHE_VERSION = 3  # bump when solve() changes what it computes
 VOLTAGE, DISCHARGED, OCV = (
     "Voltage [V]",
     "Discharge capacity [A.h]",
     "Bulk open-circuit voltage [V]",
 )
+CURRENT = "current_a"  # solve()'s own output: the current that flowed [A], > 0 charging
 DAYS = 3
 START_SOC_PCT = 55.0
+# A calibration charge: CC at C/4, CV until C/20 as a BMS ends it, the hold capped at 3 h, in a
+# window long enough for the CC from 30 % (2.8 h), the longest hold and a rest after.
+CALIBRATION_C = 0.25
+CALIBRATION_CUTOFF_C = 0.05
+CALIBRATION_HOLD_S = 3 * 3600.0
+CALIBRATION_WINDOW_S = 7 * 3600
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,25 @@ class CellSpec:
     def label_ah(self) -> float:
         """The nameplate capacity: what a user types into the config."""
         return float(pybamm.ParameterValues(self.parameter_set)["Nominal cell capacity [A.h]"])
+
+    @property
+    def upper_cutoff_v(self) -> float:
+        """The parameter set's own charge limit (``parameters()`` raises it for the solver)."""
+        return float(pybamm.ParameterValues(self.parameter_set)["Upper voltage cut-off [V]"])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A full charge from sample ``start`` (the last one before it) to ``end`` of a profile: CC
+    at ``charge_a`` to ``limit_v``, that voltage held until the current falls to ``cutoff_a``
+    (at most ``hold_s``), then a rest until ``end``. The profile holds NaN after ``start``."""
+
+    start: int
+    end: int
+    charge_a: float
+    cutoff_a: float
+    limit_v: float
+    hold_s: float
 
 
 @dataclass(frozen=True)
@@ -132,14 +160,79 @@ CELLS: tuple[CellSpec, ...] = (
 STRINGS: tuple[StringSpec, ...] = (_nmc_string(),)
 
 
-def _cache_path(spec: CellSpec, t_s: np.ndarray, current_a: np.ndarray, variables) -> Path:
+def _cache_path(
+    spec: CellSpec,
+    t_s: np.ndarray,
+    current_a: np.ndarray,
+    variables,
+    calibrations: tuple[Calibration, ...],
+) -> Path:
     key = hashlib.sha256()
-    for part in (CACHE_VERSION, pybamm.__version__, spec, SOLVER, CHUNK_S, variables):
+    for part in (CACHE_VERSION, pybamm.__version__, spec, SOLVER, CHUNK_S, variables, calibrations):
         key.update(repr(part).encode())
     key.update(np.ascontiguousarray(t_s, dtype=np.float64).tobytes())
     key.update(np.ascontiguousarray(current_a, dtype=np.float64).tobytes())
     cache_dir = Path(os.environ.get("BESS_EDGE_BENCH_CACHE", tempfile.gettempdir()))
     return cache_dir / "bess-edge-pybamm" / f"{spec.name}-{key.hexdigest()[:24]}.npz"
+
+
+def _pieces(
+    n: int, calibrations: tuple[Calibration, ...]
+) -> list[tuple[int, int, Calibration | None]]:
+    """Samples 0..n-1 as (first, last, calibration or None): chunks of at most CHUNK_S
+    between the calibration charges, each of those whole."""
+    out: list[tuple[int, int, Calibration | None]] = []
+    at = 0
+    for cal in (*sorted(calibrations, key=lambda c: c.start), None):
+        stop = cal.start if cal is not None else n - 1
+        out += [(a, min(a + CHUNK_S, stop), None) for a in range(at, stop, CHUNK_S)]
+        if cal is not None:
+            out.append((cal.start, cal.end, cal))
+            at = cal.end
+    return out
+
+
+def _current_driven(
+    model: pybamm.BaseModel,
+    params: pybamm.ParameterValues,
+    t_s: np.ndarray,
+    current_a: np.ndarray,
+    initial_soc: float | None,
+) -> pybamm.Solution:
+    """PyBaMM driven by ``current_a`` at ``t_s`` (the first sample is the state's)."""
+    # Knots only where the current changes: the piecewise-linear signal is the same.
+    change = np.flatnonzero(np.diff(current_a))
+    knots = np.unique(np.concatenate([[0, current_a.size - 1], change, change + 1]))
+    chunk = params.copy()
+    chunk["Current function [A]"] = pybamm.Interpolant(t_s[knots], -current_a[knots], pybamm.t)
+    sim = pybamm.Simulation(model, parameter_values=chunk, solver=pybamm.IDAKLUSolver(**SOLVER))
+    # The knots are stops: from a rest the solver's step grows to hours, and one step from a
+    # rest to a rest would pass over a discharge between them (measured: a 0.5C, 40-min
+    # discharge inside a 2-h chunk that moved no charge).
+    return sim.solve(t_eval=t_s[knots], t_interp=t_s, initial_soc=initial_soc)
+
+
+def _cc_cv(
+    model: pybamm.BaseModel,
+    params: pybamm.ParameterValues,
+    cal: Calibration,
+    initial_soc: float | None,
+) -> pybamm.Solution:
+    """The CC and CV phases of a calibration charge, timed from 0 at its start."""
+    experiment = pybamm.Experiment(
+        [
+            (
+                f"Charge at {cal.charge_a} A until {cal.limit_v} V",
+                f"Hold at {cal.limit_v} V for {cal.hold_s} seconds or until {cal.cutoff_a} A",
+            )
+        ],
+        period="1 second",
+    )
+    sim = pybamm.Simulation(
+        model, parameter_values=params, experiment=experiment,
+        solver=pybamm.IDAKLUSolver(**SOLVER),
+    )  # fmt: skip
+    return sim.solve(initial_soc=initial_soc)
 
 
 def solve(
@@ -149,38 +242,54 @@ def solve(
     initial_soc: float,
     variables: tuple[str, ...] = (VOLTAGE, DISCHARGED),
     use_cache: bool = True,
+    calibrations: tuple[Calibration, ...] = (),
 ) -> dict[str, np.ndarray]:
-    """PyBaMM SPMe driven by ``current_a`` (> 0 charging, our convention) at 1-s times ``t_s``:
-    each of ``variables`` at each time (fewer if the cell hit a voltage limit)."""
-    path = _cache_path(spec, t_s, current_a, (initial_soc, variables))
+    """PyBaMM SPMe driven by ``current_a`` (> 0 charging, our convention) at 1-s times ``t_s``,
+    and by voltage in the ``calibrations``: each of ``variables`` and CURRENT at each time
+    (fewer if the cell hit a voltage limit)."""
+    path = _cache_path(spec, t_s, current_a, (initial_soc, variables), calibrations)
+    names = (*variables, CURRENT)
     if use_cache and path.exists():
         with np.load(path) as cached:
-            return {name: cached[name] for name in variables}
+            return {name: cached[name] for name in names}
     params = spec.parameters()
     model = pybamm.lithium_ion.SPMe(options={"contact resistance": "true"})
-    out: dict[str, list[np.ndarray]] = {name: [] for name in variables}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in names}
     sol = None
-    for start in range(0, t_s.size - 1, CHUNK_S):
-        end = min(start + CHUNK_S, t_s.size - 1)
-        i = current_a[start : end + 1]
-        # Knots only where the current changes: the piecewise-linear signal is the same.
-        change = np.flatnonzero(np.diff(i))
-        knots = np.unique(np.concatenate([[0, i.size - 1], change, change + 1]))
-        chunk = params.copy()
-        chunk["Current function [A]"] = pybamm.Interpolant(
-            t_s[start : end + 1][knots], -i[knots], pybamm.t
-        )
+    for start, end, cal in _pieces(t_s.size, calibrations):
         if sol is not None:
             model = model.set_initial_conditions_from(sol, inplace=False)
-        sim = pybamm.Simulation(model, parameter_values=chunk, solver=pybamm.IDAKLUSolver(**SOLVER))
-        sol = sim.solve(
-            t_eval=[t_s[start], t_s[end]],
-            t_interp=t_s[start : end + 1],
-            initial_soc=initial_soc if start == 0 else None,
-        )
-        first = 0 if start == 0 else 1  # a chunk starts where the last one ended
+        soc0 = initial_soc if sol is None else None
+        first = 0 if sol is None else 1  # a piece starts where the last one ended
+        times = t_s[start : end + 1]
+        if cal is None:
+            amps = current_a[start : end + 1].copy()
+            if sol is not None:
+                amps[0] = out[CURRENT][-1][-1]  # what flowed there (NaN in a calibration)
+            sol = _current_driven(model, params, times, amps, soc0)
+            for name in variables:
+                out[name].append(sol[name].entries[first:])
+            solved = start + out[variables[0]][-1].size + first
+            out[CURRENT].append(current_a[start + first : solved])
+            if sol.t[-1] < t_s[end]:
+                break  # a voltage limit ended the simulation
+            continue
+        charged = _cc_cv(model, params, cal, soc0)
+        t_end = t_s[start] + float(charged.t[-1])
+        if t_end >= t_s[end]:
+            raise ValueError(f"{spec.name}: the calibration charge outlasts its window")
+        during = times[first:][times[first:] <= t_end]
         for name in variables:
-            out[name].append(sol[name].entries[first:])
+            out[name].append(np.interp(during, t_s[start] + charged.t, charged[name].entries))
+        amps = -charged["Current [A]"].entries
+        out[CURRENT].append(np.interp(during, t_s[start] + charged.t, amps))
+        # The rest to the window's end, from where the CV phase stopped.
+        model = model.set_initial_conditions_from(charged, inplace=False)
+        rest_t = np.concatenate([[t_end], times[times > t_end]])
+        sol = _current_driven(model, params, rest_t, np.zeros(rest_t.size), None)
+        for name in variables:
+            out[name].append(sol[name].entries[1:])
+        out[CURRENT].append(np.zeros(out[variables[0]][-1].size))
         if sol.t[-1] < t_s[end]:
             break  # a voltage limit ended the simulation
     result = {name: np.concatenate(parts) for name, parts in out.items()}
@@ -261,6 +370,17 @@ class _Duty:
         while self.soc < target_pct:
             self.variable(300, 0.25, 0.08, 60)
 
+    def calibrate(self, limit_v: float) -> Calibration:
+        """A CC-CV full charge in a fixed window (solve() finds its current); full after."""
+        cal = Calibration(
+            self.seconds - 1, self.seconds + CALIBRATION_WINDOW_S - 1, CALIBRATION_C * self.c,
+            CALIBRATION_CUTOFF_C * self.c, limit_v, CALIBRATION_HOLD_S,
+        )  # fmt: skip
+        self.blocks.append(np.full(CALIBRATION_WINDOW_S, np.nan))
+        self.seconds += CALIBRATION_WINDOW_S
+        self.soc = 100.0
+        return cal
+
 
 def duty(
     capacity_ah: float,
@@ -268,29 +388,37 @@ def duty(
     low_pct: float = 15.0,
     high_pct: float = 85.0,
     calibration_pct: float = 99.0,
-) -> tuple[np.ndarray, np.ndarray, int]:
+    limit_v: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, tuple[Calibration, ...]]:
     """Current [A] at 1 Hz from full: a C/4 discharge to START_SOC_PCT, then DAYS of a
-    stationary-storage day; the index where the estimator starts is returned too.
+    stationary-storage day; the index where the estimator starts and the calibration charges
+    (for ``solve()``) are returned too.
 
     A day: a 2-h rest, a 0.5C morning discharge to 30 %, a rest, a cloudy solar charge to the
     day's top, a rest, 3 h of frequency regulation (10-s setpoints), an evening discharge, a
     3-h rest, a night charge back to START_SOC_PCT and regulation for the rest of the day. Every
-    other day the top is a calibration charge: C/4 to 95 %, then C/10 and C/25 steps towards
-    ``calibration_pct`` as a BMS's CV taper does. Steps ramp from an odd to an even second, so a
-    2-s poll at even seconds sees the voltage before and right after each step: the 1-s
-    response that ``characterise`` measures as the truth.
+    other day the top is a calibration charge: with ``limit_v``, CC at C/4 to that voltage, CV
+    until C/20 (at most CALIBRATION_HOLD_S) and a rest, in a window of CALIBRATION_WINDOW_S;
+    without (a string: one current through cells that reach the limit at different times),
+    C/4 to 95 %, then C/10 and C/25 steps towards ``calibration_pct`` as a BMS's last steps.
+    Steps ramp from an odd to an even second, so a 2-s poll at even seconds sees the voltage
+    before and right after each step: the 1-s response that ``characterise`` measures as the
+    truth.
     """
     d = _Duty(capacity_ah, 100.0, rng)
     d.hold(600, 0.0)
     d.to_soc(START_SOC_PCT, -0.25)
     start = d.seconds
     d.hold(1200, 0.0)
+    calibrations = []
     for day in range(DAYS):
         day_start = d.seconds
         d.hold(2 * 3600, 0.0)
         d.to_soc(30.0, -0.5)
         d.hold(3600, 0.0)
-        if day % 2 == 1:
+        if day % 2 == 1 and limit_v is not None:
+            calibrations.append(d.calibrate(limit_v))
+        elif day % 2 == 1:
             d.to_soc(95.0 * calibration_pct / 99.0, 0.25)
             d.to_soc(calibration_pct - 1.5, 0.1)
             d.to_soc(calibration_pct, 0.04)
@@ -306,7 +434,7 @@ def duty(
         if left > 0:
             d.variable(left, 0.0, 0.2, 10)
     current = np.concatenate(d.blocks)
-    return np.arange(current.size, dtype=np.float64), current, start
+    return np.arange(current.size, dtype=np.float64), current, start, tuple(calibrations)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 The headline is what a user has: the chemistry preset (``get_chemistry()``) and the label
 capacity, nothing measured on the cell; sensors with an offset of ±2 % of 1C, a gain error of
 ±1 %, noise and quantisation; a realistic BESS duty (partial cycles, rests, regulation, a
-calibration charge every other day); an initial SOC 30 points wrong. The second line repeats
-it with a commissioning table (the OCV measured on the same cell, as ``bess-edge commission``
-would write it). Cells, duty and sensors: ``accuracy_cells.py``.
+calibration charge every other day: CC-CV to the cell's own upper cut-off); an initial SOC 30
+points wrong. The second line repeats it with a commissioning table (the OCV measured on the
+same cell, as ``bess-edge commission`` would write it). Cells, duty and sensors:
+``accuracy_cells.py``.
 
 Per cell: SOC RMSE from 2 h and from 24 h on, capacity error at the end (72 h) and when the
 first estimate came, 1-s DC pulse resistance error, and the share of the time from 2 h on whose
@@ -29,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 from accuracy_cells import (
     CELLS,
+    CURRENT,
     DISCHARGED,
     STRINGS,
     VOLTAGE,
@@ -186,13 +188,13 @@ def run_cell(spec: CellSpec, index: int, use_cache: bool, lines: tuple = LINES) 
     started = time.perf_counter()
     rng = np.random.default_rng(SEED + index)
     truth = characterise(spec, use_cache)
-    t, current, start = duty(truth.capacity_ah, rng)
-    sol = solve(spec, t, current, 1.0, use_cache=use_cache)
+    t, current, start, calibrations = duty(truth.capacity_ah, rng, limit_v=spec.upper_cutoff_v)
+    sol = solve(spec, t, current, 1.0, use_cache=use_cache, calibrations=calibrations)
     n = sol[VOLTAGE].size
     true_soc = 100.0 * (1.0 - sol[DISCHARGED] / truth.capacity_ah)
     sensors = sensors_for(index)
     v = sensors.voltage(sol[VOLTAGE], rng)[:, None]
-    i = sensors.current(current[:n], spec.label_ah, rng)
+    i = sensors.current(sol[CURRENT], spec.label_ah, rng)
     solved = time.perf_counter()
     wrong = true_soc[start] + (30.0 if true_soc[start] < 60 else -30.0)
     results = []
@@ -223,7 +225,7 @@ def run_string(spec: StringSpec, index: int, use_cache: bool, lines: tuple = LIN
     rng = np.random.default_rng(SEED + index)
     truths = [characterise(c, use_cache) for c in spec.cells]
     caps = np.array([tr.capacity_ah for tr in truths])
-    t, current, start = duty(float(caps.min()), rng, 30.0, 75.0, 88.0)
+    t, current, start, _ = duty(float(caps.min()), rng, 30.0, 75.0, 88.0)
     sols = [solve(c, t, current, c.initial_soc, use_cache=use_cache) for c in spec.cells]
     n = min(s[VOLTAGE].size for s in sols)
     true_v = np.stack([s[VOLTAGE][:n] for s in sols], axis=1)

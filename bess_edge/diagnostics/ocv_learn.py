@@ -295,6 +295,16 @@ EMPTY_MARGIN_V = 0.1
 LIMIT_SOC_SIGMA_PCT = 1.5
 # Charging, not a rest read through an offset: at least this [fraction of 1C] after the offset.
 LIMIT_MIN_C = 0.01
+# A cell's own limit is not its preset's (an LFP cell held at 3.6 V under a 3.65-V preset): a
+# CV hold is also recognised as a voltage held flat while the charge current decays by ten
+# times its noise (0.003C) to the taper, in the top of the preset's curve (at rest,
+# HOLD_BAND_SOC_PCT or more on the preset). Flat: two readings of one voltage by a cell monitor
+# with 1 mV of noise and 1-mV steps differ by up to ~7 mV (4 sigma of a difference, a step).
+# A slow charge or a rest read through an offset keeps its current; a CC charge there keeps
+# raising the voltage.
+HOLD_FLAT_V = 0.008
+HOLD_DECAY_C = 0.03
+HOLD_BAND_SOC_PCT = 98.0
 # The curve replaces the preset once this many settled rests are in the fit.
 MIN_RESTS = 3
 # About a month of daily cycling: the curve and Q move slowly with ageing, so old rests go.
@@ -318,6 +328,10 @@ class OcvLearner:
         self.fit: LearnedOcv | None = None
         self.revision = 0  # how many times the curve was refitted
         self._limit: FloatArray | None = None  # the newest limit sample of this charge
+        # A hold's lowest and highest voltage and highest current; the poll before this one.
+        self._hold: tuple[float, float, float] | None = None
+        self._last_poll: tuple[float, float, float] | None = None
+        self.hold_band_v = float(np.interp(HOLD_BAND_SOC_PCT, self.knots, self.prior_ocv))
         self._last_rest: tuple[float, float] | None = None  # chain, counter variance there
 
     def observe(
@@ -330,17 +344,40 @@ class OcvLearner:
         capacity_ah: float,
     ) -> None:
         """One poll (a few comparisons): note the counter where a taper meets a limit."""
+        held = self._held(corrected_current_a, voltage_v, capacity_ah)
         amps = abs(corrected_current_a)
         if not (LIMIT_MIN_C * capacity_ah <= amps <= LIMIT_TAPER_C * capacity_ah):
             return
         chem = self.preset
-        if corrected_current_a > 0 and voltage_v >= chem.cell_voltage_max_v - FULL_MARGIN_V:
+        near_max = voltage_v >= chem.cell_voltage_max_v - FULL_MARGIN_V
+        if corrected_current_a > 0 and (near_max or held):
             soc = 100.0
         elif corrected_current_a < 0 and voltage_v <= chem.cell_voltage_min_v + EMPTY_MARGIN_V:
             soc = 0.0
         else:
             return
         self._limit = np.array([soc, LIMIT_SOC_SIGMA_PCT**2, counter_ah, ts_s, chain])
+
+    def _held(self, corrected_current_a: float, voltage_v: float, capacity_ah: float) -> bool:
+        """Whether this poll ends a CV hold's decay in the preset's top band (see HOLD_*): the
+        polls since the hold began span at most HOLD_FLAT_V, and the current fell from their
+        highest. A poll outside the span starts a new hold with the poll before it where the
+        two are within it (the CC phase's last poll, still rising, drops out)."""
+        poll = (voltage_v, voltage_v, corrected_current_a)
+        last, self._last_poll = self._last_poll, poll
+        charging = corrected_current_a >= LIMIT_MIN_C * capacity_ah
+        if not (charging and voltage_v >= self.hold_band_v):
+            self._hold, self._last_poll = None, None
+            return False
+        hold = self._hold
+        if hold is not None and max(hold[1], voltage_v) - min(hold[0], voltage_v) <= HOLD_FLAT_V:
+            hold = (min(hold[0], voltage_v), max(hold[1], voltage_v), max(hold[2], poll[2]))
+        elif last is not None and abs(last[0] - voltage_v) <= HOLD_FLAT_V:
+            hold = (min(last[0], voltage_v), max(last[0], voltage_v), max(last[2], poll[2]))
+        else:
+            hold = poll
+        self._hold = hold
+        return hold[2] - corrected_current_a >= HOLD_DECAY_C * capacity_ah
 
     def end_rest(
         self,

@@ -1,0 +1,73 @@
+"""A calibration charge anchors full SOC on a cell whose own limit is not its preset's."""
+
+import numpy as np
+
+from bess_edge.chemistry import LFP
+from bess_edge.diagnostics.ocv_learn import OcvLearner
+
+CAPACITY_AH = 100.0
+POLL_S = 30.0
+NOISE_C = 0.003  # the cell monitor's current noise, fraction of 1C
+
+
+def _feed(learner: OcvLearner, volts, amps) -> list[float]:
+    """Polls (voltage V, corrected current A) counted from an empty counter; the counter at
+    each poll [Ah]."""
+    counter, counters = 0.0, []
+    for k, (v, a) in enumerate(zip(volts, amps, strict=True)):
+        counter += a * POLL_S / 3600.0
+        learner.observe(a, v, counter, k * POLL_S, 0.0, CAPACITY_AH)
+        counters.append(counter)
+    return counters
+
+
+def _anchors_after(volts, amps) -> tuple[np.ndarray, list[float]]:
+    learner = OcvLearner(LFP)
+    counters = _feed(learner, volts, amps)
+    learner.end_rest(None, (CAPACITY_AH, 10.0), (0.0, 1.0))
+    return learner.anchors, counters
+
+
+def test_a_cv_hold_at_the_cells_own_limit_below_the_presets_anchors_full():
+    # An LFP cell whose BMS holds 3.60 V (the preset's limit is 3.65 V): C/4 up the knee, then
+    # the hold, its current decaying from C/4 to C/20 within two minutes, read with 1 mV of
+    # noise (3.603 then 3.598 V for 3.600), then a rest.
+    cc_v = [3.40, 3.42, 3.45, 3.50, 3.56, 3.592]
+    hold_a = [0.16, 0.09, 0.05]
+    volts = [*cc_v, 3.603, 3.598, 3.600, 3.46, 3.45]
+    amps = [*([0.25] * len(cc_v)), *hold_a, 0.0, 0.0]
+    anchors, counters = _anchors_after(volts, np.array(amps) * CAPACITY_AH)
+    assert LFP.cell_voltage_max_v - 0.03 > 3.6  # the preset's own margin misses this cell
+    assert anchors.shape[0] == 1
+    soc, _, counter_ah = anchors[0, :3]
+    assert soc == 100.0
+    assert counter_ah == counters[len(cc_v) + len(hold_a) - 1]  # the end of the hold
+
+
+def test_a_slow_charge_across_the_top_anchors_nothing():
+    # C/20 through the top of the curve (an EMS trickling in solar): the voltage creeps, the
+    # current stays with its noise.
+    rng = np.random.default_rng(2)
+    volts = np.linspace(3.46, 3.50, 240)
+    amps = (0.05 + NOISE_C * rng.standard_normal(volts.size)) * CAPACITY_AH
+    anchors, _ = _anchors_after(volts, amps)
+    assert anchors.shape[0] == 0
+
+
+def test_a_rest_at_the_top_read_through_an_offset_anchors_nothing():
+    # A day's rest after a full charge, the current read 2 % of 1C high: charging on paper,
+    # the voltage flat, but the current does not decay.
+    rng = np.random.default_rng(3)
+    volts = 3.470 + 0.001 * rng.standard_normal(2880)
+    amps = (0.02 + NOISE_C * rng.standard_normal(volts.size)) * CAPACITY_AH
+    anchors, _ = _anchors_after(np.round(volts, 3), amps)
+    assert anchors.shape[0] == 0
+
+
+def test_a_charge_current_cut_in_steps_below_the_top_anchors_nothing():
+    # An EMS stepping a charge down at 90 % SOC (3.34 V, the plateau): the voltage is flat and
+    # the current falls, but not in the top of the curve.
+    volts = [3.345, 3.344, 3.343, 3.343, 3.342]
+    amps = np.array([0.25, 0.25, 0.1, 0.05, 0.05]) * CAPACITY_AH
+    anchors, _ = _anchors_after(volts, amps)
+    assert anchors.shape[0] == 0
