@@ -44,6 +44,8 @@ class Quality(enum.IntFlag):
 
     def names(self) -> list[str]:
         """Flag names, lowercase, for logs and payloads (``["stale", "partial"]``)."""
+        if not self:  # a clean Reading, every poll but a few: no walk over the members
+            return []
         return [f.name.lower() for f in Quality if f.value and f in self and f.name]
 
 

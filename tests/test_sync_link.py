@@ -9,6 +9,7 @@ from unittest import mock
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bess_edge.config import MqttConfig
@@ -83,3 +84,13 @@ def test_a_lost_connection_is_reported_with_the_socket_error_paho_logged():
 
     asyncio.run(scenario())
     assert why == ["failed to receive on socket: [Errno 104] reset"]
+
+
+def test_the_shared_publish_properties_pack_as_freshly_built_ones():
+    link = MqttLink(MqttConfig(), "gw", lambda: ("t", b""), lambda m: None, lambda *a: None)
+    for content_type in ("application/json", "application/zlib+json", "application/json"):
+        shared = link._content_type_props(content_type)
+        fresh = Properties(PacketTypes.PUBLISH)
+        fresh.ContentType = content_type
+        assert shared.pack() == shared.pack() == fresh.pack()
+    assert link._content_type_props("application/json") is shared

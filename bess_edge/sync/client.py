@@ -111,6 +111,18 @@ def apply_credentials(client: paho.Client, cfg: MqttConfig) -> None:
         client.tls_insecure_set(cfg.tls.insecure_skip_verify)
 
 
+class _PackedOnce(Properties):
+    """Publish properties that stay as built: packed at the first publish, not at each (paho's
+    pack walks every property name in Python, ~6 us a message)."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()
+            object.__setattr__(self, "_packed", packed)  # Properties refuses unknown names
+        return packed
+
+
 class _ErrorText(logging.Handler):
     """The latest error line paho logged: it reports socket and TLS errors ("failed to receive
     on socket: ...") only there."""
@@ -263,10 +275,10 @@ class MqttLink:
 
     def _content_type_props(self, content_type: str) -> Properties:
         """One set of properties per content type, shared by every publish (paho only reads
-        it): building it for each message cost ~11 us of a live message's CPU."""
+        it): building and packing it for each message cost ~17 us of a live message's CPU."""
         props = self._content_props.get(content_type)
         if props is None:
-            props = self._content_props[content_type] = Properties(PacketTypes.PUBLISH)
+            props = self._content_props[content_type] = _PackedOnce(PacketTypes.PUBLISH)
             props.ContentType = content_type
         return props
 
