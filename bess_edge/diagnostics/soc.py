@@ -100,6 +100,7 @@ class SocFilter:
         self.x: FloatArray = np.zeros((channels, self.states))
         self.p: FloatArray = np.zeros((channels, self.states, self.states))
         self.initialised = False
+        self._eyes = _identities(channels, self.states)
         self.use_chemistry(chemistry)
 
     def use_chemistry(self, chemistry: Chemistry) -> None:
@@ -117,6 +118,13 @@ class SocFilter:
         # A learned table's error depends on SOC (interpolated per poll); others' is a constant.
         self._table_sigma = bool(chemistry.ocv_sigma_v)
         self._table_error_v = float(ocv_table_error_v(chemistry))
+
+    def _identities(self) -> FloatArray:
+        """A fresh stack of identity matrices, one per channel: a copy of one kept (building
+        it costs three numpy calls, twice a step)."""
+        if self._eyes.shape[0] != self.channels:
+            self._eyes = _identities(self.channels, self.states)
+        return self._eyes.copy()
 
     @property
     def channels(self) -> int:
@@ -171,7 +179,7 @@ class SocFilter:
         a cell filter is given the already corrected current.
         """
         chem = self.chemistry
-        n, states = self.channels, self.states
+        states = self.states
         x = self.x
         bias = x[:, 2] if states == 3 else 0.0
         i_corr = current_a - bias
@@ -183,7 +191,7 @@ class SocFilter:
         x[:, 1] = a * x[:, 1] + rc_gain * i_corr
 
         # Predict P: J P Jᵀ + Q, J the identity but for the RC decay and the offset's column.
-        jac = _identities(n, states)
+        jac = self._identities()
         jac[:, 1, 1] = a
         sigma_i = CURRENT_NOISE_C * capacity_ah
         q_soc = (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
@@ -231,7 +239,7 @@ class SocFilter:
         x += gain * innovation[:, None]
         # Joseph form: stays a valid covariance with the sub-optimal (gated, frozen) gains.
         # With H = [1, 0, ...], I - K H is the identity with K subtracted from its first column.
-        i_kh = _identities(self.channels, self.states)
+        i_kh = self._identities()
         i_kh[:, :, 0] -= gain
         kkt = gain[:, :, None] * gain[:, None, :] * (s - prior_var)[:, None, None]
         p = self.p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt

@@ -74,10 +74,11 @@ class LimitTracker:
 
     def limiting(self) -> BoolArray:
         """Cells first at both ends of the string in most of its recent charges and discharges."""
-        if np.any(self.seen < LIMIT_MIN_ENDS):
+        # Array methods, not np.any/np.all: their wrappers cost more than the test (per poll).
+        if (self.seen < LIMIT_MIN_ENDS).any():
             return np.zeros(self.first.shape[1], dtype=bool)
         share = self.first / self.ends[:, None]
-        return np.asarray(np.all(share >= LIMIT_SHARE, axis=0))
+        return np.asarray((share >= LIMIT_SHARE).all(axis=0))
 
     def state(self) -> dict[str, Any]:
         return {"first": self.first, "ends": np.concatenate([self.ends, self.seen]),

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from bess_edge.diagnostics.numeric import finite_or
 from bess_edge.model import FloatArray
 
 _FIELDS = ("s0", "st", "stt", "sy", "sty", "pxx", "pxy")
@@ -55,9 +54,10 @@ class EwTrend:
         self.sy = decay * self.sy
         self.pxx = decay * self.pxx
         self.pxy = decay * self.pxy
-        w = np.where(np.isfinite(y), weight, 0.0)
+        finite = np.isfinite(y)
+        w = np.where(finite, weight, 0.0)
         self.s0 = self.s0 + w
-        self.sy = self.sy + w * finite_or(y)
+        self.sy = self.sy + w * np.where(finite, y, 0.0)
         # The new sample sits at t = 0, so it adds nothing to st, stt or sty.
 
     def new_segment(self) -> None:
