@@ -261,6 +261,9 @@ def run_string(spec: StringSpec, index: int, use_cache: bool, lines: tuple = LIN
                 "cell_rmse_24h": _rmse(cell_err[hours >= 24.0].ravel()),
                 "usable_true_ah": usable,
                 "usable_err_pct": 100.0 * (est_usable / usable - 1.0),
+                "usable_sigma_pct": 100.0
+                * getattr(d, "usable_capacity_uncertainty_ah", math.nan)
+                / usable,
                 "recoverable_true_ah": float(caps.min()) - usable,
                 "recoverable_est_ah": est_recoverable,
                 "weak_found": spec.weak_cell in d.weak_cells,
@@ -326,7 +329,10 @@ def report(results: list[dict]) -> None:
             print(
                 f"{r['name']}: cell SOC RMSE after 24 h {r['cell_rmse_24h']:.2f} %; usable "
                 f"{r['usable_true_ah']:.3f} Ah, error {r['usable_err_pct']:+.2f} % "
-                f"{_mark(r['usable_err_pct'], USABLE_TARGET_PCT)}; recoverable by balancing "
+                f"{_mark(r['usable_err_pct'], USABLE_TARGET_PCT)} (sigma "
+                f"{r['usable_sigma_pct']:.2f} %, truth "
+                f"{'' if abs(r['usable_err_pct']) <= 2 * r['usable_sigma_pct'] else 'NOT '}"
+                f"within 2 sigma); recoverable by balancing "
                 f"{r['recoverable_true_ah']:.3f} Ah, estimated {r['recoverable_est_ah']:.3f} Ah; "
                 f"weak cell {'named' if r['weak_found'] else 'MISSED'}, high-R cell "
                 f"{'named' if r['high_r_found'] else 'MISSED'} (weak_cells {r['weak_cells']})"
