@@ -112,6 +112,10 @@ READ_INDEXES = {
         f"samples (device, ts_ms, {', '.join(READING_FIELDS)})",
         "API trends read whole sample rows meanwhile",
     ),
+    "alert_events_alert": (
+        "alert_events (alert_id)",
+        "alert lists read through every alert event meanwhile",
+    ),
 }
 
 

@@ -175,3 +175,17 @@ def test_a_store_with_no_room_for_the_heads_index_still_opens_and_answers(tmp_pa
     assert "outbox index not created" in caplog.text
     assert store.published_heads() == {"a": {"telemetry": 0}}
     assert len(list(store.samples("a"))) == 20
+
+
+def test_an_alert_lists_events_are_read_through_their_index(tmp_path: Path):
+    """An alert list reads its alerts' events by alert id: without an index that read walks
+    every event the store holds (100 alerts of 150,000 events: 12.5 ms a list, 1.3 with it)."""
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.conn.execute("DROP INDEX alert_events_alert")  # a store written by an earlier release
+    store.close()
+    store = Store(path)
+    plan = store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT alert_id, seq FROM alert_events WHERE alert_id IN (1, 2)"
+    ).fetchall()
+    assert "alert_events_alert" in str(plan)
