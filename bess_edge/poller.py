@@ -64,9 +64,10 @@ class DevicePoller:
         d = self.device
         return min(d.poll_interval_s * 2 ** max(self.consecutive_failures - 1, 0), d.max_backoff_s)
 
-    async def run(self) -> None:
+    async def run(self, first_slot_mono: float | None = None) -> None:
+        """Poll on the grid ``first_slot_mono`` + k × interval (default: from now)."""
         interval = self.device.poll_interval_s
-        due = time.monotonic()
+        due = time.monotonic() if first_slot_mono is None else first_slot_mono
         while not self.stop.is_set():
             self.last_lateness_s = max(0.0, time.monotonic() - due)
             ok = await self.poll_once()

@@ -6,9 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from conftest import sim_device
 
 from bess_edge.commits import CommitQueue
-from bess_edge.daemon import StoreWorker
+from bess_edge.config import load_config
+from bess_edge.daemon import Daemon, StoreWorker
 from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
 
@@ -89,3 +91,30 @@ def test_a_failed_commit_raises_to_its_caller(tmp_path):
         worker.shutdown()
 
     asyncio.run(run())
+
+
+def test_devices_started_together_poll_on_one_grid_and_share_commits(make_config):
+    """Eight racks at 5 Hz: each moment's eight cycles go in one transaction, not one each."""
+
+    devices = [sim_device(f"rack-{i}", poll_interval_s=0.2) for i in range(8)]
+    settings = load_config(make_config(devices=devices))
+    commits: list[int] = []
+    real = Store.commit_cycles
+
+    def counting(self: Store, cycles: list[Cycle]) -> object:
+        commits.append(sum(c.reading is not None for c in cycles))
+        return real(self, cycles)
+
+    async def run() -> None:
+        daemon = Daemon(settings)
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(2.5)
+        daemon.request_stop()
+        await task
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "commit_cycles", counting)
+        asyncio.run(run())
+    polled = [n for n in commits if n]
+    assert sum(polled) >= 80  # 8 racks x ~12 slots
+    assert sum(polled) / len(polled) >= 6, polled
