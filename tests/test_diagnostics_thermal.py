@@ -11,7 +11,7 @@ from bess_edge.chemistry import LFP, NMC
 from bess_edge.config import ThresholdRule
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.diagnostics.safety import check_limits
-from bess_edge.diagnostics.thermal import neighbour_excess_c
+from bess_edge.diagnostics.thermal import ThermalMonitor, neighbour_excess_c, sensor_of_cell
 from bess_edge.resources import data_dir
 
 
@@ -100,3 +100,33 @@ def test_neighbour_excess_finds_the_hot_spot():
     excess = neighbour_excess_c(np.array([25.0, 25.5, 33.0, 25.2, np.nan]))
     assert excess[2] == pytest.approx(33.0 - 25.35)
     assert excess[4] != excess[4]  # NaN sensor stays unknown
+
+
+def test_a_restored_thermal_monitor_scores_exactly_as_the_one_it_was_saved_from():
+    """The saved state keeps its per-sensor layout (t_* temperatures, v_* voltage sags, one
+    entry per sensor), and a monitor loaded from it continues bit for bit."""
+    heater = {"kind": "over_temperature", "cell": 2, "heat_w": 60.0, "at_s": 600.0}
+    options = SimOptions(cells=12, temperature_sensors=4, seed=3, faults=[heater])
+    sim = SimulatedString(options, NMC, 100.0)
+    readings = list(sim.readings(duration_s=3600, poll_s=5.0))
+    running = ThermalMonitor(NMC, 100.0, 4)
+    block = sensor_of_cell(12, 4)
+
+    def poll(monitor, reading):
+        deviation = reading.cell_voltage_v - np.median(reading.cell_voltage_v)
+        per_block = np.array([deviation[block == k].mean() for k in range(4)])
+        current = reading.pack_current_a
+        return monitor.update(5.0, reading.cell_temperature_c, per_block, current)
+
+    for reading in readings[:360]:
+        poll(running, reading)
+    saved = running.state()
+    assert saved["t_s0"].shape == saved["v_pxy"].shape == (4,)
+    restored = ThermalMonitor(NMC, 100.0, 4)
+    restored.load(saved)
+    for reading in readings[360:]:
+        a, b = poll(running, reading), poll(restored, reading)
+        np.testing.assert_array_equal(a.rate_k_per_min, b.rate_k_per_min)
+        np.testing.assert_array_equal(a.precursor_score, b.precursor_score)
+        assert a.findings == b.findings
+    assert a.findings  # the heated cell was found

@@ -9,6 +9,7 @@ scored 0..1 per temperature sensor; the weighted sum is the precursor score.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,12 @@ def neighbour_excess_c(temperature_c: FloatArray) -> FloatArray:
     return t - mean
 
 
+def _unit(values: FloatArray) -> FloatArray:
+    """``values`` clipped to 0..1: ``np.clip`` without its wrapper, which costs as much as
+    the two comparisons (it differs only in keeping -0.0, which no score can be: s_hot >= 0)."""
+    return np.minimum(np.maximum(values, 0.0), 1.0)
+
+
 @dataclass
 class ThermalResult:
     """Per-sensor rates and scores of one poll, and the findings they raise."""
@@ -86,8 +93,9 @@ class ThermalMonitor:
     def __init__(self, chemistry: Chemistry, capacity_ah: float, sensors: int) -> None:
         self.chemistry = chemistry
         self.capacity_ah = capacity_ah
-        self.temperature = EwTrend(sensors, RATE_TIME_CONSTANT_S)
-        self.sag = EwTrend(sensors, RATE_TIME_CONSTANT_S)
+        # The sensors' temperatures, then their blocks' voltage deviations: sampled together,
+        # so one fit of twice the columns serves both (half the per-poll numpy calls).
+        self.trend = EwTrend(2 * sensors, RATE_TIME_CONSTANT_S)
         self.observed_s = 0.0  # rates mean nothing until a time constant of data is in
         self.outlier_s = np.zeros(sensors)  # how long each sensor has stood out as hot
 
@@ -100,26 +108,25 @@ class ThermalMonitor:
     ) -> ThermalResult:
         """One poll: sensor temperatures [°C], each sensor's cells' voltage deviation from the
         string median [V], and the pack current [A]."""
-        self.temperature.add(dt_s, temperature_c)
-        self.sag.add(dt_s, block_deviation_v)
+        self.trend.add(dt_s, np.concatenate((temperature_c, block_deviation_v)))
         self.observed_s += max(dt_s, 0.0)
         neighbour_excess = neighbour_excess_c(temperature_c)
         outliers = self._hot_outliers(dt_s, temperature_c, neighbour_excess)
         if self.observed_s < RATE_TIME_CONSTANT_S:
             nothing = np.zeros(np.shape(temperature_c))
             return ThermalResult(np.full(nothing.shape, np.nan), nothing, outliers)
-        rate = finite_or(self.temperature.slope_per_h) / 60.0
-        sag = finite_or(self.sag.slope_per_h) / 60.0
+        slopes = finite_or(self.trend.slope_per_h) / 60.0
+        rate, sag = slopes[: self.outlier_s.size], slopes[self.outlier_s.size :]
         excess_rate = rate - (median(rate) if rate.size else 0.0)
-        low_current = not np.isfinite(current_a) or abs(current_a) < (
+        low_current = not math.isfinite(current_a) or abs(current_a) < (
             LOW_CURRENT_C * self.capacity_ah
         )
-        s_rate = np.clip(excess_rate / EXCESS_RATE_FULL_K_PER_MIN, 0.0, 1.0)
+        s_rate = _unit(excess_rate / EXCESS_RATE_FULL_K_PER_MIN)
         if not low_current:
             s_rate = 0.5 * s_rate  # load explains part of any heating
         hot = finite_or(neighbour_excess)
-        s_hot = np.clip((hot - HOT_SPOT_START_K) / (HOT_SPOT_FULL_K - HOT_SPOT_START_K), 0, 1)
-        s_sag = np.where(rate > 0.1, np.clip(-sag / VOLTAGE_SAG_FULL_V_PER_MIN, 0.0, 1.0), 0.0)
+        s_hot = _unit((hot - HOT_SPOT_START_K) / (HOT_SPOT_FULL_K - HOT_SPOT_START_K))
+        s_sag = np.where(rate > 0.1, _unit(-sag / VOLTAGE_SAG_FULL_V_PER_MIN), 0.0)
         score = WEIGHTS[0] * s_rate + WEIGHTS[1] * s_hot + WEIGHTS[2] * s_sag
         result = ThermalResult(rate, score, outliers)
         if score.size:
@@ -165,16 +172,22 @@ class ThermalMonitor:
         ]
 
     def state(self) -> dict[str, Any]:
+        trend = self.trend.state()
         return {
             "observed_s": np.array([self.observed_s]),
             "outlier_s": self.outlier_s.copy(),
-            **{f"t_{k}": v for k, v in self.temperature.state().items()},
-            **{f"v_{k}": v for k, v in self.sag.state().items()},
+            **{f"t_{k}": v[: self.outlier_s.size] for k, v in trend.items()},
+            **{f"v_{k}": v[self.outlier_s.size :] for k, v in trend.items()},
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.observed_s = float(state["observed_s"][0])
         if "outlier_s" in state and np.shape(state["outlier_s"]) == self.outlier_s.shape:
             self.outlier_s = np.asarray(state["outlier_s"], dtype=np.float64)
-        self.temperature.load({k[2:]: v for k, v in state.items() if k.startswith("t_")})
-        self.sag.load({k[2:]: v for k, v in state.items() if k.startswith("v_")})
+        self.trend.load(
+            {
+                k[2:]: np.concatenate((np.ravel(v), np.ravel(state[f"v_{k[2:]}"])))
+                for k, v in state.items()
+                if k.startswith("t_")
+            }
+        )
