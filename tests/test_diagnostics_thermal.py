@@ -130,3 +130,9 @@ def test_a_restored_thermal_monitor_scores_exactly_as_the_one_it_was_saved_from(
         np.testing.assert_array_equal(a.precursor_score, b.precursor_score)
         assert a.findings == b.findings
     assert a.findings  # the heated cell was found
+
+
+def test_a_sensor_between_two_unknown_ones_has_no_neighbour_excess():
+    excess = neighbour_excess_c(np.array([np.nan, 40.0, np.nan, 25.0]))
+    assert np.isnan(excess[1]) and np.isnan(excess[3])
+    assert np.isnan(excess[0]) and np.isnan(excess[2])  # an unknown sensor stays unknown

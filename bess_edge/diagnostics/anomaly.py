@@ -112,12 +112,12 @@ class AnomalyDetector:
             leak_a=leak_a,
             baseline_z=self._baseline(dt_s, deviation_v, current_a),
         )
-        for cell in np.flatnonzero(finite_or(result.leak_a) > leak_limit):
+        for cell in (finite_or(result.leak_a) > leak_limit).nonzero()[0]:
             result.cells.append(int(cell))
             result.reasons.append(
                 f"cell {cell}: self-discharge {result.leak_a[cell]:.3f} A above its string at rest"
             )
-        for cell in np.flatnonzero(np.abs(self.baseline_z_smooth) > BASELINE_Z_LIMIT):
+        for cell in (np.abs(self.baseline_z_smooth) > BASELINE_Z_LIMIT).nonzero()[0]:
             result.cells.append(int(cell))
             result.reasons.append(
                 f"cell {cell}: {self.baseline_z_smooth[cell]:+.1f} sigma off its learned baseline"
@@ -202,7 +202,7 @@ class AnomalyDetector:
         self.r_ratio_baseline = np.where(
             teach, learn * self.r_ratio_baseline + (1 - learn) * r0_ratio, self.r_ratio_baseline
         )
-        for cell in np.flatnonzero(rising):
+        for cell in rising.nonzero()[0]:
             result.cells.append(int(cell))
             result.reasons.append(
                 f"cell {cell}: R0 {r0_ratio[cell]:.2f}x string median, "

@@ -43,7 +43,7 @@ def balancing_recommendation(
     whose low capacity (``low_capacity``, bool per cell) limits the string: balancing cannot
     recover that, only replacing them can."""
     advice = _spread_advice(cell_soc_pct)
-    weak = np.flatnonzero(low_capacity) if low_capacity is not None else np.empty(0, int)
+    weak = low_capacity.nonzero()[0] if low_capacity is not None else np.empty(0, int)
     if not weak.size:
         return advice
     ids = ", ".join(str(int(i)) for i in weak[:10])
@@ -99,7 +99,7 @@ class BalanceTracker:
             spread_v=spread_v,
             soc_spread_pct=soc_spread,
             trend_pct_per_day=float(self.spread.slope_per_h[0]) * 24.0,
-            weak_cells=[int(i) for i in np.flatnonzero(weak)],
+            weak_cells=[int(i) for i in weak.nonzero()[0]],
             recommendation=balancing_recommendation(cell_soc_pct, low_capacity),
         )
 

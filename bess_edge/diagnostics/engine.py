@@ -211,8 +211,10 @@ class Diagnostician:
             diagnosis.ocv_fit_residual_v = self.learned_ocv.residual_v
         self._track_rest(dt_s, current, battery_ms)
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
-        self._cell_views(dt_s, inputs, corrected, cell_temps, diagnosis)
-        self._safety(dt_s, inputs, current, diagnosis)
+        # Each cell against its string's median [V]: the anomaly and the thermal views' input.
+        deviation = cells - finite_median(cells)
+        self._cell_views(dt_s, inputs, deviation, corrected, cell_temps, diagnosis)
+        self._safety(dt_s, inputs, deviation, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
         if self.string_soc.initialised:
             diagnosis.soc_pct, diagnosis.soc_uncertainty_pct = soc, sigma
@@ -556,6 +558,7 @@ class Diagnostician:
         self,
         dt_s: float,
         inputs: CleanInputs,
+        deviation: FloatArray,
         corrected: float,
         cell_temps: FloatArray,
         d: Diagnosis,
@@ -564,7 +567,6 @@ class Diagnostician:
         if c.count == 0:
             return
         v = inputs.cell_voltage_v
-        deviation = v - finite_median(v)
         r0 = c.resistance.r0_25c_ohm[1:]
         r0_ratio = r0 / finite_median(r0)
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else 50.0
@@ -612,15 +614,15 @@ class Diagnostician:
         for name, value in vars(string).items():
             setattr(d, name, value)
 
-    def _safety(self, dt_s: float, inputs: CleanInputs, current: float, d: Diagnosis) -> None:
+    def _safety(
+        self, dt_s: float, inputs: CleanInputs, deviation: FloatArray, current: float, d: Diagnosis
+    ) -> None:
         c = self.cells
         temps = inputs.temperature_c
         findings = check_limits(
             self.chemistry, self.nominal_capacity_ah, inputs.cell_voltage_v, temps, current
         )
         if c.sensors:
-            v = inputs.cell_voltage_v
-            deviation = v - finite_median(v)
             # One sensor per cell (sensor_of_cell is then the identity): each block is its cell.
             same = c.sensors == c.count
             block_dev = deviation if same else _block_mean(deviation, c.sensor_index, c.sensors)

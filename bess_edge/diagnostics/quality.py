@@ -104,7 +104,7 @@ class QualityMonitor:
             return
         window = self.chemistry.cell_voltage_max_v - self.chemistry.cell_voltage_min_v
         excess = np.abs(step - median(finite))
-        jumped = np.flatnonzero(finite_or(excess) > JUMP_FRACTION_OF_WINDOW * window)
+        jumped = (finite_or(excess) > JUMP_FRACTION_OF_WINDOW * window).nonzero()[0]
         if jumped.size:
             reading.flag(Quality.JUMP, f"cell_voltage_v jumped at cells {_ids(jumped)}")
             cell_v[jumped] = np.nan
@@ -149,10 +149,10 @@ def _in_band(reading: Reading, values: FloatArray, lo: float, hi: float, name: s
         reading.flag(Quality.DECODE_ERROR, f"{name} is not numeric")
         return np.zeros(0)
     missing = np.isnan(out)
-    if missing.any():
+    if np.count_nonzero(missing):
         reading.flag(Quality.MISSING, f"{name} missing at {_ids(np.flatnonzero(missing))}")
     bad = (out < lo) | (out > hi)  # False for NaN: missing is not also out of range
-    if bad.any():
+    if np.count_nonzero(bad):
         reading.flag(
             Quality.OUT_OF_RANGE,
             f"{name} outside {lo:g}..{hi:g} at {_ids(np.flatnonzero(bad))}",
@@ -175,7 +175,7 @@ def _frozen(
         same = np.where(unchanged, same, 0)
     frozen = same >= FROZEN_POLLS
     new_last = values.copy()
-    if frozen.any():
+    if np.count_nonzero(frozen):
         reading.flag(Quality.FROZEN, f"{name} frozen at {_ids(np.flatnonzero(frozen))}")
         values = values.copy()
         values[frozen] = np.nan

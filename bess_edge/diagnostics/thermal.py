@@ -68,8 +68,7 @@ def neighbour_excess_c(temperature_c: FloatArray) -> FloatArray:
     total[:-1] += value[1:]  # right neighbour
     count[:-1] += ok[1:]
     with np.errstate(invalid="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return t - mean
+        return t - total / count  # 0 / 0: NaN for a sensor with no finite neighbour
 
 
 def _unit(values: FloatArray) -> FloatArray:
@@ -161,7 +160,7 @@ class ThermalMonitor:
             excess = np.minimum(neighbour_excess, t - median(finite))
             hot = excess >= OUTLIER_K
         self.outlier_s = np.where(hot, self.outlier_s + max(dt_s, 0.0), 0.0)
-        held = np.flatnonzero(hot & (self.outlier_s >= OUTLIER_HOLD_S))
+        held = (hot & (self.outlier_s >= OUTLIER_HOLD_S)).nonzero()[0]
         return [
             (
                 1,
