@@ -9,6 +9,7 @@ from bess_edge.chemistry import NMC
 from bess_edge.diagnostics import Diagnostician, engine
 from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.cycles import cycle_damage
+from bess_edge.diagnostics.numeric import finite_or
 
 CAPACITY_AH = 280.0
 # Anchors need a sloped, trusted OCV curve: the simulated cells follow the preset exactly.
@@ -99,5 +100,10 @@ def test_leak_currents_between_rests_equal_a_fresh_computation(monkeypatch):
         fresh_leak, fresh_limit = real(anomaly, slope), anomaly._leak_limit(slope)
         np.testing.assert_allclose(d.cell_self_discharge_a, fresh_leak, rtol=1e-9, atol=0)
         np.testing.assert_allclose(anomaly._leak_view(slope)[1], fresh_limit, rtol=1e-9, atol=0)
+        # The cells named as leaking are those a fresh comparison names.
+        leaking = np.flatnonzero(finite_or(fresh_leak) > fresh_limit)
+        np.testing.assert_array_equal(anomaly._leak_view(slope)[2], leaking)
+        assert set(leaking) <= set(d.anomalous_cells)
     assert d.cell_self_discharge_a[5] > 0.2  # the rests did measure the leak
+    assert 5 in d.anomalous_cells
     assert polls / 10 < len(computed) < polls / 2  # each settled poll, not every poll

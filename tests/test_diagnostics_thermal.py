@@ -11,7 +11,13 @@ from bess_edge.chemistry import LFP, NMC
 from bess_edge.config import ThresholdRule
 from bess_edge.diagnostics import Diagnostician
 from bess_edge.diagnostics.safety import check_limits
-from bess_edge.diagnostics.thermal import ThermalMonitor, neighbour_excess_c, sensor_of_cell
+from bess_edge.diagnostics.thermal import (
+    OUTLIER_HOLD_S,
+    OUTLIER_K,
+    ThermalMonitor,
+    neighbour_excess_c,
+    sensor_of_cell,
+)
 from bess_edge.resources import data_dir
 
 
@@ -136,3 +142,23 @@ def test_a_sensor_between_two_unknown_ones_has_no_neighbour_excess():
     excess = neighbour_excess_c(np.array([np.nan, 40.0, np.nan, 25.0]))
     assert np.isnan(excess[1]) and np.isnan(excess[3])
     assert np.isnan(excess[0]) and np.isnan(excess[2])  # an unknown sensor stays unknown
+
+
+def test_a_hot_cell_is_reported_once_it_has_stood_out_for_the_hold_and_a_cool_poll_restarts_it():
+    monitor = ThermalMonitor(NMC, 100.0, 16)
+    normal = np.full(16, 25.0)
+    hot = normal.copy()
+    hot[5] = 25.0 + OUTLIER_K + 1.0
+
+    def polls_until_reported(temps):
+        for poll in range(1, 100):
+            if any(
+                "hot cell at sensor 5" in why
+                for _, why in monitor.update(5.0, temps, np.zeros(16), 0.0).findings
+            ):
+                return poll
+        return None
+
+    assert polls_until_reported(hot) == OUTLIER_HOLD_S / 5.0
+    monitor.update(5.0, normal, np.zeros(16), 0.0)  # one poll without the excess
+    assert polls_until_reported(hot) == OUTLIER_HOLD_S / 5.0

@@ -15,6 +15,7 @@ Three views, from fast to slow:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,7 @@ class AnomalyDetector:
         self.baseline_z_smooth = np.zeros(cells)
         self.r_ratio_baseline = np.ones(cells)
         # What _leak_view last read (the drift's slope array, the OCV slope) and gave.
-        self._leak_cache: tuple[FloatArray, float, FloatArray, FloatArray] | None = None
+        self._leak_cache: tuple[FloatArray, float, FloatArray, FloatArray, np.ndarray] | None = None
 
     def start_rest(self) -> None:
         """A new rest begins: its OCV level is new, only its drift joins the old ones."""
@@ -106,13 +107,13 @@ class AnomalyDetector:
         and each cell's R0 over the string median with the number of steps behind it."""
         if settled_rest:
             self.drift.add(dt_s, deviation_v)
-        leak_a, leak_limit = self._leak_view(ocv_slope_v_per_pct)
+        leak_a, _, leaking = self._leak_view(ocv_slope_v_per_pct)
         result = AnomalyResult(
             zscore=robust_zscore(deviation_v),
             leak_a=leak_a,
             baseline_z=self._baseline(dt_s, deviation_v, current_a),
         )
-        for cell in (finite_or(result.leak_a) > leak_limit).nonzero()[0]:
+        for cell in leaking:
             result.cells.append(int(cell))
             result.reasons.append(
                 f"cell {cell}: self-discharge {result.leak_a[cell]:.3f} A above its string at rest"
@@ -126,18 +127,19 @@ class AnomalyDetector:
         result.cells = sorted(set(result.cells))
         return result
 
-    def _leak_view(self, slope_v_per_pct: float) -> tuple[FloatArray, FloatArray]:
-        """Each cell's leak [A] and the leak it must exceed, computed again only when the
-        drift fit (its slope array is replaced at every settled poll, kept otherwise) or the
-        OCV slope changed: between rests they are the same every poll. Read-only arrays, as
-        the Diagnoses until then share them."""
+    def _leak_view(self, slope_v_per_pct: float) -> tuple[FloatArray, FloatArray, np.ndarray]:
+        """Each cell's leak [A], the leak it must exceed and the cells above it, computed again
+        only when the drift fit (its slope array is replaced at every settled poll, kept
+        otherwise) or the OCV slope changed: between rests they are the same every poll.
+        Read-only arrays, as the Diagnoses until then share them."""
         drift = self.drift.slope_per_h
         cached = self._leak_cache
         if cached is None or cached[0] is not drift or cached[1] != slope_v_per_pct:
             leak, limit = self._leak(slope_v_per_pct), self._leak_limit(slope_v_per_pct)
             leak.flags.writeable = limit.flags.writeable = False
-            cached = self._leak_cache = (drift, slope_v_per_pct, leak, limit)
-        return cached[2], cached[3]
+            leaking = (finite_or(leak) > limit).nonzero()[0]
+            cached = self._leak_cache = (drift, slope_v_per_pct, leak, limit, leaking)
+        return cached[2], cached[3], cached[4]
 
     def _leak(self, slope_v_per_pct: float) -> FloatArray:
         # A leak discharges: the cell's OCV falls against the string, so leak = -drift.
@@ -155,10 +157,11 @@ class AnomalyDetector:
         return np.maximum(LEAK_SIGMAS * se_a, LEAK_MIN_C * self.capacity_ah)
 
     def _baseline(self, dt_s: float, deviation_v: FloatArray, current_a: float) -> FloatArray:
-        if not np.isfinite(current_a):
+        if not math.isfinite(current_a):
             return np.full(deviation_v.shape, np.nan)
         a, b = self._baseline_fit()
-        resid = deviation_v - (a + b * current_a)
+        expected = a + b * current_a
+        resid = deviation_v - expected
         z = resid / np.sqrt(self.resid_var)
         learn = np.exp(-max(dt_s, 0.0) / BASELINE_TIME_CONSTANT_S)
         smooth = np.exp(-max(dt_s, 0.0) / BASELINE_Z_SMOOTH_S)
@@ -175,7 +178,7 @@ class AnomalyDetector:
         self.s_w = learn * self.s_w + w
         self.s_i = learn * self.s_i + w * current_a
         self.s_ii = learn * self.s_ii + w * current_a**2
-        d = np.where(ok, deviation_v, a + b * current_a)
+        d = np.where(ok, deviation_v, expected)
         d = finite_or(d)
         self.s_d = learn * self.s_d + w * d
         self.s_id = learn * self.s_id + w * current_a * d

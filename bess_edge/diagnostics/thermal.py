@@ -156,6 +156,11 @@ class ThermalMonitor:
         finite = t[np.isfinite(t)]
         if finite.size < 3:
             return []
+        if not np.count_nonzero(neighbour_excess >= OUTLIER_K):
+            # The excess is at most the neighbour excess: no sensor stands out this poll (the
+            # usual case), and the string's median is not needed.
+            self.outlier_s = np.zeros(t.size)
+            return []
         with np.errstate(invalid="ignore"):
             excess = np.minimum(neighbour_excess, t - median(finite))
             hot = excess >= OUTLIER_K
