@@ -2,6 +2,7 @@
 computed afresh from the samples, and a saved state is a snapshot that later polls leave alone."""
 
 import numpy as np
+import pytest
 
 from bess_edge.diagnostics.trend import EwTrend
 
@@ -61,3 +62,15 @@ def test_a_saved_state_is_not_changed_by_later_polls():
     restored.load(saved)
     restored.add(1.0, np.array([5.0, 6.0]))
     np.testing.assert_array_equal(saved["s0"], before["s0"])
+
+
+def test_a_column_without_samples_has_no_slope_and_leaves_the_others_alone():
+    trend, times_s = EwTrend(2, TAU_S), np.arange(1.0, 301.0)
+    values = np.column_stack((20.0 + 3.6 * times_s / 3600.0, np.full(times_s.size, np.nan)))
+    for k in range(times_s.size):
+        trend.add(1.0, values[k])
+    assert trend.time_spread_h2[1] == 0.0 and np.isnan(trend.slope_per_h[1])
+    alone = EwTrend(1, TAU_S)
+    for k in range(times_s.size):
+        alone.add(1.0, values[k, :1])
+    assert trend.slope_per_h[0] == alone.slope_per_h[0] == pytest.approx(3.6, rel=1e-9)

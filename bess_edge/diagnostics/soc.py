@@ -219,7 +219,7 @@ class SocFilter:
         use = np.isfinite(z)
         # Without a measurement on any channel (LFP's plateau, most of the time) the correction
         # is the identity: skipped, the same x and P at half the cost of the step.
-        if use.any():
+        if np.count_nonzero(use):
             sigma2 = sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)) + (
                 sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
             )
@@ -316,7 +316,7 @@ class SocFilter:
         for lo, hi in self._flat:
             on_plateau = (z > lo) & (z < hi)
             outside = on_plateau & ((self.x[:, 0] < lo) | (self.x[:, 0] > hi))
-            if outside.any():
+            if np.count_nonzero(outside):
                 self.x[:, 0] = np.where(outside, np.clip(self.x[:, 0], lo, hi), self.x[:, 0])
                 wide = ((hi - lo) / 4.0) ** 2
                 self.p[:, 0, 0] = np.where(

@@ -47,7 +47,7 @@ class LimitTracker:
         """One poll: the cells' voltages [V], the corrected current [A], each cell's R0 [Ω] at
         its temperature (NaN: not known yet)."""
         moving = np.isfinite(current_a) and abs(current_a) >= self.moving_a
-        if not (moving and np.isfinite(cell_voltage_v).any()):
+        if not (moving and np.count_nonzero(np.isfinite(cell_voltage_v))):
             return
         end = 0 if current_a > 0 else 1
         self._armed[1 - end] = True
@@ -74,8 +74,8 @@ class LimitTracker:
 
     def limiting(self) -> BoolArray:
         """Cells first at both ends of the string in most of its recent charges and discharges."""
-        # Array methods, not np.any/np.all: their wrappers cost more than the test (per poll).
-        if (self.seen < LIMIT_MIN_ENDS).any():
+        # np.count_nonzero, not np.any or .any(): their machinery costs more than the test.
+        if np.count_nonzero(self.seen < LIMIT_MIN_ENDS):
             return np.zeros(self.first.shape[1], dtype=bool)
         share = self.first / self.ends[:, None]
         return np.asarray((share >= LIMIT_SHARE).all(axis=0))

@@ -76,9 +76,12 @@ class EwTrend:
 
     def _centred(self) -> tuple[FloatArray, FloatArray]:
         some = self.s0 > 0
-        safe = np.where(some, self.s0, 1.0)
-        sxx = np.where(some, self.stt - self.st**2 / safe, 0.0)
-        sxy = np.where(some, self.sty - self.st * self.sy / safe, 0.0)
+        every = np.count_nonzero(some) == some.size  # the usual case: nothing to mask
+        safe = self.s0 if every else np.where(some, self.s0, 1.0)
+        sxx = self.stt - self.st**2 / safe
+        sxy = self.sty - self.st * self.sy / safe
+        if not every:  # a column without samples has no spread and no covariance
+            sxx, sxy = np.where(some, sxx, 0.0), np.where(some, sxy, 0.0)
         return np.maximum(sxx, 0.0), sxy
 
     @property

@@ -67,7 +67,7 @@ def string_capacity(
     capacity ratio to Q (NaN: not measured); NaN without a capacity estimate."""
     out = StringCapacity()
     ok = np.isfinite(cell_soc_pct)
-    if not (math.isfinite(capacity_ah) and ok.any() and series_cells):
+    if not (math.isfinite(capacity_ah) and np.count_nonzero(ok) and series_cells):
         return out
     known = np.isfinite(cell_ratio)
     ratio = np.where(known, cell_ratio, 1.0)[ok]
