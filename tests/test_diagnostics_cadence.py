@@ -9,7 +9,8 @@ from bess_edge.chemistry import NMC
 from bess_edge.diagnostics import Diagnostician, engine
 from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.cycles import cycle_damage
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_median, finite_or
+from bess_edge.diagnostics.resistance import ResistanceEstimator
 
 CAPACITY_AH = 280.0
 # Anchors need a sloped, trusted OCV curve: the simulated cells follow the preset exactly.
@@ -107,3 +108,22 @@ def test_leak_currents_between_rests_equal_a_fresh_computation(monkeypatch):
     assert d.cell_self_discharge_a[5] > 0.2  # the rests did measure the leak
     assert 5 in d.anomalous_cells
     assert polls / 10 < len(computed) < polls / 2  # each settled poll, not every poll
+
+
+def test_cell_resistance_ratios_equal_a_fresh_computation_and_are_computed_per_step(monkeypatch):
+    computed = []
+    real = ResistanceEstimator._cell_ratio
+    monkeypatch.setattr(
+        ResistanceEstimator, "_cell_ratio", lambda self: computed.append(1) or real(self)
+    )
+    sim = SimulatedString(
+        SimOptions(cells=16, profile="regulation", c_rate=0.3, seed=1), CHEM, CAPACITY_AH
+    )
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    for reading in sim.readings(duration_s=1200.0, poll_s=1.0):
+        diag.update(reading)
+        res = diag.cells.resistance
+        r0 = res.r0_25c_ohm[1:]
+        np.testing.assert_array_equal(res.cell_r0_ratio, r0 / finite_median(r0))
+    assert np.isfinite(diag.cells.resistance.cell_r0_ratio).all()
+    assert len(computed) < 1200 * 0.75  # polls without a step reuse the last one

@@ -567,8 +567,7 @@ class Diagnostician:
         if c.count == 0:
             return
         v = inputs.cell_voltage_v
-        r0 = c.resistance.r0_25c_ohm[1:]
-        r0_ratio = r0 / finite_median(r0)
+        r0, r0_ratio = c.resistance.r0_25c_ohm[1:], c.resistance.cell_r0_ratio
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else 50.0
         slope = float(self.string_soc.ocv_slope_v_per_pct(np.array([soc]))[0])
         anomaly = c.anomaly.update(

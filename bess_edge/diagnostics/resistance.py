@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.numeric import finite_or
+from bess_edge.diagnostics.numeric import finite_median, finite_or
 from bess_edge.model import FloatArray
 
 # Gates: a step must be at least 2 % of 1C (well above the current sensor's noise), the two
@@ -185,6 +185,16 @@ class ResistanceEstimator:
             model = np.maximum(excess, (PULSE_MODEL_REL * mean) ** 2)
             sigma = np.sqrt(noise / np.maximum(w, 1.0) + model)
             return np.where(w > 0, sigma, np.nan)
+
+    @property
+    def cell_r0_ratio(self) -> FloatArray:
+        """Each cell's R0 over the cells' median (the string's column 0 left out): what the
+        anomaly and balance views compare, the same every poll until a step."""
+        return self._view("cell_ratio", self._cell_ratio)
+
+    def _cell_ratio(self) -> FloatArray:
+        r0 = self.r0_25c_ohm[1:]
+        return r0 / finite_median(r0)
 
     def r0_or_preset_ohm(self) -> FloatArray:
         """R0 at 25 °C [Ω] per column for the models: as reported, the preset before a step."""
