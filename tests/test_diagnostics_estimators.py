@@ -90,5 +90,5 @@ def test_lfp_plateau_poll_without_a_voltage_reading_leaves_the_filter_as_the_upd
         if with_bias:  # correlations the identity must keep
             assert p[0, 0, 1] != 0.0 and p[0, 0, 2] != 0.0
         nothing = np.full(channels, np.nan)
-        soc._correct(nothing, np.zeros(channels, dtype=bool), np.full(channels, 1e-3), nothing)
+        soc._correct(nothing, np.zeros(channels, dtype=bool), nothing)
         assert np.array_equal(soc.x, x) and np.array_equal(soc.p, p)

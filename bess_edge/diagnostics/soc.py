@@ -215,7 +215,7 @@ class SocFilter:
             p[:, 2, 2] += (BIAS_WALK_C_PER_SQRT_S * capacity_ah) ** 2 * dt_s
         self.p = p
 
-        z, slope, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        z, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_corr)
         use = np.isfinite(z)
         # Without a measurement on any channel (LFP's plateau, most of the time) the correction
         # is the identity: skipped, the same x and P at half the cost of the step.
@@ -223,17 +223,15 @@ class SocFilter:
             sigma2 = sigma_ocv**2 * max(1.0, MEASUREMENT_CORRELATION_S / max(dt_s, 1e-3)) + (
                 sigma_load**2 * max(1.0, LOAD_ERROR_CORRELATION_S / max(dt_s, 1e-3))
             )
-            self._correct(z, use, slope, sigma2)
+            self._correct(z, use, sigma2)
         x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 100.0)  # np.clip's wrapper costs more
         if states == 3:
             limit = BIAS_LIMIT_C * capacity_ah
             x[:, 2] = np.minimum(np.maximum(x[:, 2], -limit), limit)
 
-    def _correct(
-        self, z: FloatArray, use: BoolArray, slope: FloatArray, sigma2: FloatArray
-    ) -> None:
+    def _correct(self, z: FloatArray, use: BoolArray, sigma2: FloatArray) -> None:
         """The measurement update with the SOC ``z`` [%] read from the voltage (NaN: none) and
-        its variance ``sigma2`` [%²]; ``slope`` is the OCV slope there [V/%]."""
+        its variance ``sigma2`` [%²]."""
         x, p = self.x, self.p
         prior_var = p[:, 0, 0].copy()
         innovation = np.where(use, z - x[:, 0], 0.0)
@@ -297,10 +295,10 @@ class SocFilter:
 
     def _soc_measurement(
         self, voltage_v: FloatArray, ohmic_drop_v: FloatArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """SOC [%] read from each terminal voltage through the OCV table, the OCV slope [V/%]
-        there (floored), and the sigmas [%] of its two errors: the OCV table's and the load
-        model's (the ohmic drop).
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """SOC [%] read from each terminal voltage through the OCV table and the sigmas [%] of
+        its two errors, the OCV model's and the load model's (the ohmic drop), each over the
+        OCV slope there (floored).
 
         Inverting the OCV at the *measured* voltage rather than linearising it at the estimate
         keeps a grossly wrong estimate from being confidently "corrected" along the wrong
@@ -323,7 +321,7 @@ class SocFilter:
                     outside, np.maximum(self.p[:, 0, 0], wide), self.p[:, 0, 0]
                 )
             z = np.where(on_plateau, np.nan, z)
-        return np.where(np.isfinite(voltage_v), z, np.nan), slope, sigma_ocv, sigma_load
+        return np.where(np.isfinite(voltage_v), z, np.nan), sigma_ocv, sigma_load
 
     def state(self) -> dict[str, Any]:
         return {"x": self.x, "p": self.p}
