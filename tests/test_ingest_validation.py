@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 from importlib import resources
 from typing import Any
 
@@ -15,10 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bess_edge.cloud.messages import Parser, Refusal, _inline_refs
+from bess_edge.cloud.messages import Batch, Parser, Refusal, _inline_refs
 from bess_edge.cloud.quickcheck import items_check
 from bess_edge.cloud.schema import migrate
 from bess_edge.cloud.writer import Writer
+from bess_edge.sync.payload import COMPACT
 
 TOPIC = "bess/site-a/rack-1/telemetry"
 ITEM = {
@@ -94,6 +96,20 @@ def test_a_cell_array_with_a_string_a_bool_or_a_nested_list_is_refused_with_the_
 def test_an_integer_valued_float_seq_is_the_full_validators_call_not_refused_by_the_quick_one():
     doc = _doc([{**ITEM, "seq": 5.0}])
     assert _verdict(PARSER.validators["telemetry"], doc) == _verdict(FULL, doc) == "valid"
+
+
+@pytest.mark.parametrize("delta", [b"1" + b"0" * 20, b"1e400", b"-Infinity"])
+def test_a_compact_cell_delta_beyond_int64_is_refused_not_raised(delta: bytes) -> None:
+    # Raised, it stopped the ingest's parse thread and every message behind it waited.
+    item = {**ITEM, "cell_voltage_mv_delta": [3300, 0]}
+    del item["cell_voltage_v"]
+    doc = {**_doc([item]), "encoding": COMPACT}
+    good = dumps(doc)
+    assert isinstance(PARSER.parse(TOPIC, zlib.compress(good)), Batch)
+    bad = good.replace(b"[3300,0]", b"[3300," + delta + b"]")
+    refusal = PARSER.parse(TOPIC, zlib.compress(bad))
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason.startswith("not a bess-edge payload: bad compact encoding: OverflowError")
 
 
 def test_refused_cell_arrays_land_in_dead_letter_with_their_reason(pg_url: str) -> None:

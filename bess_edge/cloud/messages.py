@@ -204,7 +204,7 @@ class Parser:
             if isinstance(doc, dict) and doc.get("encoding") == COMPACT:
                 try:
                     return decode_compact(doc)
-                except (KeyError, TypeError) as exc:
+                except (KeyError, TypeError, OverflowError) as exc:  # a delta beyond int64
                     raise ValueError(f"bad compact encoding: {exc!r}") from None
             return doc
         if payload[:1] != b"{":
