@@ -112,6 +112,18 @@ def test_a_compact_cell_delta_beyond_int64_is_refused_not_raised(delta: bytes) -
     assert refusal.reason.startswith("not a bess-edge payload: bad compact encoding: OverflowError")
 
 
+@pytest.mark.parametrize("head", [2**63, 10**30])
+def test_a_ping_reply_whose_head_is_no_bigint_seq_is_refused(head: int) -> None:
+    # Accepted, PostgreSQL refused it in the write thread, which retried that batch forever.
+    heads = {"rack-1": {"telemetry": 7}}
+    reply = {"schema": "bess-edge/reply/1", "site": "site-a", "verb": "ping", "id": "p-1",
+             "ok": True, "ts_ms": 1, "result": {"published_heads": heads}}  # fmt: skip
+    assert PARSER.control("bess/site-a/reply", json.dumps(reply).encode()) == ("reply", reply)
+    heads["rack-1"]["telemetry"] = head
+    refused = PARSER.control("bess/site-a/reply", json.dumps(reply).encode())
+    assert refused == "reply: published_heads is not {device: {stream: seq}} (seq 0 to 2**63 - 1)"
+
+
 def test_refused_cell_arrays_land_in_dead_letter_with_their_reason(pg_url: str) -> None:
     messages = [
         PARSER.parse(TOPIC, dumps(_doc([{**ITEM, "cell_voltage_v": [3.3, value]}])))

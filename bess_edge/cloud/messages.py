@@ -20,6 +20,7 @@ from bess_edge.cloud.quickcheck import Check, items_check
 from bess_edge.sync.payload import COMPACT, STREAMS, decode_compact
 
 Validator = Callable[[Any], Any]
+BIGINT_MAX = 2**63 - 1  # PostgreSQL's bigint, the type of every seq column
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
@@ -187,9 +188,13 @@ class Parser:
         if heads is not None and not (
             isinstance(heads, dict)
             and all(isinstance(streams, dict) for streams in heads.values())
-            and all(type(h) is int for streams in heads.values() for h in streams.values())
+            and all(
+                type(h) is int and 0 <= h <= BIGINT_MAX
+                for streams in heads.values()
+                for h in streams.values()
+            )
         ):
-            return "reply: published_heads is not {device: {stream: seq}}"
+            return "reply: published_heads is not {device: {stream: seq}} (seq 0 to 2**63 - 1)"
         return kind, doc
 
     def _decode(self, payload: bytes) -> Any:
