@@ -221,11 +221,17 @@ def test_bad_input_over_mqtt_is_dead_lettered_and_the_worker_goes_on(pg_url, tmp
                  "ok": True, "ts_ms": now, "result": {"published_heads": [1, 2]}}  # fmt: skip
         state = {"schema": "bess-edge/state/1", "site": "site-b", "state": "online", "reason": "x",
                  "ts_ms": now, "client_id": "x"}  # fmt: skip
+        beyond_bigint = {"published_heads": {"rack-1": {"telemetry": 2**63}}}
         control = [
             ("bess/site-a/cmd/ping/reply", dumps(reply)),
             ("bess/site-a/cmd/ping/reply", b"\xff not json"),
             ("bess/site-a/state", dumps(state)),
+            ("bess/site-a/cmd/ping/reply", dumps({**reply, "result": beyond_bigint})),
         ]
+        # Valid replies to acks the cloud never sent: ignored (int() raised on both).
+        for request in ("ack-\u00b2", "ack-" + "9" * 5000):
+            ack = {**reply, "verb": "ack", "id": request, "result": {}}
+            client.publish("bess/site-a/cmd/ack/reply", dumps(ack), qos=1).wait_for_publish(10)
         for t, payload in control:
             client.publish(t, payload, qos=1).wait_for_publish(10)
         client.publish(topic, dumps(doc), qos=1).wait_for_publish(10)  # and a good one after

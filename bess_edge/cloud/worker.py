@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # share to a member whose session outlives it (a SIGKILLed worker's), so that share would wait
 # there unacknowledged; with no session, gap repair asks for whatever a dead worker held.
 SESSION_EXPIRY_S = 0
+# The id of an ack the cloud sent (repair.py: "ack-<ack_requests.id>"): ASCII digits that fit
+# bigint. str.isdigit() also passes "²" and 5,000 digits, on which int() raised in this thread.
+ACK_ID = re.compile(r"ack-([0-9]{1,18})")
 
 
 @dataclass(slots=True)
@@ -295,9 +299,9 @@ class IngestWorker:
                                                               "error": doc["error"]})  # fmt: skip
         if verb == "ping" and ok:
             self.writer.record_heads(site, doc["result"].get("published_heads") or {})
-        elif verb == "ack" and str(doc["id"]).removeprefix("ack-").isdigit():
+        elif verb == "ack" and (request := ACK_ID.fullmatch(str(doc["id"]))) is not None:
             result = "acknowledged" if ok else str(doc["error"])
-            self.writer.record_ack(int(str(doc["id"]).removeprefix("ack-")), result)
+            self.writer.record_ack(int(request[1]), result)
 
     def _tick(self) -> None:
         assert self.writer is not None and self.repairer is not None
