@@ -143,6 +143,17 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path):
         Store(path)
 
 
+def _reopened_without(store: Store, index: str) -> Store:
+    """The store as an earlier release left it (without ``index``), opened again."""
+    store.conn.execute(f"DROP INDEX {index}")
+    store.close()
+    return Store(store.path)
+
+
+def _plan(store: Store, sql: str) -> str:
+    return str(store.conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+
+
 def test_the_outbox_heads_index_is_added_to_an_older_store_and_used(tmp_path: Path):
     path = tmp_path / "s.db"
     store = Store(path)
@@ -150,13 +161,9 @@ def test_the_outbox_heads_index_is_added_to_an_older_store_and_used(tmp_path: Pa
                          for i in range(5)])  # fmt: skip
     store.commit_cycle(Cycle(reading=rack_reading("b")))
     store.outbox_delete([r["outbox_id"] for r in store.outbox_fetch("telemetry", 0, 2)], 1)
-    store.conn.execute("DROP INDEX outbox_head")  # a store written by an earlier release
-    store.close()
-    store = Store(path)
-    plan = store.conn.execute(
-        "EXPLAIN QUERY PLAN SELECT min(seq) FROM outbox WHERE device = 'a' AND stream = 'x'"
-    ).fetchall()
-    assert "outbox_head" in str(plan)  # the heads query no longer scans the outbox
+    store = _reopened_without(store, "outbox_head")
+    plan = _plan(store, "SELECT min(seq) FROM outbox WHERE device = 'a' AND stream = 'x'")
+    assert "outbox_head" in plan  # the heads query no longer scans the outbox
     assert store.published_heads() == {"a": {"telemetry": 2}, "b": {"telemetry": 0}}
     assert [r["seq"] for r in store.samples("a")] == [1, 2, 3, 4, 5]
 
@@ -180,12 +187,6 @@ def test_a_store_with_no_room_for_the_heads_index_still_opens_and_answers(tmp_pa
 def test_an_alert_lists_events_are_read_through_their_index(tmp_path: Path):
     """An alert list reads its alerts' events by alert id: without an index that read walks
     every event the store holds (100 alerts of 150,000 events: 12.5 ms a list, 1.3 with it)."""
-    path = tmp_path / "s.db"
-    store = Store(path)
-    store.conn.execute("DROP INDEX alert_events_alert")  # a store written by an earlier release
-    store.close()
-    store = Store(path)
-    plan = store.conn.execute(
-        "EXPLAIN QUERY PLAN SELECT alert_id, seq FROM alert_events WHERE alert_id IN (1, 2)"
-    ).fetchall()
-    assert "alert_events_alert" in str(plan)
+    store = _reopened_without(Store(tmp_path / "s.db"), "alert_events_alert")
+    plan = _plan(store, "SELECT alert_id, seq FROM alert_events WHERE alert_id IN (1, 2)")
+    assert "alert_events_alert" in plan
