@@ -84,8 +84,9 @@ def knot_prior_sigma_v(soc_pct: FloatArray, ocv_v: FloatArray, table_error_v: fl
     return np.hypot(table_error_v, PRIOR_SHIFT_PCT * local)
 
 
-class _Problem:
-    """Residuals and Jacobian of the joint fit, whitened (each residual in its sigmas)."""
+class OcvProblem:
+    """The joint fit's data and priors (rests and anchors in the columns above, Q's and b's
+    (value, sigma)); its residuals and Jacobian, whitened (each residual in its sigmas)."""
 
     def __init__(
         self,
@@ -182,7 +183,7 @@ class _Problem:
         return np.concatenate(rows), np.vstack(jacs)
 
 
-def _posterior_covariance(problem: _Problem, theta: FloatArray, jac: FloatArray) -> FloatArray:
+def _posterior_covariance(problem: OcvProblem, theta: FloatArray, jac: FloatArray) -> FloatArray:
     """Posterior covariance of (curve correction, Q, b, zeros) at the fit, with the preset's
     scale left open.
 
@@ -221,20 +222,11 @@ def _posterior_covariance(problem: _Problem, theta: FloatArray, jac: FloatArray)
     return cov
 
 
-def fit_learned_ocv(
-    knots: FloatArray,
-    prior_ocv: FloatArray,
-    prior_sigma: FloatArray,
-    rests: FloatArray,
-    anchors: FloatArray,
-    q_prior: tuple[float, float],
-    b_prior: tuple[float, float],
-) -> LearnedOcv | None:
-    """The most probable curve, Q and b given the rests and anchors (columns above) and the
-    priors (value, sigma); None if the data cannot carry a fit (fewer than two rests)."""
-    if rests.shape[0] < 2:
+def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
+    """The most probable curve, Q and b given the problem's rests, anchors and priors; None if
+    the data cannot carry a fit (fewer than two rests)."""
+    if problem.v.size < 2:
         return None
-    problem = _Problem(knots, prior_ocv, prior_sigma, rests, anchors, q_prior, b_prior)
     theta = problem.initial()
     r, jac = problem.residuals(theta)
     cost, damping = float(r @ r), 1e-3
@@ -272,15 +264,15 @@ def fit_learned_ocv(
     cov *= max(1.0, float(np.mean(r[: problem.v.size] ** 2)), (misfit_rms / REST_ERROR_V) ** 2)
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     return LearnedOcv(
-        soc_pct=knots.copy(),
-        ocv_v=prior_ocv + theta[:k],
+        soc_pct=problem.knots.copy(),
+        ocv_v=problem.ocv0 + theta[:k],
         sigma_v=sd[:k],
         residual_v=misfit_rms,
         capacity_ah=q,
         capacity_sigma_ah=float(sd[k]),
         offset_a=float(theta[k + 1]),
         offset_sigma_a=float(sd[k + 1]),
-        rests=int(rests.shape[0]),
+        rests=int(problem.v.size),
     )
 
 
@@ -401,8 +393,8 @@ class OcvLearner:
         if not new or self.rests.shape[0] < MIN_RESTS:
             return False
         fit = fit_learned_ocv(
-            self.knots, self.prior_ocv, self.prior_sigma, self.rests, self.anchors,
-            q_prior, b_prior,
+            OcvProblem(self.knots, self.prior_ocv, self.prior_sigma, self.rests, self.anchors,
+                       q_prior, b_prior)
         )  # fmt: skip
         if fit is None or not (np.isfinite(fit.ocv_v).all() and np.isfinite(fit.sigma_v).all()):
             return False
