@@ -179,3 +179,21 @@ def test_the_quick_check_and_the_published_schema_agree_on_any_change_to_a_valid
             item[key][str(index)] = value
     doc = _doc(items)
     assert _verdict(PARSER.validators["telemetry"], doc) == _verdict(FULL, doc)
+
+
+def test_compact_cell_deltas_that_sum_past_int64_are_refused_not_wrapped() -> None:
+    # Each delta fits int64, their running sum does not: numpy's addition wrapped it silently
+    # and the ingest stored a cell voltage of about -9.2e15 V.
+    half = 2**62
+    first = {**ITEM, "cell_voltage_mv_delta": [half, 0]}
+    second = {**ITEM, "seq": 2, "cell_voltage_mv_delta": [half, 0]}
+    for item in (first, second):
+        del item["cell_voltage_v"]
+    refusal = PARSER.parse(
+        TOPIC, zlib.compress(dumps({**_doc([first, second]), "encoding": COMPACT}))
+    )
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == (
+        "not a bess-edge payload: bad compact encoding: "
+        "OverflowError('cell_voltage_mv_delta sums past int64')"
+    )

@@ -415,7 +415,11 @@ def decode_compact(doc: dict[str, Any]) -> dict[str, Any]:
             ref = refs.get(key)
             if ref is None or ref.size != deltas.size:
                 ref = np.zeros(deltas.size, dtype=np.int64)
-            ref = refs[key] = ref + deltas
+            total = ref + deltas
+            # numpy wraps int64 silently: a sum whose sign differs from both addends' wrapped.
+            if ((ref ^ total) & (deltas ^ total) < 0).any():
+                raise OverflowError(f"{delta_key} sums past int64")
+            ref = refs[key] = total
             values = np.round(ref * step, 4).tolist()
             out[key] = [None if d is None else v for d, v in zip(raw, values, strict=True)]
         items.append(out)
