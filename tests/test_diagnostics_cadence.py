@@ -1,12 +1,13 @@
 """The slow views of a Diagnosis are recomputed when what they read changes, and only then:
 the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
-cells' leak currents when a settled rest moves their drift fit or the OCV slope changes."""
+cells' leak currents when a settled rest moves their drift fit or the OCV slope changes; the
+temperature factor of the resistances once a poll."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC
-from bess_edge.diagnostics import Diagnostician, engine
+from bess_edge.diagnostics import Diagnostician, engine, resistance
 from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.cycles import cycle_damage
 from bess_edge.diagnostics.numeric import finite_median, finite_or
@@ -127,3 +128,25 @@ def test_cell_resistance_ratios_equal_a_fresh_computation_and_are_computed_per_s
         np.testing.assert_array_equal(res.cell_r0_ratio, r0 / finite_median(r0))
     assert np.isfinite(diag.cells.resistance.cell_r0_ratio).all()
     assert len(computed) < 1200 * 0.75  # polls without a step reuse the last one
+
+
+def test_temperature_factor_is_computed_once_a_poll(monkeypatch):
+    """The SOC filters, the resistance fit and the current limits read R(T)/R(25 °C) of the
+    same temperatures each poll: one computation serves all three."""
+    calls = []
+    real = resistance.temperature_factor
+
+    def spy(chem, temperature_c):
+        calls.append(1)
+        return real(chem, temperature_c)
+
+    monkeypatch.setattr(engine, "temperature_factor", spy)
+    monkeypatch.setattr(resistance, "temperature_factor", spy)
+    sim = SimOptions(cells=16, profile="regulation", c_rate=0.5, ambient_c=35.0, seed=3)
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    for polls, reading in enumerate(
+        SimulatedString(sim, CHEM, CAPACITY_AH).readings(duration_s=300.0, poll_s=1.0), 1
+    ):
+        diag.update(reading)
+        assert len(calls) == polls
+    assert diag.cells.resistance.steps.min() > 0  # the resistance fit used its steps

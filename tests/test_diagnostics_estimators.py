@@ -6,7 +6,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LFP, NMC
 from bess_edge.diagnostics import Diagnostician
-from bess_edge.diagnostics.soc import SocFilter
+from bess_edge.diagnostics.soc import CURRENT_NOISE_C, SOC_WALK_PCT_PER_SQRT_S, SocFilter
 
 CAPACITY_AH = 100.0
 
@@ -92,3 +92,26 @@ def test_lfp_plateau_poll_without_a_voltage_reading_leaves_the_filter_as_the_upd
         nothing = np.full(channels, np.nan)
         soc._correct(nothing, np.zeros(channels, dtype=bool), nothing)
         assert np.array_equal(soc.x, x) and np.array_equal(soc.p, p)
+
+
+def test_cell_filters_predict_their_covariance_as_the_matrix_product_does():
+    """The cells' filters (no offset state) predict P as J P Jᵀ with J = diag(1, a) element by
+    element: equal to the stacked matrix product bit for bit, whatever P and the decay."""
+    rng = np.random.default_rng(7)
+    soc = SocFilter(NMC, 16, estimate_bias=False)
+    soc.reset(rng.uniform(10.0, 90.0, 16), rng.uniform(0.5, 5.0, 16), CAPACITY_AH)
+    for _ in range(200):
+        half = rng.standard_normal((16, 2, 2)) * rng.uniform(1e-4, 10.0, (16, 1, 1))
+        soc.p = half @ half.transpose(0, 2, 1)
+        dt_s, r1 = float(rng.uniform(0.1, 30.0)), np.full(16, 1e-3)
+        a = np.exp(-dt_s / NMC.tau1_s)
+        jac = np.zeros((16, 2, 2))
+        jac[:, 0, 0], jac[:, 1, 1] = 1.0, a
+        expected = jac @ soc.p @ jac.transpose(0, 2, 1)
+        k = 100.0 * dt_s / (3600.0 * CAPACITY_AH)
+        sigma_i = CURRENT_NOISE_C * CAPACITY_AH
+        expected[:, 0, 0] += (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
+        expected[:, 1, 1] += (r1 * (1 - a) * sigma_i) ** 2
+        # No current, no voltage: the prediction alone, nothing to correct.
+        soc.step(0.0, dt_s, np.full(16, np.nan), r1, r1, CAPACITY_AH)
+        assert np.array_equal(soc.p, expected)

@@ -55,7 +55,7 @@ def _run_cell(
         i = round(i / (0.001 * label_ah)) * 0.001 * label_ah
         if last is not None:
             dv = np.array([v - last[0], v - last[0]])
-            est.update(i - last[1], poll_s, dv, np.ones(2), np.full(2, 25.0))
+            est.update(i - last[1], poll_s, dv, np.ones(2), np.ones(2))
         last = (v, i)
     return est
 

@@ -37,12 +37,13 @@ class BalanceResult:
 
 
 def balancing_recommendation(
-    cell_soc_pct: FloatArray, low_capacity: BoolArray | None = None
+    cell_soc_pct: FloatArray, spread_pct: float, low_capacity: BoolArray | None = None
 ) -> str:
-    """What an operator should do about the SOC spread [%] of a string's cells, and about cells
+    """What an operator should do about the SOC spread [%] of a string's cells (``spread_pct``,
+    max - min of the finite ones, NaN if none, as the caller has it already), and about cells
     whose low capacity (``low_capacity``, bool per cell) limits the string: balancing cannot
     recover that, only replacing them can."""
-    advice = _spread_advice(cell_soc_pct)
+    advice = _spread_advice(cell_soc_pct, spread_pct)
     weak = low_capacity.nonzero()[0] if low_capacity is not None else np.empty(0, int)
     if not weak.size:
         return advice
@@ -51,15 +52,12 @@ def balancing_recommendation(
     return limit if advice == "none" else f"{advice}; {limit}"
 
 
-def _spread_advice(cell_soc_pct: FloatArray) -> str:
-    finite = cell_soc_pct[np.isfinite(cell_soc_pct)]
-    if finite.size < 2:
-        return "none"
-    spread = float(finite.max() - finite.min())
+def _spread_advice(cell_soc_pct: FloatArray, spread: float) -> str:
+    # NaN (no finite SOC) and 0 (one) compare False: no advice.
     if spread > SERVICE_SPREAD_PCT:
         return f"service balance: SOC spread {spread:.1f} % is beyond passive balancing"
     if spread > BALANCE_SPREAD_PCT:
-        centre = median(finite)
+        centre = median(cell_soc_pct[np.isfinite(cell_soc_pct)])
         high = np.flatnonzero(finite_or(cell_soc_pct, -1e9) > centre + BALANCE_SPREAD_PCT / 2)
         ids = ", ".join(str(int(i)) for i in high[:10])
         return f"balance at top of charge: bleed cells [{ids}] (SOC spread {spread:.1f} %)"
@@ -100,7 +98,7 @@ class BalanceTracker:
             soc_spread_pct=soc_spread,
             trend_pct_per_day=float(self.spread.slope_per_h[0]) * 24.0,
             weak_cells=[int(i) for i in weak.nonzero()[0]],
-            recommendation=balancing_recommendation(cell_soc_pct, low_capacity),
+            recommendation=balancing_recommendation(cell_soc_pct, soc_spread, low_capacity),
         )
 
     def state(self) -> dict[str, Any]:

@@ -201,10 +201,13 @@ class Diagnostician:
         mean_temp = finite_mean(inputs.temperature_c)
         mean_temp = mean_temp if math.isfinite(mean_temp) else 25.0
         r0_25 = self.cells.resistance.r0_or_preset_ohm()
-        self._step_soc(dt_s, current, string_v, inputs, r0_25, cell_temps, mean_temp)
+        # R(T)/R(25 °C) at the string's mean temperature (column 0) and at each cell's: the SOC
+        # filters, the resistance fit and the current limits all read it, computed once.
+        tf = temperature_factor(self.chemistry, np.concatenate(([mean_temp], cell_temps)))
+        self._step_soc(dt_s, current, string_v, inputs, r0_25, tf)
         bias = self.string_soc.bias_a
         corrected = current - bias
-        self._step_resistance(dt_s, inputs, cell_temps, mean_temp)
+        self._step_resistance(dt_s, inputs, tf)
 
         diagnosis = Diagnosis(self.device_id, reading.ts_ms, ocv_source=self.chemistry.ocv_source)
         if self.chemistry.ocv_source == "learned" and self.learned_ocv is not None:
@@ -213,7 +216,7 @@ class Diagnostician:
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         # Each cell against its string's median [V]: the anomaly and the thermal views' input.
         deviation = cells - finite_median(cells)
-        self._cell_views(dt_s, inputs, deviation, corrected, cell_temps, diagnosis)
+        self._cell_views(dt_s, inputs, deviation, corrected, tf[1:], diagnosis)
         self._safety(dt_s, inputs, deviation, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
         if self.string_soc.initialised:
@@ -297,16 +300,14 @@ class Diagnostician:
         string_v: float,
         inputs: CleanInputs,
         r0_25: FloatArray,
-        cell_temps: FloatArray,
-        mean_temp: float,
+        tf: FloatArray,
     ) -> None:
+        """Both SOC filters' step; ``tf`` is R(T)/R(25 °C) of the string (column 0) and cells."""
         chem = self.chemistry
         if not self.string_soc.initialised:
             if not math.isfinite(string_v):
                 return
             self._initialise_soc(string_v, current, inputs, r0_25)
-        # R0 and R1 at the string's mean temperature (column 0) and at each cell's, in one go.
-        tf = temperature_factor(chem, np.concatenate(([mean_temp], cell_temps)))
         r0_now, r1_now = r0_25 * tf, chem.r1_ohm_ah / self.nominal_capacity_ah * tf
         self.string_soc.step(
             current, dt_s, np.array([string_v]), r0_now[:1], r1_now[:1],
@@ -349,9 +350,7 @@ class Diagnostician:
             cell_soc, np.full(self.cells.count, sigma[0]), self.nominal_capacity_ah
         )
 
-    def _step_resistance(
-        self, dt_s: float, inputs: CleanInputs, cell_temps: FloatArray, mean_temp: float
-    ) -> None:
+    def _step_resistance(self, dt_s: float, inputs: CleanInputs, tf: FloatArray) -> None:
         last = self._last
         if last is None or not math.isfinite(inputs.current_a) or self.series_cells == 0:
             return
@@ -364,7 +363,7 @@ class Diagnostician:
             dt_s,
             np.concatenate([[d_pack], d_cells]),
             np.concatenate([[self.series_cells], np.ones(self.cells.count)]),
-            np.concatenate([[mean_temp], cell_temps]),
+            tf,
         )
 
     def _track_rest(self, dt_s: float, current: float, ts_ms: int) -> None:
@@ -560,9 +559,10 @@ class Diagnostician:
         inputs: CleanInputs,
         deviation: FloatArray,
         corrected: float,
-        cell_temps: FloatArray,
+        cell_tf: FloatArray,
         d: Diagnosis,
     ) -> None:
+        """Per-cell views; ``cell_tf`` is each cell's R(T)/R(25 °C)."""
         c = self.cells
         if c.count == 0:
             return
@@ -580,9 +580,7 @@ class Diagnostician:
         cap = c.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
         d.cell_capacity_ratio, d.cell_capacity_ratio_uncertainty = cap.ratio, cap.ratio_sigma
         d.cell_capacity_ah, d.cell_capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
-        c.limits.update(
-            self.chemistry, v, corrected, r0 * temperature_factor(self.chemistry, cell_temps)
-        )
+        c.limits.update(self.chemistry, v, corrected, r0 * cell_tf)
         low_capacity = cap.weak | c.limits.limiting()
         balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio, low_capacity)
         d.cell_spread_v, d.cell_soc_spread_pct = balance.spread_v, balance.soc_spread_pct

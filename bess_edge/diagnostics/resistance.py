@@ -92,16 +92,18 @@ class ResistanceEstimator:
         dt_s: float,
         delta_voltage_v: FloatArray,
         series_cells: FloatArray,
-        temperature_c: FloatArray,
+        temp_factor: FloatArray,
     ) -> None:
         """Use one poll-to-poll step: ΔI [A] and ΔV [V] of the string (index 0) and each cell.
 
         ``series_cells`` is how many cells each column spans (the string: all of them), so the
         string value is per cell and comparable with the preset; NaN ΔV columns are skipped.
+        ``temp_factor`` is each column's R(T)/R(25 °C) (:func:`temperature_factor`), which
+        the caller has for its SOC filters already.
         """
         if not (np.isfinite(delta_current_a) and 0 < dt_s <= MAX_STEP_DT_S):
             return
-        dv25 = delta_voltage_v / series_cells / temperature_factor(self.chemistry, temperature_c)
+        dv25 = delta_voltage_v / series_cells / temp_factor
         step = abs(delta_current_a)
         if step < MIN_STEP_C * self.capacity_ah:
             seen = np.isfinite(dv25)
