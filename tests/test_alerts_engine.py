@@ -328,3 +328,25 @@ def test_an_action_needs_something_to_do_and_a_coil_takes_0_or_1():
         rule(action={"on": ["raised"]})
     with pytest.raises(ValueError, match="a coil takes 0 or 1"):
         rule(action={"modbus": {"host": "127.0.0.1", "coil": 3, "value": 2}})
+
+
+def test_rules_on_diagnosis_fields_leave_the_cell_statistics_uncomputed(monkeypatch):
+    """The built-in thermal rule reads the Diagnosis every poll: the Reading's cell statistics
+    (min/max/mean of every cell, ~20 us on a 16-cell rack) are computed only for a rule that
+    asks for one of the Reading's own values; a driver's extra value still wins over a
+    Diagnosis field of the same name."""
+    computed: list[int] = []
+    real = Reading.cell_stats
+    monkeypatch.setattr(Reading, "cell_stats", lambda self: computed.append(1) or real(self))
+    cells = {"cell_voltage_v": np.full(16, 3.3), "cell_temperature_c": np.full(16, 25.0)}
+    low_soh = rule(metric="soh_pct", below=80.0, above=None)
+    engine = AlertEngine([low_soh], 0, [])
+    out = []
+    for t, soh in enumerate([79.0, 79.0, 79.0, 99.0]):
+        out += engine.evaluate(reading(t, **cells), Diagnosis("rack-1", t * POLL_MS, soh_pct=soh))
+    assert kinds(out) == ["raised", "cleared"]
+    assert computed == []
+    shadowed = AlertEngine([low_soh], 0, []).evaluate(
+        reading(0, extra={"soh_pct": 95.0}, **cells), Diagnosis("rack-1", 0, soh_pct=79.0)
+    )
+    assert shadowed == [] and computed == [1]
