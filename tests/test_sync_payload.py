@@ -6,6 +6,7 @@ against the JSON Schemas shipped in bess_edge/schemas/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -17,7 +18,7 @@ import pytest
 
 from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
-from bess_edge.sync import commands
+from bess_edge.sync import commands, payload
 from bess_edge.sync.consumer import SeqSet, load_validators
 from bess_edge.sync.payload import STREAMS, Encoder, decode, json_rows
 
@@ -202,3 +203,37 @@ def test_numpy_formatted_json_arrays_parse_back_to_the_rounded_values(values, de
     parsed = json.loads(text)
     assert parsed == pytest.approx(np.round(values, decimals).tolist(), abs=10**-decimals / 2)
     assert b"-0," not in text.replace(b" ", b"")
+
+
+def test_a_live_round_of_twenty_racks_formats_its_cells_in_one_numpy_pass(tmp_path, monkeypatch):
+    """At 1 Hz each rack's poll is its own message; a numpy pass per rack made JSON encoding
+    most of a live message's CPU. Racks of 16 and 200 cells, and a rack whose cell count
+    changes (a module swapped): one pass per cell count and array, every value intact."""
+    store = Store(tmp_path / "live.db", synchronous="off")
+    rng = np.random.default_rng(5)
+    readings = [(f"rack-{k}", _reading(0, 16 if k < 15 else 200, rng)) for k in range(20)]
+    readings += [("rack-0", _reading(1, 24, rng))]
+    store.commit_cycles([Cycle(reading=dataclasses.replace(r, device_id=d)) for d, r in readings])
+    passes = []
+
+    def counted(values: np.ndarray, decimals: int) -> list[bytes]:
+        passes.append(values.shape)
+        return json_rows(values, decimals)
+
+    monkeypatch.setattr(payload, "json_rows", counted)
+    messages = list(Encoder("bess", "s", "json", 65536).messages(
+        "telemetry", store.outbox_fetch("telemetry", 0, 100)))  # fmt: skip
+    assert sorted(passes) == [(1, 3), (1, 24), (5, 25), (5, 200), (15, 2), (15, 16)]
+    items = {m.topic.split("/")[2]: json.loads(m.payload)["items"] for m in messages}
+    assert len(messages) == len(items) == 20  # rack-0's two polls in one message
+    by_device: dict[str, list[Reading]] = {}
+    for device, reading in readings:
+        by_device.setdefault(device, []).append(reading)
+    for device, device_readings in by_device.items():
+        for item, reading in zip(items[device], device_readings, strict=True):
+            assert item["cell_voltage_v"] == pytest.approx(
+                reading.cell_voltage_v.tolist(), abs=1e-4
+            )
+            assert item["cell_temperature_c"] == pytest.approx(
+                reading.cell_temperature_c.tolist(), abs=1e-2
+            )
