@@ -74,9 +74,19 @@ class StoreWorker:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        # Called on the loop after a call that committed outbox rows (sync wakes on them
+        # instead of looking every 0.1 s), whoever made it: polls, commands, republish.
+        self.outbox_listeners: list[Callable[[], None]] = []
+        self._outbox_seen = dict(store.outbox_rows_committed)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            if self.store.outbox_rows_committed != self._outbox_seen:
+                self._outbox_seen = dict(self.store.outbox_rows_committed)
+                for listener in self.outbox_listeners:
+                    listener()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

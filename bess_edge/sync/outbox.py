@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.1  # how often an idle drainer looks for new rows
 # Acknowledged rows are deleted in one transaction at least this often, or sooner once this many
 # are waiting: one DELETE per window would put an fsync per few messages on the store thread,
 # which the polls' commits share. Rows acknowledged but not yet deleted are sent again after a
@@ -68,6 +67,10 @@ class TokenBucket:
         self.tokens -= size
         return True
 
+    def wait_s(self, size: int) -> float:
+        """After a refused :meth:`take`: how long until ``size`` bytes are there."""
+        return (size - self.tokens) / self.rate if self.rate else 0.0
+
 
 class Drainer:
     def __init__(
@@ -89,7 +92,11 @@ class Drainer:
         self.rows_per_message = dict.fromkeys(STREAMS, 64.0)
         self.inflight: dict[int, Message] = {}
         self.acked_ids: list[int] = []
+        # Set by what gives the drainer work: a commit of outbox rows (StoreWorker), a PUBACK,
+        # a stop or a lost connection, and the timer for the earliest deadline of a pass
+        # (wake_at_mono: a linger's end, the acks' flush, the byte rate's refill). No polling.
         self.wake = asyncio.Event()
+        self.wake_at_mono = math.inf
         # The store's outbox_rows_committed[stream] when a fetch last reached the stream's end:
         # while it has not changed there is nothing new to fetch (no query at every PUBACK).
         self.drained = dict.fromkeys(STREAMS, -1)
@@ -130,26 +137,38 @@ class Drainer:
     async def run(self, link: MqttLink, stop: asyncio.Event) -> None:
         """Publish until the connection drops or ``stop`` is set."""
         loop = asyncio.get_running_loop()
-        # One waiter each for the whole run, not three tasks every pass: a pass per PUBACK and
-        # per IDLE_POLL_S adds up to a noticeable share of the CPU of a live poll.
+        # One waiter each for the whole run, not three tasks every pass: a pass per PUBACK adds
+        # up to a noticeable share of the CPU of a live poll.
         ends = [asyncio.ensure_future(e.wait()) for e in (link.disconnected, stop)]
         for end in ends:
             end.add_done_callback(lambda _: self.wake.set())
+        self.worker.outbox_listeners.append(self.wake.set)
         try:
             while link.connected.is_set() and not stop.is_set():
                 self.wake.clear()
+                self.wake_at_mono = math.inf
                 if self._acks_due():
                     await self.flush_acks()
                 await self.fill(link)
-                timer = loop.call_later(IDLE_POLL_S, self.wake.set)
+                if self.acked_ids:
+                    self._wake_by(self.acks_flushed_mono + ACK_FLUSH_S)
+                timer = None
+                if self.wake_at_mono < math.inf:
+                    delay_s = max(0.0, self.wake_at_mono - time.monotonic())
+                    timer = loop.call_later(delay_s, self.wake.set)
                 await self.wake.wait()
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
         finally:
+            self.worker.outbox_listeners.remove(self.wake.set)
             for end in ends:
                 end.cancel()
         for stream in STREAMS:
             await self._landed(stream, wait="all")  # queued for the next connection
         await self.flush_acks()
+
+    def _wake_by(self, at_mono: float) -> None:
+        self.wake_at_mono = min(self.wake_at_mono, at_mono)
 
     def _acks_due(self) -> bool:
         return bool(self.acked_ids) and (
@@ -179,14 +198,16 @@ class Drainer:
             ):
                 # An alert committed while this message was being fetched goes out first.
                 self.queued[message.stream].appendleft(message)
-                if not self._alerts_due():
-                    return  # the backlog's byte rate is used up for now
+                if not self._alerts_due():  # the backlog's byte rate is used up for now
+                    self._wake_by(time.monotonic() + self.bucket.wait_s(len(message.payload)))
+                    return
                 continue
             if _too_large(message, link.broker_max_packet_bytes):
                 continue
             mid = link.publish(message.topic, message.payload, content_type=content_type)
             self.inflight[mid] = message
             metrics.MQTT_INFLIGHT.set(len(self.inflight))
+        self.wake.set()  # a window's worth a call: the next pass goes on, after the loop ran
 
     def _alerts_due(self) -> bool:
         return self.worker.store.outbox_rows_committed["alerts"] != self.drained["alerts"]
@@ -231,7 +252,10 @@ class Drainer:
         on meanwhile, a backlog drain uses both cores of a site controller, not one in turn.
         """
         committed = self.worker.store.outbox_rows_committed[stream]
-        if committed == self.drained[stream] or self._lingers(stream, committed):
+        if committed == self.drained[stream]:
+            return
+        if self._lingers(stream, committed):
+            self._wake_by(self.reached_end_mono[stream] + self.linger_s)
             return
         # Half a window at a time: alerts are looked for between fetches. After a linger, all
         # the rows it gathered, so that each device's go in one message.
