@@ -178,3 +178,47 @@ def test_an_idle_drainer_sleeps_and_a_commit_wakes_it_at_once(mosquitto, tmp_pat
     recorder.close()
     assert idle_passes == 0
     assert sorted(latencies)[3] < 0.02, latencies  # looking every 0.1 s: a median of 0.05 s
+
+
+def test_a_live_round_of_twenty_racks_is_deleted_in_one_transaction(mosquitto, tmp_path):
+    """Live at 1 Hz the acks of a round (a diagnosis and a reading per rack) come in bursts:
+    deleting at the first of them, then 0.25 s later, cost two transactions (and fsyncs, on
+    the thread the polls commit on) a round instead of one."""
+    settings = _settings(tmp_path, mosquitto.port, linger_s=0.0, max_inflight=64)
+    store = Store(settings.storage.path, synchronous="normal")
+    deletes: list[int] = []
+    delete = store.outbox_delete
+
+    def counted(outbox_ids: list[int], sync_ts_ms: int) -> None:
+        deletes.append(len(outbox_ids))
+        delete(outbox_ids, sync_ts_ms)
+
+    store.outbox_delete = counted  # type: ignore[method-assign]
+    rng = np.random.default_rng(4)
+
+    async def run() -> None:
+        worker = StoreWorker(store)
+        syncer = Syncer(settings, worker, AlertEngine([], 0, []))
+        stop = asyncio.Event()
+        task = asyncio.create_task(syncer.run(stop))
+        await asyncio.wait_for(syncer.link.connected.wait(), 10)
+        for i in range(3):
+            await asyncio.sleep(0.5)
+            readings = [
+                Reading(f"rack-{k}", ts_ms=1_790_000_000_000 + 1000 * i, pack_voltage_v=52.8,
+                        pack_current_a=-5.0,
+                        cell_voltage_v=np.round(3.3 + 0.001 * rng.standard_normal(16), 3))
+                for k in range(20)
+            ]  # fmt: skip
+            cycles = [Cycle(reading=r, diagnosis={"soc_pct": 50.0}) for r in readings]
+            await worker.call(store.commit_cycles, cycles)
+            deadline = time.monotonic() + 10
+            while sum(deletes) < 40 * (i + 1):
+                assert time.monotonic() < deadline, "the round was not deleted"
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        worker.shutdown()
+
+    asyncio.run(run())
+    assert deletes == [40, 40, 40]

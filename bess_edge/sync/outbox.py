@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Acknowledged rows are deleted in one transaction at least this often, or sooner once this many
-# are waiting: one DELETE per window would put an fsync per few messages on the store thread,
-# which the polls' commits share. Rows acknowledged but not yet deleted are sent again after a
-# crash (at-least-once), never lost.
+# Acknowledged rows are deleted in one transaction at most this long after the first PUBACK, or
+# sooner once this many are waiting: one DELETE per window would put an fsync per few messages
+# on the store thread, which the polls' commits share; live, a second's burst of messages is
+# one DELETE. Rows acknowledged but not yet deleted are sent again after a crash
+# (at-least-once), never lost.
 ACK_FLUSH_S = 0.25
 ACK_FLUSH_ROWS = 2000
 MAX_FETCH_ROWS = 2000
@@ -92,6 +93,7 @@ class Drainer:
         self.rows_per_message = dict.fromkeys(STREAMS, 64.0)
         self.inflight: dict[int, Message] = {}
         self.acked_ids: list[int] = []
+        self.first_acked_mono = 0.0  # when acked_ids got its first id since the last flush
         # Set by what gives the drainer work: a commit of outbox rows (StoreWorker), a PUBACK,
         # a stop or a lost connection, and the timer for the earliest deadline of a pass
         # (wake_at_mono: a linger's end, the acks' flush, the byte rate's refill). No polling.
@@ -103,7 +105,6 @@ class Drainer:
         self.linger_s = linger_s
         # When a fetch last reached the stream's end (-inf: it did not): the linger's start.
         self.reached_end_mono = dict.fromkeys(STREAMS, -math.inf)
-        self.acks_flushed_mono = time.monotonic()
         self.messages_acked = 0
         self.items_acked = 0
         self.bytes_acked = 0
@@ -118,7 +119,7 @@ class Drainer:
         metrics.MQTT_INFLIGHT.set(len(self.inflight))
         if ok:
             metrics.MQTT_PUBLISHED.labels(message.stream).inc()
-            self.acked_ids.extend(message.outbox_ids)
+            self._settled(message.outbox_ids)
             self.messages_acked += 1
             self.items_acked += len(message.outbox_ids)
             self.bytes_acked += len(message.payload)
@@ -151,7 +152,7 @@ class Drainer:
                     await self.flush_acks()
                 await self.fill(link)
                 if self.acked_ids:
-                    self._wake_by(self.acks_flushed_mono + ACK_FLUSH_S)
+                    self._wake_by(self.first_acked_mono + ACK_FLUSH_S)
                 timer = None
                 if self.wake_at_mono < math.inf:
                     delay_s = max(0.0, self.wake_at_mono - time.monotonic())
@@ -170,14 +171,19 @@ class Drainer:
     def _wake_by(self, at_mono: float) -> None:
         self.wake_at_mono = min(self.wake_at_mono, at_mono)
 
+    def _settled(self, outbox_ids: list[int]) -> None:
+        """Rows to delete: acknowledged, or with nothing left to send."""
+        if not self.acked_ids:
+            self.first_acked_mono = time.monotonic()
+        self.acked_ids.extend(outbox_ids)
+
     def _acks_due(self) -> bool:
         return bool(self.acked_ids) and (
             len(self.acked_ids) >= ACK_FLUSH_ROWS
-            or time.monotonic() - self.acks_flushed_mono >= ACK_FLUSH_S
+            or time.monotonic() - self.first_acked_mono >= ACK_FLUSH_S
         )
 
     async def flush_acks(self) -> None:
-        self.acks_flushed_mono = time.monotonic()
         if self.acked_ids:
             ids, self.acked_ids = self.acked_ids, []
             await self.worker.call(self.worker.store.outbox_delete, ids, now_ms())
@@ -276,7 +282,7 @@ class Drainer:
         self.cursor[stream] = rows[-1]["outbox_id"]
         orphans = [r["outbox_id"] for r in rows if r["data"] is None]
         if orphans:  # the data row was dropped by the storage cap: nothing left to send
-            self.acked_ids.extend(orphans)
+            self._settled(orphans)
         pending = self.encoding[stream]
         earlier = pending[-1] if pending else None
         pending.append(asyncio.create_task(self._encode(stream, rows, earlier)))
