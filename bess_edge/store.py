@@ -661,7 +661,8 @@ class Store(SqliteReads):
         """Unpublished rows of one stream with ``outbox.id > after_id``, oldest first.
 
         Each row carries ``outbox_id``, ``device``, ``seq`` and the published data: the samples
-        row (cell BLOBs as stored), the diagnosis (parsed) or the alert event joined with its alert.
+        row (cell BLOBs as stored), the diagnosis (its JSON text as stored, ``diagnosis_json``)
+        or the alert event joined with its alert.
         ``data`` is None when the referenced row is gone (sync then just deletes the outbox row).
         """
         sql = _OUTBOX_FETCH[stream]
@@ -787,7 +788,7 @@ def _outbox_item(stream: str, row: dict[str, Any]) -> dict[str, Any]:
     elif stream == "telemetry":
         item["data"] = row  # cell BLOBs kept: the payload encoder unpacks them with numpy
     elif stream == "diagnostics":
-        item["data"] = {"ts_ms": row["ts_ms"], "diagnosis": json.loads(row["data"])}
+        item["data"] = {"ts_ms": row["ts_ms"], "diagnosis_json": row["data"]}
     else:
         item["data"] = {
             k: row[k]

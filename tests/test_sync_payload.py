@@ -20,7 +20,7 @@ from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
 from bess_edge.sync import commands, payload
 from bess_edge.sync.consumer import SeqSet, load_validators
-from bess_edge.sync.payload import STREAMS, Encoder, decode, json_rows
+from bess_edge.sync.payload import STREAMS, Encoder, decode, dumps, json_rows
 
 
 def _reading(i: int, cells: int, rng: np.random.Generator, nan_cell: int | None = None) -> Reading:
@@ -237,3 +237,26 @@ def test_a_live_round_of_twenty_racks_formats_its_cells_in_one_numpy_pass(tmp_pa
             assert item["cell_temperature_c"] == pytest.approx(
                 reading.cell_temperature_c.tolist(), abs=1e-2
             )
+
+
+def test_a_diagnosis_goes_on_the_wire_as_stored_without_being_parsed_and_dumped_again(
+    tmp_path, monkeypatch
+):
+    store = Store(tmp_path / "diag.db", synchronous="off")
+    diagnosis = {"soc_pct": math.nan, "note": "Zelle 3 überhitzt", "cells": {"weak": [3, 7]},
+                 "resistance_ohm": 0.00123456789}  # fmt: skip
+    store.commit_cycles(
+        [Cycle(reading=_reading(i, 16, np.random.default_rng(i)), diagnosis=diagnosis)
+         for i in range(50)]
+    )  # fmt: skip
+    dumped = []
+    monkeypatch.setattr(payload, "dumps", lambda value: dumped.append(value) or dumps(value))
+    (message,) = Encoder("bess", "s", "json", 256 * 1024).messages(
+        "diagnostics", store.outbox_fetch("diagnostics", 0, 100)
+    )
+    assert len(dumped) == 1  # the envelope only
+    doc = json.loads(message.payload)
+    assert [item["seq"] for item in doc["items"]] == list(range(1, 51))
+    assert all(item["diagnosis"] == {**diagnosis, "soc_pct": None} for item in doc["items"])
+    errors = [e.message for e in load_validators()["diagnostics"].iter_errors(doc)]
+    assert errors == []
