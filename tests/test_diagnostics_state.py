@@ -1,14 +1,16 @@
 """Estimator state survives a restart; a blob that does not fit is ignored, not fatal."""
 
+import io
 import json
 import logging
+import zlib
 
 import numpy as np
 import pytest
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LFP, NMC
-from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics import Diagnostician, persist
 
 # The simulated cells follow the preset's curve exactly: for them it is a measured table.
 MEASURED_NMC = NMC.with_overrides({"ocv_source": "file"})
@@ -47,10 +49,34 @@ def test_restart_keeps_soc_capacity_cycles_and_baselines():
     print(f"state blob: {len(blob)} bytes for 8 cells")
 
 
+def _hostile(arrays: list, body: bytes = b"") -> bytes:
+    """A version-2 blob whose header lists ``arrays`` and whose body is ``body``."""
+    meta = json.dumps({"header": {"version": 2, "chemistry": "lfp"}, "arrays": arrays}).encode()
+    return persist.MAGIC + len(meta).to_bytes(4, "little") + meta + zlib.compress(body)
+
+
 @pytest.mark.parametrize(
     "blob",
-    [b"", b"not a blob", b"PK\x03\x04garbage", None],
-    ids=["empty", "text", "broken-zip", "other-chemistry"],
+    [
+        b"",
+        b"not a blob",
+        b"PK\x03\x04garbage",
+        persist.MAGIC + b"\xff\xff\x00\x00{}",
+        _hostile([["engine/scalars", "|O", [2]]], bytes(16)),
+        _hostile([["engine/scalars", "<f8", [10**9]]], bytes(16)),
+        _hostile([["engine/scalars", "<f8", [1]]], bytes(16)),
+        None,
+    ],
+    ids=[
+        "empty",
+        "text",
+        "broken-zip",
+        "cut-header",
+        "object-dtype",
+        "longer-than-the-blob",
+        "bytes-left-over",
+        "other-chemistry",
+    ],
 )
 def test_corrupt_or_foreign_state_is_ignored_with_a_warning(blob, caplog):
     if blob is None:
@@ -61,6 +87,26 @@ def test_corrupt_or_foreign_state_is_ignored_with_a_warning(blob, caplog):
         diag.restore_state(blob)
     assert "ignoring saved diagnostics state" in caplog.text
     np.testing.assert_array_equal(diag.string_soc.soc_pct, soc_before)
+
+
+def test_a_state_saved_as_npz_by_an_earlier_version_resumes_the_same():
+    """A gateway updated in place resumes from the version-1 blob (numpy's .npz) it saved:
+    the same estimators as from today's blob, which is a third of its size."""
+    sim, before, _ = _cycled(hours=1.0)
+    blob = before.export_state()
+    header, parts = persist.unpack(blob)
+    arrays = {f"{c}/{name}": value for c, fields in parts.items() for name, value in fields.items()}
+    meta = json.dumps({**header, "version": 1}).encode()
+    npz = io.BytesIO()
+    np.savez_compressed(npz, __header__=np.frombuffer(meta, dtype=np.uint8), **arrays)
+    from_npz, from_blob = (Diagnostician("d", MEASURED_NMC, 100.0) for _ in range(2))
+    from_npz.restore_state(npz.getvalue())
+    from_blob.restore_state(blob)
+    assert from_npz.export_state() == from_blob.export_state()
+    for reading in sim.readings(duration_s=60, poll_s=2.0, start_ms=3600 * 1000):
+        a, b = from_npz.update(reading), from_blob.update(reading)
+        assert a.to_dict() == b.to_dict()
+    assert 3 * len(blob) < len(npz.getvalue())
 
 
 def test_diagnosis_json_keeps_six_significant_digits_and_a_whole_eol_timestamp():
