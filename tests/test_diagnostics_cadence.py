@@ -1,15 +1,16 @@
 """The slow views of a Diagnosis are recomputed when what they read changes, and only then:
 the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
-cells' leak currents when a settled rest moves their drift fit or the OCV slope changes; the
-temperature factor of the resistances once a poll."""
+cells' leak currents when a settled rest moves their drift fit or the OCV slope changes, the
+cells' counting capacity at a refit, a new string's rated life once; the temperature factor of
+the resistances once a poll."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
-from bess_edge.chemistry import NMC
+from bess_edge.chemistry import LFP, NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician, engine, resistance
 from bess_edge.diagnostics.anomaly import AnomalyDetector
-from bess_edge.diagnostics.cycles import cycle_damage
+from bess_edge.diagnostics.cycles import CycleLife, cycle_damage
 from bess_edge.diagnostics.numeric import finite_median, finite_or
 from bess_edge.diagnostics.resistance import ResistanceEstimator
 
@@ -150,3 +151,46 @@ def test_temperature_factor_is_computed_once_a_poll(monkeypatch):
         diag.update(reading)
         assert len(calls) == polls
     assert diag.cells.resistance.steps.min() > 0  # the resistance fit used its steps
+
+
+def test_cells_counting_capacity_is_kept_between_refits_and_equals_a_fresh_computation():
+    """What each cell's SOC filter counts with (the string's capacity times the cell's ratio
+    once it is trusted) is the same array until the capacity or the ratios change."""
+
+    def fresh(diag: Diagnostician) -> np.ndarray:
+        cap = diag.cells.capacity.result(diag.capacity.capacity_ah, diag.capacity.capacity_sigma_ah)
+        with np.errstate(invalid="ignore"):
+            trusted = cap.ratio_sigma < engine.TRUSTED_CAPACITY_SIGMA * cap.ratio
+        return diag.capacity_ah * np.where(trusted, cap.ratio, 1.0)
+
+    sim = SimulatedString(SimOptions(cells=16, profile="idle", seed=1), CHEM, CAPACITY_AH)
+    readings = iter(sim.readings(duration_s=100.0, poll_s=1.0))
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    diag.update(next(readings))
+    first = diag._cell_counting_capacity_ah()
+    for _ in range(5):
+        diag.update(next(readings))
+        assert diag._cell_counting_capacity_ah() is first
+    np.testing.assert_array_equal(first, np.full(16, CAPACITY_AH))
+    _refit_with_fade(diag, days=3)
+    diag.update(next(readings))
+    after = diag._cell_counting_capacity_ah()
+    assert diag.capacity_ah != CAPACITY_AH
+    np.testing.assert_array_equal(after, fresh(diag))
+    assert not after.flags.writeable
+
+
+def test_rated_life_of_a_new_string_is_computed_once_per_chemistry(monkeypatch):
+    """Before any cycle the remaining life is the chemistry's rated one: a constant, which a
+    new string's every poll read afresh."""
+    calls = []
+    real = Chemistry.cycle_life
+    monkeypatch.setattr(
+        Chemistry, "cycle_life", lambda self, dod: calls.append(1) or real(self, dod)
+    )
+    life = CycleLife(NMC, CAPACITY_AH)
+    for _ in range(100):
+        assert life.summary()["remaining_cycles"] == float(real(NMC, NMC.dod_ref)) * NMC.dod_ref
+    life.chemistry = LFP
+    assert life.summary()["remaining_cycles"] == float(real(LFP, LFP.dod_ref)) * LFP.dod_ref
+    assert len(calls) == 2

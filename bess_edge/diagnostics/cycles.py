@@ -169,6 +169,8 @@ class CycleLife:
     # Damage and histogram of the closed cycles plus the residue, and the counter's sample
     # count they were computed at: they change only when a sample passes the hysteresis.
     _damage: tuple[int, float, FloatArray] | None = field(default=None, init=False, repr=False)
+    # The chemistry's rated life in EFC at its reference depth, and the chemistry it is of.
+    _rated: tuple[Chemistry, float] | None = field(default=None, init=False, repr=False)
 
     def update(self, soc_pct: float, current_a: float, dt_s: float) -> None:
         """Add one poll: the string SOC [%] and the bias-corrected current [A] over ``dt_s``."""
@@ -200,9 +202,12 @@ class CycleLife:
             # Cycles left at the duty seen so far: damage per EFC extrapolated (Miner's rule).
             remaining = max(0.0, 1.0 - damage) * efc / damage
         else:
-            # Nothing cycled yet: the preset's rated life, in EFC at its reference depth.
+            # Nothing cycled yet: the preset's rated life, in EFC at its reference depth (a
+            # constant of the chemistry, kept: every poll of a new string's first hours).
             chem = self.chemistry
-            remaining = float(chem.cycle_life(chem.dod_ref)) * chem.dod_ref
+            if self._rated is None or self._rated[0] is not chem:
+                self._rated = (chem, float(chem.cycle_life(chem.dod_ref)) * chem.dod_ref)
+            remaining = self._rated[1]
         return {
             "life_used_pct": 100.0 * damage,
             "dod_histogram": histogram.copy(),

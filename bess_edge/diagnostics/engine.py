@@ -20,7 +20,7 @@ from bess_edge.diagnostics import persist
 from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.balance import BalanceTracker
 from bess_edge.diagnostics.capacity import CapacityEstimator, fade_projection
-from bess_edge.diagnostics.cell_capacity import CellCapacity
+from bess_edge.diagnostics.cell_capacity import CellCapacity, CellCapacityResult
 from bess_edge.diagnostics.cycles import CycleLife
 from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.electrode import ElectrodeWindows
@@ -131,6 +131,7 @@ class Diagnostician:
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
         self._outlook_cache: _Outlook | None = None
+        self._counting_cache: tuple[CellCapacityResult, float, FloatArray] | None = None
 
     def _build_cells(self, count: int, sensors: int, chem: Chemistry | None = None) -> _Cells:
         chem, cap = chem or self.chemistry, self.nominal_capacity_ah
@@ -322,11 +323,19 @@ class Diagnostician:
 
     def _cell_counting_capacity_ah(self) -> FloatArray:
         """What each cell's filter counts with [Ah]: the string's capacity times the cell's
-        measured ratio to it, once that ratio is known to 2 %."""
+        measured ratio to it, once that ratio is known to 2 %. Computed again only when the
+        cells' ratios (a new result object) or the string's capacity changed: between rests,
+        never. Read-only, as the filters only read it."""
         cap = self.cells.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
-        with np.errstate(invalid="ignore"):
-            trusted = cap.ratio_sigma < TRUSTED_CAPACITY_SIGMA * cap.ratio  # False where NaN
-        return self.capacity_ah * np.where(trusted, cap.ratio, 1.0)
+        q = self.capacity_ah
+        cached = self._counting_cache
+        if cached is None or cached[0] is not cap or cached[1] != q:
+            with np.errstate(invalid="ignore"):
+                trusted = cap.ratio_sigma < TRUSTED_CAPACITY_SIGMA * cap.ratio  # False where NaN
+            counting = q * np.where(trusted, cap.ratio, 1.0)
+            counting.flags.writeable = False
+            cached = self._counting_cache = (cap, q, counting)
+        return cached[2]
 
     def _initialise_soc(
         self, string_v: float, current: float, inputs: CleanInputs, r0_25: FloatArray
