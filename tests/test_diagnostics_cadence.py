@@ -1,8 +1,8 @@
 """The slow views of a Diagnosis are recomputed when what they read changes, and only then:
 the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
 cells' leak currents when a settled rest moves their drift fit or the OCV slope changes, the
-cells' counting capacity at a refit, a new string's rated life once; the temperature factor of
-the resistances once a poll."""
+cells' counting capacity at a refit, a new string's rated life once, the 1-s pulse resistance
+at pulse steps only; the temperature factor of the resistances once a poll."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
@@ -129,6 +129,31 @@ def test_cell_resistance_ratios_equal_a_fresh_computation_and_are_computed_per_s
         np.testing.assert_array_equal(res.cell_r0_ratio, r0 / finite_median(r0))
     assert np.isfinite(diag.cells.resistance.cell_r0_ratio).all()
     assert len(computed) < 1200 * 0.75  # polls without a step reuse the last one
+
+
+def test_pulse_resistance_is_recomputed_at_pulse_steps_only_and_equals_a_fresh_computation(
+    monkeypatch,
+):
+    """Steps below 0.4C (most of a regulation duty's) move the small-signal fit, not the 1-s
+    pulse sums: the pulse views read the same until a pulse step."""
+    computed = []
+    real = ResistanceEstimator._pulse_sigma
+    monkeypatch.setattr(
+        ResistanceEstimator, "_pulse_sigma", lambda self: computed.append(1) or real(self)
+    )
+    sim = SimulatedString(
+        SimOptions(cells=16, profile="regulation", c_rate=2.0, seed=1), CHEM, CAPACITY_AH
+    )
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    for reading in sim.readings(duration_s=600.0, poll_s=1.0):
+        diag.update(reading)
+        res = diag.cells.resistance
+        fresh = ResistanceEstimator(CHEM, CAPACITY_AH, 16)
+        fresh.load(res.state())
+        for view in ("pulse_1s_ohm", "pulse_1s_sigma_ohm", "small_signal_25c_ohm", "r0_25c_ohm"):
+            np.testing.assert_array_equal(getattr(res, view), getattr(fresh, view))
+    assert np.isfinite(diag.cells.resistance.pulse_1s_ohm).all()
+    assert 0 < len(computed) - 600 < 0.2 * 600  # 600 of them the fresh estimators'
 
 
 def test_temperature_factor_is_computed_once_a_poll(monkeypatch):

@@ -64,6 +64,10 @@ def temperature_factor(chemistry: Chemistry, temperature_c: FloatArray | float) 
     return np.exp(chemistry.r_temp_coeff_per_c * (25.0 - t))
 
 
+# The derived arrays that read the pulse sums alone: a small step leaves them as they were.
+_PULSE_VIEWS = frozenset({"pulse", "pulse_sigma"})
+
+
 class ResistanceEstimator:
     """Recursive least squares of ΔV = R0·ΔI for the string (column 0) and each cell."""
 
@@ -111,7 +115,10 @@ class ResistanceEstimator:
             self.quiet_w = keep * self.quiet_w + seen
             self.quiet_vv = keep * self.quiet_vv + np.where(seen, dv25, 0.0) ** 2
             return
-        self._views.clear()
+        pulse = step >= PULSE_MIN_C * self.capacity_ah
+        # The pulse views stay through a small step: a regulation duty at 0.3-0.5C steps on
+        # half its polls or more, all small (1 pulse step in 2,000 polls).
+        self._views = {} if pulse else {k: v for k, v in self._views.items() if k in _PULSE_VIEWS}
         ratio = dv25 / delta_current_a / self.nominal_cell_r0_ohm
         margin = GATE_NOISE_SIGMAS * np.sqrt(self.dv_noise_var) / step / self.nominal_cell_r0_ohm
         ok = (
@@ -120,7 +127,7 @@ class ResistanceEstimator:
             & (ratio < PLAUSIBLE_RATIO[1] + margin)
         )
         self.steps = self.steps + ok
-        if step >= PULSE_MIN_C * self.capacity_ah:
+        if pulse:
             r = np.where(ok, dv25 / delta_current_a, 0.0)
             keep = np.where(ok, PULSE_FORGETTING, 1.0)
             self.pulse_w = keep * self.pulse_w + ok
