@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -180,20 +181,28 @@ def test_an_idle_drainer_sleeps_and_a_commit_wakes_it_at_once(mosquitto, tmp_pat
     assert sorted(latencies)[3] < 0.02, latencies  # looking every 0.1 s: a median of 0.05 s
 
 
-def test_a_live_round_of_twenty_racks_is_deleted_in_one_transaction(mosquitto, tmp_path):
-    """Live at 1 Hz the acks of a round (a diagnosis and a reading per rack) come in bursts:
-    deleting at the first of them, then 0.25 s later, cost two transactions (and fsyncs, on
-    the thread the polls commit on) a round instead of one."""
-    settings = _settings(tmp_path, mosquitto.port, linger_s=0.0, max_inflight=64)
+def test_a_live_round_of_twenty_racks_is_one_fetch_a_stream_and_one_delete(mosquitto, tmp_path):
+    """Live (no linger) a round of polls (a diagnosis and a reading per rack) was fetched half a
+    window at a time, two fetches and two encodings a stream. Its acks come in bursts: deleting
+    at the first of them, then 0.25 s later, cost two transactions (and fsyncs, on the thread
+    the polls commit on) a round instead of one."""
+    settings = _settings(tmp_path, mosquitto.port, linger_s=0.0, max_inflight=32)
     store = Store(settings.storage.path, synchronous="normal")
     deletes: list[int] = []
-    delete = store.outbox_delete
+    fetches: list[tuple[str, int]] = []
+    delete, fetch = store.outbox_delete, store.outbox_fetch
 
-    def counted(outbox_ids: list[int], sync_ts_ms: int) -> None:
+    def counted_delete(outbox_ids: list[int], sync_ts_ms: int) -> None:
         deletes.append(len(outbox_ids))
         delete(outbox_ids, sync_ts_ms)
 
-    store.outbox_delete = counted  # type: ignore[method-assign]
+    def counted_fetch(stream: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+        rows = fetch(stream, after_id, limit)
+        fetches.append((stream, len(rows)))
+        return rows
+
+    store.outbox_delete = counted_delete  # type: ignore[method-assign]
+    store.outbox_fetch = counted_fetch  # type: ignore[method-assign]
     rng = np.random.default_rng(4)
 
     async def run() -> None:
@@ -222,3 +231,5 @@ def test_a_live_round_of_twenty_racks_is_deleted_in_one_transaction(mosquitto, t
 
     asyncio.run(run())
     assert deletes == [40, 40, 40]
+    # The first round: where the streams' ends are; after it, each round is one fetch a stream.
+    assert fetches[-4:] == [("diagnostics", 20), ("telemetry", 20)] * 2
