@@ -105,6 +105,8 @@ class Drainer:
         self.linger_s = linger_s
         # When a fetch last reached the stream's end (-inf: it did not): the linger's start.
         self.reached_end_mono = dict.fromkeys(STREAMS, -math.inf)
+        # The counters' children looked up once (labels() takes a lock and builds a key).
+        self.published = {s: metrics.MQTT_PUBLISHED.labels(s) for s in STREAMS}
         self.messages_acked = 0
         self.items_acked = 0
         self.bytes_acked = 0
@@ -116,9 +118,8 @@ class Drainer:
         message = self.inflight.pop(mid, None)
         if message is None:
             return False
-        metrics.MQTT_INFLIGHT.set(len(self.inflight))
         if ok:
-            metrics.MQTT_PUBLISHED.labels(message.stream).inc()
+            self.published[message.stream].inc()
             self._settled(message.outbox_ids)
             self.messages_acked += 1
             self.items_acked += len(message.outbox_ids)
@@ -151,6 +152,8 @@ class Drainer:
                 if self._acks_due():
                     await self.flush_acks()
                 await self.fill(link)
+                # Once a pass, not at every publish and PUBACK: a pass follows every PUBACK.
+                metrics.MQTT_INFLIGHT.set(len(self.inflight))
                 if self.acked_ids:
                     self._wake_by(self.first_acked_mono + ACK_FLUSH_S)
                 timer = None
@@ -212,7 +215,6 @@ class Drainer:
                 continue
             mid = link.publish(message.topic, message.payload, content_type=content_type)
             self.inflight[mid] = message
-            metrics.MQTT_INFLIGHT.set(len(self.inflight))
         self.wake.set()  # a window's worth a call: the next pass goes on, after the loop ran
 
     def _alerts_due(self) -> bool:
