@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from bess_edge.daemon import StoreWorker
 from bess_edge.model import Reading
 from bess_edge.store import AlertTransition, Cycle, Store
 from bess_edge.sync import Syncer
+from bess_edge.sync.outbox import ENCODE_ON_LOOP_ROWS
+from bess_edge.sync.payload import Message
 
 
 def _backlog(store: Store, samples: int) -> None:
@@ -40,6 +44,18 @@ def _alert(alert_id: int) -> Cycle:
                                  int(time.time() * 1000), severity="critical",
                                  message="cell 3 over 3.65 V", cell=3, value=3.66)  # fmt: skip
     return Cycle(alerts=[transition])
+
+
+def _record_encodings(syncer: Syncer, encodings: list[tuple[bool, int]]) -> None:
+    """(on the loop's thread, rows) of every batch the drainer's encoder is given."""
+    encoder = syncer.drainer.encoder
+    messages = encoder.messages
+
+    def recorded(stream: str, rows: list[dict[str, Any]]) -> Iterator[Message]:
+        encodings.append((threading.current_thread() is threading.main_thread(), len(rows)))
+        return messages(stream, rows)
+
+    encoder.messages = recorded  # type: ignore[method-assign]
 
 
 class Recorder:
@@ -75,10 +91,12 @@ def test_an_alert_committed_after_a_backlog_is_published_before_the_backlog(mosq
     _backlog(store, 3000)
     store.commit_cycles([_alert(1)])  # the newest outbox row
     recorder = Recorder(mosquitto.port)
+    encodings: list[tuple[bool, int]] = []
 
     async def run() -> None:
         worker = StoreWorker(store)
         syncer = Syncer(settings, worker, AlertEngine([], 1, []))
+        _record_encodings(syncer, encodings)
         stop = asyncio.Event()
         task = asyncio.create_task(syncer.run(stop))
         while syncer.drainer.items_acked < 3001:
@@ -92,6 +110,9 @@ def test_an_alert_committed_after_a_backlog_is_published_before_the_backlog(mosq
     recorder.close()
     order = [topic.rsplit("/", 1)[1] for _, topic, _ in recorder.topics]
     assert order.count("telemetry") > 100  # many 4 KiB batches
+    # The backlog's large fetches are encoded in threads (both cores), the alert on the loop.
+    assert not any(on_loop for on_loop, rows in encodings if rows > ENCODE_ON_LOOP_ROWS)
+    assert (True, 1) in encodings
     assert order.index("alerts") == 0
     assert sum(n for _, t, n in recorder.topics if t.endswith("telemetry")) >= 3000
 
@@ -183,9 +204,9 @@ def test_an_idle_drainer_sleeps_and_a_commit_wakes_it_at_once(mosquitto, tmp_pat
 
 def test_a_live_round_of_twenty_racks_is_one_fetch_a_stream_and_one_delete(mosquitto, tmp_path):
     """Live (no linger) a round of polls (a diagnosis and a reading per rack) was fetched half a
-    window at a time, two fetches and two encodings a stream. Its acks come in bursts: deleting
-    at the first of them, then 0.25 s later, cost two transactions (and fsyncs, on the thread
-    the polls commit on) a round instead of one."""
+    window at a time, two fetches and two encodings a stream, each encoding in a thread. Its
+    acks come in bursts: deleting at the first of them, then 0.25 s later, cost two
+    transactions (and fsyncs, on the thread the polls commit on) a round instead of one."""
     settings = _settings(tmp_path, mosquitto.port, linger_s=0.0, max_inflight=32)
     store = Store(settings.storage.path, synchronous="normal")
     deletes: list[int] = []
@@ -203,11 +224,13 @@ def test_a_live_round_of_twenty_racks_is_one_fetch_a_stream_and_one_delete(mosqu
 
     store.outbox_delete = counted_delete  # type: ignore[method-assign]
     store.outbox_fetch = counted_fetch  # type: ignore[method-assign]
+    encodings: list[tuple[bool, int]] = []
     rng = np.random.default_rng(4)
 
     async def run() -> None:
         worker = StoreWorker(store)
         syncer = Syncer(settings, worker, AlertEngine([], 0, []))
+        _record_encodings(syncer, encodings)
         stop = asyncio.Event()
         task = asyncio.create_task(syncer.run(stop))
         await asyncio.wait_for(syncer.link.connected.wait(), 10)
@@ -233,3 +256,5 @@ def test_a_live_round_of_twenty_racks_is_one_fetch_a_stream_and_one_delete(mosqu
     assert deletes == [40, 40, 40]
     # The first round: where the streams' ends are; after it, each round is one fetch a stream.
     assert fetches[-4:] == [("diagnostics", 20), ("telemetry", 20)] * 2
+    # A round's rows are encoded on the loop: a thread hand-off costs more than encoding them.
+    assert encodings[-4:] == [(True, 20)] * 4
