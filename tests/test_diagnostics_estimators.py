@@ -1,12 +1,20 @@
 """SOC, current offset, R0 and capacity against the simulated string's true state."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import LFP, NMC
 from bess_edge.diagnostics import Diagnostician
-from bess_edge.diagnostics.soc import CURRENT_NOISE_C, SOC_WALK_PCT_PER_SQRT_S, SocFilter
+from bess_edge.diagnostics.soc import (
+    BIAS_LEARNING_SOC_SIGMA_PCT,
+    BIAS_WALK_C_PER_SQRT_S,
+    CURRENT_NOISE_C,
+    SOC_WALK_PCT_PER_SQRT_S,
+    SocFilter,
+)
 
 CAPACITY_AH = 100.0
 
@@ -115,3 +123,60 @@ def test_cell_filters_predict_their_covariance_as_the_matrix_product_does():
         # No current, no voltage: the prediction alone, nothing to correct.
         soc.step(0.0, dt_s, np.full(16, np.nan), r1, r1, CAPACITY_AH)
         assert np.array_equal(soc.p, expected)
+
+
+def _random_covariance(rng: np.random.Generator, channels: int, states: int) -> np.ndarray:
+    half = rng.standard_normal((channels, states, states)) * rng.uniform(0.01, 3.0, states)
+    return half @ half.transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("channels", [1, 16])
+def test_filters_step_as_the_matrix_formulation_does(channels: int) -> None:
+    """The string's filter (offset state, Python floats) and the cells' (numpy columns) predict
+    P as J P Jᵀ + Q and correct it in Joseph form (I - K H) P (I - K H)ᵀ + K Kᵀ R: equal to
+    those matrix products within 1e-12 on random states, whatever the gains."""
+    rng = np.random.default_rng(11)
+    with_bias = channels == 1
+    states = 3 if with_bias else 2
+    chemistry = dataclasses.replace(NMC, ocv_source="file")  # no table-error floor on P_00
+    soc = SocFilter(chemistry, channels, estimate_bias=with_bias)
+    soc.reset(np.full(channels, 50.0), np.full(channels, 2.0), CAPACITY_AH)
+    for _ in range(300):
+        soc.x = np.column_stack(
+            [rng.uniform(20, 80, channels), rng.normal(0, 0.01, channels)]
+            + ([rng.normal(0, 2.0, channels)] if with_bias else [])
+        )
+        soc.p = _random_covariance(rng, channels, states)
+        dt_s, current = float(rng.uniform(0.1, 30.0)), float(rng.uniform(-300, 300))
+        r1 = np.full(channels, 1e-3)
+        bias = soc.x[:, 2] if with_bias else 0.0
+        a = np.exp(-dt_s / chemistry.tau1_s)
+        eta = np.where(current - bias > 0, chemistry.coulombic_efficiency, 1.0)
+        k = 100.0 * eta * dt_s / (3600.0 * CAPACITY_AH)
+        jac = np.zeros((channels, states, states))
+        jac[:, 0, 0], jac[:, 1, 1] = 1.0, a
+        if with_bias:
+            jac[:, 2, 2], jac[:, 0, 2], jac[:, 1, 2] = 1.0, -k, -r1 * (1 - a)
+        expected = jac @ soc.p @ jac.transpose(0, 2, 1)
+        sigma_i = CURRENT_NOISE_C * CAPACITY_AH
+        expected[:, 0, 0] += (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
+        expected[:, 1, 1] += (r1 * (1 - a) * sigma_i) ** 2
+        if with_bias:
+            expected[:, 2, 2] += (BIAS_WALK_C_PER_SQRT_S * CAPACITY_AH) ** 2 * dt_s
+        soc.step(current, dt_s, np.full(channels, np.nan), r1, r1, CAPACITY_AH)
+        np.testing.assert_allclose(soc.p, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+        # The correction with gains of any size (gated by a large innovation or not).
+        z = soc.x[:, 0] + rng.normal(0, 5.0, channels)
+        sigma2 = rng.uniform(0.01, 10.0, channels)
+        prior = soc.p.copy()
+        gate = np.maximum(prior[:, 0, 0] + sigma2, (z - soc.x[:, 0]) ** 2 / 9.0)
+        gain = prior[:, :, 0] / gate[:, None]
+        if with_bias:
+            gain[:, 2] = np.where(prior[:, 0, 0] > BIAS_LEARNING_SOC_SIGMA_PCT**2, 0.0, gain[:, 2])
+        i_kh = np.tile(np.eye(states), (channels, 1, 1))
+        i_kh[:, :, 0] -= gain
+        kkt = gain[:, :, None] * gain[:, None, :] * (gate - prior[:, 0, 0])[:, None, None]
+        expected = i_kh @ prior @ i_kh.transpose(0, 2, 1) + kkt
+        soc._correct(z, np.ones(channels, dtype=bool), sigma2)
+        np.testing.assert_allclose(soc.p, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())

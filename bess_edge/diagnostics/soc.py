@@ -101,11 +101,12 @@ class SocFilter:
     """A bank of EKFs, one per channel, advanced together with numpy (no loop over cells)."""
 
     def __init__(self, chemistry: Chemistry, channels: int, estimate_bias: bool) -> None:
+        if estimate_bias and channels != 1:
+            raise ValueError("the current offset is the string's: one channel")
         self.states = 3 if estimate_bias else 2
         self.x: FloatArray = np.zeros((channels, self.states))
         self.p: FloatArray = np.zeros((channels, self.states, self.states))
         self.initialised = False
-        self._eyes = _identities(channels, self.states)
         self.use_chemistry(chemistry)
 
     def use_chemistry(self, chemistry: Chemistry) -> None:
@@ -125,13 +126,6 @@ class SocFilter:
         self._table_error_v = float(ocv_table_error_v(chemistry))
         preset = chemistry.ocv_source == "preset" and not self._table_sigma
         self._position_sigma_pct = PRESET_SOC_POSITION_SIGMA_PCT if preset else 0.0
-
-    def _identities(self) -> FloatArray:
-        """A fresh stack of identity matrices, one per channel: a copy of one kept (building
-        it costs three numpy calls, twice a step)."""
-        if self._eyes.shape[0] != self.channels:
-            self._eyes = _identities(self.channels, self.states)
-        return self._eyes.copy()
 
     @property
     def channels(self) -> int:
@@ -189,16 +183,17 @@ class SocFilter:
         chem = self.chemistry
         states = self.states
         x = self.x
-        bias = x[:, 2] if states == 3 else 0.0
+        # The string's filter (the only one with the offset state) works in floats.
+        bias = float(x[0, 2]) if states == 3 else 0.0
         i_corr = current_a - bias
         eta: FloatArray | float
         if isinstance(i_corr, np.ndarray):
             eta = np.where(i_corr > 0, chem.coulombic_efficiency, 1.0)
-        else:  # the cells' filters: one current for all, np.where's call spared
+        else:  # one current for all channels: np.where's call spared
             eta = chem.coulombic_efficiency if i_corr > 0 else 1.0
         k = 100.0 * eta * dt_s / (3600.0 * capacity_ah)
-        a = np.exp(-dt_s / chem.tau1_s)
-        rc_gain = r1_ohm * (1 - a)
+        a = float(np.exp(-dt_s / chem.tau1_s))
+        rc_gain = (float(r1_ohm[0]) if states == 3 else r1_ohm) * (1 - a)
         x[:, 0] += k * i_corr
         x[:, 1] = a * x[:, 1] + rc_gain * i_corr
 
@@ -209,14 +204,10 @@ class SocFilter:
             inflate = max(1.0, CAPACITY_ERROR_CORRELATION_S / dt_s)
             q_soc = q_soc + (k * i_corr * capacity_rel_sigma) ** 2 * inflate
         if states == 3:
-            jac = self._identities()
-            jac[:, 1, 1] = a
-            jac[:, 0, 2] = -k
-            jac[:, 1, 2] = -rc_gain
-            p = self.p = jac @ self.p @ jac.transpose(0, 2, 1)
+            _predict_with_offset(self.p, a, float(k), float(rc_gain))
         else:
-            p = self.p
-            _decay_rc_rows(p, a)
+            _decay_rc_rows(self.p, a)
+        p = self.p
         p[:, 0, 0] += q_soc
         p[:, 1, 1] += (rc_gain * sigma_i) ** 2
         if states == 3:
@@ -249,12 +240,7 @@ class SocFilter:
             unsure = prior_var > BIAS_LEARNING_SOC_SIGMA_PCT**2
             gain[:, 2] = np.where(unsure, 0.0, gain[:, 2])
         x += gain * innovation[:, None]
-        # Joseph form: stays a valid covariance with the sub-optimal (gated, frozen) gains.
-        # With H = [1, 0, ...], I - K H is the identity with K subtracted from its first column.
-        i_kh = self._identities()
-        i_kh[:, :, 0] -= gain
-        kkt = gain[:, :, None] * gain[:, None, :] * (s - prior_var)[:, None, None]
-        p = self.p = i_kh @ p @ i_kh.transpose(0, 2, 1) + kkt
+        _joseph_update(p, gain, s)
         if self._table_sigma or self._table_error_v > 0:
             # Where the voltage just moved SOC, SOC is no better known than the table.
             read = np.where(use, z, 50.0)
@@ -341,6 +327,18 @@ class SocFilter:
         self.initialised = bool(x.shape[0])
 
 
+def _predict_with_offset(p: FloatArray, a: float, k: float, rc_gain: float) -> None:
+    """``p`` (one channel, 3 states) becomes J P Jᵀ for J = [[1, 0, -k], [0, a, -rc_gain],
+    [0, 0, 1]]: SOC and V_RC take what the offset explains, V_RC decays. In Python floats,
+    ~30 operations a microsecond or two, where numpy spent a dozen calls on one-element
+    arrays (~1 us each); not numpy's bits, whose matrix product goes through BLAS with fused
+    multiply-adds (a few units in the last place)."""
+    (m00, m01, m02), (m10, m11, m12), row2 = p[0].tolist()
+    m0 = [u - k * w for u, w in zip((m00, m01, m02), row2, strict=True)]
+    m1 = [a * v - rc_gain * w for v, w in zip((m10, m11, m12), row2, strict=True)]
+    p[0] = [[row[0] - k * row[2], a * row[1] - rc_gain * row[2], row[2]] for row in (m0, m1, row2)]
+
+
 def _decay_rc_rows(p: FloatArray, a: float) -> None:
     """``p`` becomes J p Jᵀ in place for J = diag(1, a) (no offset state): each term the
     matrix product sums is an exact 0 or a single product, so these are its values bit for
@@ -351,8 +349,12 @@ def _decay_rc_rows(p: FloatArray, a: float) -> None:
     p[:, 1, 1] *= a
 
 
-def _identities(n: int, size: int) -> FloatArray:
-    """A fresh stack of ``n`` identity matrices (np.eye plus broadcast costs several calls)."""
-    eye = np.zeros((n, size, size))
-    eye.reshape(n, size * size)[:, :: size + 1] = 1.0
-    return eye
+def _joseph_update(p: FloatArray, gain: FloatArray, s: FloatArray) -> None:
+    """``p`` becomes (I - K H) P (I - K H)ᵀ + K Kᵀ (s - P_00) in place for H = [1, 0, ...]:
+    the Joseph form, a valid covariance with the gated or frozen gains. Expanded with P's
+    first column c and s the innovation variance, that is P - K cᵀ - c Kᵀ + s K Kᵀ: four
+    broadcast products instead of two stacked matrix products and the identities they need."""
+    kc = gain[:, :, None] * p[:, None, :, 0]
+    p -= kc
+    p -= kc.transpose(0, 2, 1)
+    p += (s[:, None, None] * gain[:, :, None]) * gain[:, None, :]
