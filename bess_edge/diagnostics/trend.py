@@ -61,9 +61,13 @@ class EwTrend:
         self.st -= dt_h * self.s0
         self.sums *= decay
         finite = np.isfinite(y)
-        w = np.where(finite, weight, 0.0)
-        self.s0 += w
-        self.sy += w * np.where(finite, y, 0.0)
+        if np.count_nonzero(finite) == finite.size:  # the usual poll: no entry to mask
+            self.s0 += weight
+            self.sy += weight * y
+        else:
+            w = np.where(finite, weight, 0.0)
+            self.s0 += w
+            self.sy += w * np.where(finite, y, 0.0)
         # The new sample sits at t = 0, so it adds nothing to st, stt or sty.
 
     def new_segment(self) -> None:
