@@ -180,3 +180,11 @@ def test_filters_step_as_the_matrix_formulation_does(channels: int) -> None:
         expected = i_kh @ prior @ i_kh.transpose(0, 2, 1) + kkt
         soc._correct(z, np.ones(channels, dtype=bool), sigma2)
         np.testing.assert_allclose(soc.p, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+def test_only_a_single_channel_filter_estimates_the_current_offset() -> None:
+    """The offset state is the string's one sensor: its filter steps in floats on channel 0,
+    so a bank of offset-estimating filters is refused rather than stepped wrong."""
+    with pytest.raises(ValueError, match="one channel"):
+        SocFilter(NMC, 16, estimate_bias=True)
+    assert SocFilter(NMC, 1, estimate_bias=True).states == 3
