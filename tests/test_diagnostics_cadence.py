@@ -19,6 +19,20 @@ CAPACITY_AH = 280.0
 CHEM = NMC.with_overrides({"ocv_source": "file"})
 
 
+def _spy(monkeypatch, owner, name: str) -> list[tuple]:
+    """The arguments of every call of ``owner.name`` from now on; the real one still runs."""
+    calls: list[tuple] = []
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *args: calls.append(args) or real(*args))
+    return calls
+
+
+def _regulation(c_rate: float) -> SimulatedString:
+    return SimulatedString(
+        SimOptions(cells=16, profile="regulation", c_rate=c_rate, seed=1), CHEM, CAPACITY_AH
+    )
+
+
 def _refit_with_fade(diag: Diagnostician, days: int) -> None:
     """Rests at 90 and 30 % a day apart, the charge between them 1 % less each day: the
     capacity estimator refits at every rest and its history fades."""
@@ -34,9 +48,7 @@ def _refit_with_fade(diag: Diagnostician, days: int) -> None:
 
 
 def test_fade_and_forecast_follow_a_refit_and_are_not_recomputed_without_one(monkeypatch):
-    calls = []
-    real = engine.fade_projection
-    monkeypatch.setattr(engine, "fade_projection", lambda *a: calls.append(a) or real(*a))
+    calls = _spy(monkeypatch, engine, "fade_projection")
     sim = SimulatedString(SimOptions(cells=16, profile="idle", seed=1), CHEM, CAPACITY_AH)
     readings = iter(sim.readings(duration_s=100.0, poll_s=1.0))
     diag = Diagnostician("rack", CHEM, CAPACITY_AH)
@@ -82,11 +94,8 @@ def test_cycle_life_follows_the_soc_between_cached_polls():
 
 
 def test_leak_currents_between_rests_equal_a_fresh_computation(monkeypatch):
-    computed = []
     real = AnomalyDetector._leak
-    monkeypatch.setattr(
-        AnomalyDetector, "_leak", lambda self, s: computed.append(s) or real(self, s)
-    )
+    computed = _spy(monkeypatch, AnomalyDetector, "_leak")
     leak = {"kind": "self_discharge", "cell": 5, "current_a": 0.5}
     sim = SimulatedString(
         SimOptions(cells=16, profile="daily", day_length_s=6 * 3600, seed=3, faults=[leak]),
@@ -113,14 +122,8 @@ def test_leak_currents_between_rests_equal_a_fresh_computation(monkeypatch):
 
 
 def test_cell_resistance_ratios_equal_a_fresh_computation_and_are_computed_per_step(monkeypatch):
-    computed = []
-    real = ResistanceEstimator._cell_ratio
-    monkeypatch.setattr(
-        ResistanceEstimator, "_cell_ratio", lambda self: computed.append(1) or real(self)
-    )
-    sim = SimulatedString(
-        SimOptions(cells=16, profile="regulation", c_rate=0.3, seed=1), CHEM, CAPACITY_AH
-    )
+    computed = _spy(monkeypatch, ResistanceEstimator, "_cell_ratio")
+    sim = _regulation(c_rate=0.3)
     diag = Diagnostician("rack", CHEM, CAPACITY_AH)
     for reading in sim.readings(duration_s=1200.0, poll_s=1.0):
         diag.update(reading)
@@ -136,14 +139,8 @@ def test_pulse_resistance_is_recomputed_at_pulse_steps_only_and_equals_a_fresh_c
 ):
     """Steps below 0.4C (most of a regulation duty's) move the small-signal fit, not the 1-s
     pulse sums: the pulse views read the same until a pulse step."""
-    computed = []
-    real = ResistanceEstimator._pulse_sigma
-    monkeypatch.setattr(
-        ResistanceEstimator, "_pulse_sigma", lambda self: computed.append(1) or real(self)
-    )
-    sim = SimulatedString(
-        SimOptions(cells=16, profile="regulation", c_rate=2.0, seed=1), CHEM, CAPACITY_AH
-    )
+    computed = _spy(monkeypatch, ResistanceEstimator, "_pulse_sigma")
+    sim = _regulation(c_rate=2.0)
     diag = Diagnostician("rack", CHEM, CAPACITY_AH)
     for reading in sim.readings(duration_s=600.0, poll_s=1.0):
         diag.update(reading)
@@ -208,11 +205,8 @@ def test_cells_counting_capacity_is_kept_between_refits_and_equals_a_fresh_compu
 def test_rated_life_of_a_new_string_is_computed_once_per_chemistry(monkeypatch):
     """Before any cycle the remaining life is the chemistry's rated one: a constant, which a
     new string's every poll read afresh."""
-    calls = []
     real = Chemistry.cycle_life
-    monkeypatch.setattr(
-        Chemistry, "cycle_life", lambda self, dod: calls.append(1) or real(self, dod)
-    )
+    calls = _spy(monkeypatch, Chemistry, "cycle_life")
     life = CycleLife(NMC, CAPACITY_AH)
     for _ in range(100):
         assert life.summary()["remaining_cycles"] == float(real(NMC, NMC.dod_ref)) * NMC.dod_ref
