@@ -340,7 +340,6 @@ class Syncer:
             )
             requeued[stream] = count
             remaining -= count
-        self.drainer.wake.set()
         return {"device": command.device, "requeued": requeued, "truncated": remaining <= 0}
 
 
