@@ -7,10 +7,11 @@ drains it through the same StoreWorker the daemon uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,33 @@ def _record_encodings(syncer: Syncer, encodings: list[tuple[bool, int]]) -> None
     encoder.messages = recorded  # type: ignore[method-assign]
 
 
+@contextlib.asynccontextmanager
+async def _syncing(
+    settings: Settings, store: Store, next_alert_id: int = 0
+) -> AsyncIterator[tuple[Syncer, StoreWorker]]:
+    """A Syncer draining ``store`` through its own StoreWorker until the block ends; then it
+    stops (deleting what was acknowledged) and the store is closed. The block runs before the
+    syncer's first step, so hooks set at its start see the whole drain."""
+    worker = StoreWorker(store)
+    syncer = Syncer(settings, worker, AlertEngine([], next_alert_id, []))
+    stop = asyncio.Event()
+    task = asyncio.create_task(syncer.run(stop))
+    try:
+        yield syncer, worker
+    finally:
+        stop.set()
+        await task
+        worker.shutdown()
+
+
+def _outbox_depth(settings: Settings) -> dict[str, Any]:
+    store = Store(settings.storage.path)
+    try:
+        return store.outbox_depth()
+    finally:
+        store.close()
+
+
 class Recorder:
     def __init__(self, port: int) -> None:
         self.topics: list[tuple[float, str, int]] = []  # (arrival, topic, items)
@@ -94,20 +122,14 @@ def test_an_alert_committed_after_a_backlog_is_published_before_the_backlog(mosq
     encodings: list[tuple[bool, int]] = []
 
     async def run() -> None:
-        worker = StoreWorker(store)
-        syncer = Syncer(settings, worker, AlertEngine([], 1, []))
-        _record_encodings(syncer, encodings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(syncer.run(stop))
-        while syncer.drainer.items_acked < 3001:
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-        assert await worker.call(store.outbox_depth) == {}
-        worker.shutdown()
+        async with _syncing(settings, store, next_alert_id=1) as (syncer, _):
+            _record_encodings(syncer, encodings)
+            while syncer.drainer.items_acked < 3001:
+                await asyncio.sleep(0.05)
 
     asyncio.run(run())
     recorder.close()
+    assert _outbox_depth(settings) == {}
     order = [topic.rsplit("/", 1)[1] for _, topic, _ in recorder.topics]
     assert order.count("telemetry") > 100  # many 4 KiB batches
     # The backlog's large fetches are encoded in threads (both cores), the alert on the loop.
@@ -126,20 +148,14 @@ def test_a_live_alert_overtakes_a_rate_limited_backlog(mosquitto, tmp_path):
     committed_at: list[float] = []
 
     async def run() -> None:
-        worker = StoreWorker(store)
-        syncer = Syncer(settings, worker, AlertEngine([], 0, []))
-        stop = asyncio.Event()
-        task = asyncio.create_task(syncer.run(stop))
-        await asyncio.sleep(2.0)  # the catch-up is under way
-        await worker.call(store.commit_cycles, [_alert(1)])
-        committed_at.append(time.monotonic())
-        deadline = time.monotonic() + 10
-        while not any(t.endswith("alerts") for _, t, _ in recorder.topics):
-            assert time.monotonic() < deadline, "the alert did not overtake the backlog"
-            await asyncio.sleep(0.02)
-        stop.set()
-        await task
-        worker.shutdown()
+        async with _syncing(settings, store) as (_, worker):
+            await asyncio.sleep(2.0)  # the catch-up is under way
+            await worker.call(store.commit_cycles, [_alert(1)])
+            committed_at.append(time.monotonic())
+            deadline = time.monotonic() + 10
+            while not any(t.endswith("alerts") for _, t, _ in recorder.topics):
+                assert time.monotonic() < deadline, "the alert did not overtake the backlog"
+                await asyncio.sleep(0.02)
 
     asyncio.run(run())
     recorder.close()
@@ -160,44 +176,39 @@ def test_an_idle_drainer_sleeps_and_a_commit_wakes_it_at_once(mosquitto, tmp_pat
     latencies: list[float] = []
 
     async def run() -> int:
-        worker = StoreWorker(store)
-        syncer = Syncer(settings, worker, AlertEngine([], 0, []))
-        fill = syncer.drainer.fill
+        async with _syncing(settings, store) as (syncer, worker):
+            fill = syncer.drainer.fill
 
-        async def counted(link: object) -> None:
-            passes.append(time.monotonic())
-            await fill(link)  # type: ignore[arg-type]
+            async def counted(link: object) -> None:
+                passes.append(time.monotonic())
+                await fill(link)  # type: ignore[arg-type]
 
-        syncer.drainer.fill = counted  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        task = asyncio.create_task(syncer.run(stop))
-        await asyncio.wait_for(syncer.link.connected.wait(), 10)
-        await asyncio.sleep(0.3)
-        before = len(passes)
-        await asyncio.sleep(1.0)
-        idle_passes = len(passes) - before
-        rng = np.random.default_rng(2)
-        for i in range(7):
-            seen = len(recorder.topics)
-            cells = np.round(3.3 + 0.001 * rng.standard_normal(16), 3)
-            reading = Reading("rack-1", ts_ms=1_790_000_000_000 + 1000 * i, pack_voltage_v=52.8,
-                              pack_current_a=-5.0, cell_voltage_v=cells)  # fmt: skip
-            committed = time.monotonic()
-            await worker.call(store.commit_cycles, [Cycle(reading=reading)])
-            while len(recorder.topics) == seen:
-                assert time.monotonic() - committed < 10, "the row was never published"
-                await asyncio.sleep(0.001)
-            latencies.append(recorder.topics[-1][0] - committed)
-            # Its row is deleted meanwhile; a random phase against any periodic look.
-            await asyncio.sleep(0.3 + rng.uniform(0, 0.1))
-        stop.set()
-        await task
-        assert await worker.call(store.outbox_depth) == {}
-        worker.shutdown()
+            syncer.drainer.fill = counted  # type: ignore[method-assign]
+            await asyncio.wait_for(syncer.link.connected.wait(), 10)
+            await asyncio.sleep(0.3)
+            before = len(passes)
+            await asyncio.sleep(1.0)
+            idle_passes = len(passes) - before
+            rng = np.random.default_rng(2)
+            for i in range(7):
+                seen = len(recorder.topics)
+                cells = np.round(3.3 + 0.001 * rng.standard_normal(16), 3)
+                reading = Reading("rack-1", ts_ms=1_790_000_000_000 + 1000 * i,
+                                  pack_voltage_v=52.8, pack_current_a=-5.0,
+                                  cell_voltage_v=cells)  # fmt: skip
+                committed = time.monotonic()
+                await worker.call(store.commit_cycles, [Cycle(reading=reading)])
+                while len(recorder.topics) == seen:
+                    assert time.monotonic() - committed < 10, "the row was never published"
+                    await asyncio.sleep(0.001)
+                latencies.append(recorder.topics[-1][0] - committed)
+                # Its row is deleted meanwhile; a random phase against any periodic look.
+                await asyncio.sleep(0.3 + rng.uniform(0, 0.1))
         return idle_passes
 
     idle_passes = asyncio.run(run())
     recorder.close()
+    assert _outbox_depth(settings) == {}
     assert idle_passes == 0
     assert sorted(latencies)[3] < 0.02, latencies  # looking every 0.1 s: a median of 0.05 s
 
@@ -228,29 +239,23 @@ def test_a_live_round_of_twenty_racks_is_one_fetch_a_stream_and_one_delete(mosqu
     rng = np.random.default_rng(4)
 
     async def run() -> None:
-        worker = StoreWorker(store)
-        syncer = Syncer(settings, worker, AlertEngine([], 0, []))
-        _record_encodings(syncer, encodings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(syncer.run(stop))
-        await asyncio.wait_for(syncer.link.connected.wait(), 10)
-        for i in range(3):
-            await asyncio.sleep(0.5)
-            readings = [
-                Reading(f"rack-{k}", ts_ms=1_790_000_000_000 + 1000 * i, pack_voltage_v=52.8,
-                        pack_current_a=-5.0,
-                        cell_voltage_v=np.round(3.3 + 0.001 * rng.standard_normal(16), 3))
-                for k in range(20)
-            ]  # fmt: skip
-            cycles = [Cycle(reading=r, diagnosis={"soc_pct": 50.0}) for r in readings]
-            await worker.call(store.commit_cycles, cycles)
-            deadline = time.monotonic() + 10
-            while sum(deletes) < 40 * (i + 1):
-                assert time.monotonic() < deadline, "the round was not deleted"
-                await asyncio.sleep(0.01)
-        stop.set()
-        await task
-        worker.shutdown()
+        async with _syncing(settings, store) as (syncer, worker):
+            _record_encodings(syncer, encodings)
+            await asyncio.wait_for(syncer.link.connected.wait(), 10)
+            for i in range(3):
+                await asyncio.sleep(0.5)
+                readings = [
+                    Reading(f"rack-{k}", ts_ms=1_790_000_000_000 + 1000 * i, pack_voltage_v=52.8,
+                            pack_current_a=-5.0,
+                            cell_voltage_v=np.round(3.3 + 0.001 * rng.standard_normal(16), 3))
+                    for k in range(20)
+                ]  # fmt: skip
+                cycles = [Cycle(reading=r, diagnosis={"soc_pct": 50.0}) for r in readings]
+                await worker.call(store.commit_cycles, cycles)
+                deadline = time.monotonic() + 10
+                while sum(deletes) < 40 * (i + 1):
+                    assert time.monotonic() < deadline, "the round was not deleted"
+                    await asyncio.sleep(0.01)
 
     asyncio.run(run())
     assert deletes == [40, 40, 40]
