@@ -48,15 +48,13 @@ def pack(header: dict[str, Any], parts: dict[str, dict[str, Any]]) -> bytes:
 
 def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The header and components of a blob; ValueError if it is not one of ours."""
+    current = data.startswith(MAGIC)
     try:
-        if data.startswith(MAGIC):
-            header, arrays = _unpack_v2(data)
-        else:
-            header, arrays = _unpack_v1(data)
+        header, arrays = _unpack_v2(data) if current else _unpack_v1(data)
     except Exception as exc:  # zipfile, zlib, numpy and json each raise their own kinds
         raise ValueError(f"not a diagnostics state blob: {exc}") from exc
     version = header.get("version") if isinstance(header, dict) else None
-    expected = 2 if data.startswith(MAGIC) else 1
+    expected = FORMAT_VERSION if current else 1
     if version != expected:
         raise ValueError(f"state version {version!r}, expected {expected}")
     parts: dict[str, dict[str, Any]] = {}
