@@ -290,7 +290,12 @@ def test_builtin_names_match_the_ones_the_config_reserves():
 
 def test_a_rule_action_runs_its_command_with_the_alert_filled_in(tmp_path: Path):
     out = tmp_path / "siren.txt"
-    script = "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))"
+    # Written aside and renamed, so the test never reads a file the command has opened but not
+    # yet written (CI once read it empty).
+    script = (
+        "import os, sys; open(sys.argv[1] + '.part', 'w').write(' '.join(sys.argv[2:]));"
+        " os.replace(sys.argv[1] + '.part', sys.argv[1])"
+    )
     action = {"command": [sys.executable, "-c", script, str(out), "{device}", "{cell}", "{rule}"]}
     engine = AlertEngine([rule(name="hot", action=action)], 0, [])
     feed(engine, [0, 110])
