@@ -163,6 +163,9 @@ class DeviceConfig(Section):
     driver: str
     enabled: bool = True
     poll_interval_s: float = Field(1.0, gt=0)
+    # A Diagnosis is stored and published at most once per this many seconds (and whenever an
+    # alert changes); every poll is still diagnosed and alerted on. 0: every poll's.
+    diagnosis_interval_s: float = Field(1.0, ge=0, le=3600)
     timeout_s: float = Field(2.0, gt=0)
     max_backoff_s: float = Field(60.0, gt=0)
     failures_before_lost: int = Field(3, ge=1)

@@ -11,6 +11,7 @@ import logging
 from bess_edge.alerts import AlertEngine
 from bess_edge.config import DeviceConfig
 from bess_edge.diagnostics import Diagnostician
+from bess_edge.diagnostics.diagnosis import Diagnosis
 from bess_edge.diagnostics.electrode_tracker import FitRunner, read_reference, run_inline
 from bess_edge.model import CommsState, Reading
 from bess_edge.store import CommitResult, Cycle, DeviceStatus, Store
@@ -20,10 +21,10 @@ log = logging.getLogger(__name__)
 # Estimator state is saved this often (and at shutdown): a crash loses at most this many polls
 # of learning, while SQLite is not rewritten with a large blob every second.
 STATE_SAVE_EVERY_POLLS = 60
-# Per-cell diagnosis arrays (cell_zscore, cell_r0_ohm, ...) are kept once per this many polls;
-# the headline values every poll. For a 1,000-cell rack the arrays are ~80 kB of JSON a poll:
-# every poll would fill the buffer (and the uplink) with numbers that change slowly.
-CELL_ARRAYS_EVERY_POLLS = 60
+# Per-cell diagnosis arrays (cell_zscore, cell_r0_ohm, ...) are kept in one of this many kept
+# Diagnoses; the headline values in every one. For a 1,000-cell rack the arrays are ~80 kB of
+# JSON a poll: every one would fill the buffer (and the uplink) with numbers that change slowly.
+CELL_ARRAYS_EVERY_KEPT = 60
 
 
 class DevicePipeline:
@@ -75,24 +76,34 @@ class DevicePipeline:
             poll_errors=0,
         )
         self._polls_since_save = 0
+        self._kept_diagnoses = 0
+        self._last_kept_ms: int | None = None
+        # Half a poll of slack: poll jitter never drops a Diagnosis at the interval's own rate.
+        gap_s = device.diagnosis_interval_s - device.poll_interval_s / 2
+        self._keep_gap_ms = max(0.0, gap_s) * 1000.0
 
     def on_reading(self, reading: Reading) -> Cycle:
         """A successful poll: diagnose, evaluate rules, and say what to commit."""
         transitions = []
         if self.status.comms == CommsState.LOST:
             transitions += self.alerts.comms_changed(self.device.id, False, reading.ts_ms)
+        diagnosis: Diagnosis | None = None
         try:
             diagnosis = self.diagnostician.update(reading)
-            cell_arrays = self.status.polls % CELL_ARRAYS_EVERY_POLLS == 0
-            diagnosis_dict = diagnosis.to_dict(cell_arrays=cell_arrays)
         except Exception as exc:  # a diagnostics bug must never stop data collection
-            log.exception("diagnostics failed", extra={"device": self.device.id})
-            reading.quality_notes.append(f"diagnostics failed: {exc!r}")
-            diagnosis, diagnosis_dict = None, None
+            self._diagnostics_failed(reading, exc)
         try:
             transitions += self.alerts.evaluate(reading, diagnosis)
         except Exception:
             log.exception("alert evaluation failed", extra={"device": self.device.id})
+        diagnosis_dict = None
+        if diagnosis is not None and self._keeps_diagnosis(reading.ts_ms, bool(transitions)):
+            try:
+                cell_arrays = self._kept_diagnoses % CELL_ARRAYS_EVERY_KEPT == 0
+                diagnosis_dict = diagnosis.to_dict(cell_arrays=cell_arrays)
+                self._kept_diagnoses += 1
+            except Exception as exc:
+                self._diagnostics_failed(reading, exc)
         s = self.status
         s.comms = CommsState.DEGRADED if reading.quality else CommsState.OK
         s.last_ok_ts_ms = s.last_attempt_ts_ms = reading.ts_ms
@@ -109,6 +120,21 @@ class DevicePipeline:
             status=_copy(s),
             estimator_state=state,
         )
+
+    def _keeps_diagnosis(self, ts_ms: int, alerted: bool) -> bool:
+        """Whether this poll's Diagnosis is stored and published: at most one per
+        ``diagnosis_interval_s`` of the device's clock, and always one that raised or cleared
+        an alert (the stored record explains it). Every poll is still diagnosed and alerted
+        on; at 10 Hz the other nine would be ~1 kB each of estimates that move in minutes."""
+        last = self._last_kept_ms
+        if alerted or last is None or ts_ms < last or ts_ms - last >= self._keep_gap_ms:
+            self._last_kept_ms = ts_ms
+            return True
+        return False
+
+    def _diagnostics_failed(self, reading: Reading, exc: Exception) -> None:
+        log.exception("diagnostics failed", extra={"device": self.device.id})
+        reading.quality_notes.append(f"diagnostics failed: {exc!r}")
 
     def on_failure(self, error: str, ts_ms: int, lost: bool) -> Cycle:
         """A failed poll: update the status and, on the transition to lost, raise the alert."""

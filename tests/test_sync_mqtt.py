@@ -317,11 +317,12 @@ def test_mqtt_ack_command_acknowledges_a_live_alert_once(make_config, daemon, mo
 def test_every_published_payload_validates_against_the_schema(
     make_config, daemon, mosquitto, encoding, protocol
 ):
+    # Every poll's Diagnosis is kept (diagnosis_interval_s 0), so every one is validated.
+    fast = {"poll_interval_s": 0.1, "diagnosis_interval_s": 0}
     config = make_config(
-        [sim_device("rack-1", poll_interval_s=0.1), sim_device("rack-2", poll_interval_s=0.1,
-                                                               options={"cells": 300})],
+        [sim_device("rack-1", **fast), sim_device("rack-2", **fast, options={"cells": 300})],
         mqtt=mqtt_section(mosquitto.port, encoding=encoding, protocol=protocol),
-    )  # fmt: skip
+    )
     with Cloud(config, client_id=f"schema-{uuid.uuid4().hex[:6]}") as cloud:
         proc = daemon(config)
         wait_until(lambda: cloud.summary.per_stream.get("telemetry", 0) >= 40, timeout=30)
