@@ -77,7 +77,7 @@ class DevicePipeline:
         )
         self._polls_since_save = 0
         self._kept_diagnoses = 0
-        self._last_kept_ms: int | None = None
+        self._last_due_ms: int | None = None
         # Half a poll of slack: poll jitter never drops a Diagnosis at the interval's own rate.
         gap_s = device.diagnosis_interval_s - device.poll_interval_s / 2
         self._keep_gap_ms = max(0.0, gap_s) * 1000.0
@@ -88,8 +88,9 @@ class DevicePipeline:
         if self.status.comms == CommsState.LOST:
             transitions += self.alerts.comms_changed(self.device.id, False, reading.ts_ms)
         diagnosis: Diagnosis | None = None
+        due = self._diagnosis_due(reading.ts_ms)
         try:
-            diagnosis = self.diagnostician.update(reading)
+            diagnosis = self.diagnostician.update(reading, cell_views=due)
         except Exception as exc:  # a diagnostics bug must never stop data collection
             self._diagnostics_failed(reading, exc)
         try:
@@ -97,7 +98,7 @@ class DevicePipeline:
         except Exception:
             log.exception("alert evaluation failed", extra={"device": self.device.id})
         diagnosis_dict = None
-        if diagnosis is not None and self._keeps_diagnosis(reading.ts_ms, bool(transitions)):
+        if diagnosis is not None and (due or transitions):
             try:
                 cell_arrays = self._kept_diagnoses % CELL_ARRAYS_EVERY_KEPT == 0
                 diagnosis_dict = diagnosis.to_dict(cell_arrays=cell_arrays)
@@ -121,14 +122,15 @@ class DevicePipeline:
             estimator_state=state,
         )
 
-    def _keeps_diagnosis(self, ts_ms: int, alerted: bool) -> bool:
-        """Whether this poll's Diagnosis is stored and published: at most one per
-        ``diagnosis_interval_s`` of the device's clock, and always one that raised or cleared
-        an alert (the stored record explains it). Every poll is still diagnosed and alerted
-        on; at 10 Hz the other nine would be ~1 kB each of estimates that move in minutes."""
-        last = self._last_kept_ms
-        if alerted or last is None or ts_ms < last or ts_ms - last >= self._keep_gap_ms:
-            self._last_kept_ms = ts_ms
+    def _diagnosis_due(self, ts_ms: int) -> bool:
+        """Whether this poll's Diagnosis is stored and published, with its per-cell views
+        refreshed: at most one per ``diagnosis_interval_s`` of the device's clock. A poll that
+        raises or clears an alert keeps its Diagnosis too (the stored record explains it).
+        Every poll is still diagnosed and alerted on; at 10 Hz the other nine would be ~1 kB
+        each of estimates that move in minutes."""
+        last = self._last_due_ms
+        if last is None or ts_ms < last or ts_ms - last >= self._keep_gap_ms:
+            self._last_due_ms = ts_ms
             return True
         return False
 

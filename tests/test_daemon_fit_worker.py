@@ -55,11 +55,11 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
         diag = daemon.pipelines["rack-fit"].diagnostician
         update, on_reading = diag.update, daemon.pipelines["rack-hot"].on_reading
 
-        def fit_and_update(reading: Reading) -> Any:
+        def fit_and_update(reading: Reading, cell_views: bool = True) -> Any:
             if diag.electrode.due(math.inf):  # no fit running
                 fits.append(time.monotonic())
                 diag.refit_electrodes(SOC_PCT, OCV_V)
-            d = update(reading)
+            d = update(reading, cell_views)
             adopted.append(d.electrode_pair)
             return d
 

@@ -2,7 +2,8 @@
 the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
 cells' leak currents when a settled rest moves their drift fit or the OCV slope changes, the
 cells' counting capacity at a refit, a new string's rated life once, the 1-s pulse resistance
-at pulse steps only; the temperature factor of the resistances once a poll."""
+at pulse steps only; the temperature factor of the resistances once a poll; the per-cell views
+when the caller asks (the daemon: once per diagnosis_interval_s), with the time in between."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
@@ -213,3 +214,29 @@ def test_rated_life_of_a_new_string_is_computed_once_per_chemistry(monkeypatch):
     life.chemistry = LFP
     assert life.summary()["remaining_cycles"] == float(real(LFP, LFP.dod_ref)) * LFP.dod_ref
     assert len(calls) == 2
+
+
+def test_cell_views_refresh_when_asked_with_the_time_since_and_safety_runs_every_poll(
+    monkeypatch,
+):
+    refreshes = _spy(monkeypatch, AnomalyDetector, "update")
+    diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+    polls = list(_regulation(c_rate=0.3).readings(duration_s=30.0, poll_s=0.1))
+    hot = polls[155]  # a skipped poll: over the discharge limit (60 °C) on one sensor
+    hot.cell_temperature_c = hot.cell_temperature_c.copy()
+    hot.cell_temperature_c[3] = 75.0
+    last_refresh, socs = None, set()
+    for i, reading in enumerate(polls):
+        d = diag.update(reading, cell_views=i % 10 == 0)
+        socs.add(d.soc_pct)
+        if i % 10 == 0:
+            last_refresh = d
+        assert d.cell_spread_v == last_refresh.cell_spread_v  # carried between refreshes
+        assert d.cell_zscore is last_refresh.cell_zscore
+        cells = reading.cell_voltage_v
+        np.testing.assert_array_equal(d.cell_deviation_v, cells - np.median(cells))
+        assert (d.thermal_risk_level > 0) == (reading is hot)
+    assert len(refreshes) == 30
+    # Each refresh after the first is given the ten polls' time since the one before.
+    np.testing.assert_allclose([args[1] for args in refreshes[1:]], 1.0, rtol=1e-9)
+    assert len(socs) == len(polls)  # the SOC filter still ran at every poll

@@ -130,6 +130,10 @@ class Diagnostician:
         self._last_ts_ms: int | None = None
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
+        # The per-cell views as last refreshed (None: refresh at the next poll) and the battery
+        # time since [s]: polls between refreshes carry them (update's cell_views).
+        self._views: dict[str, Any] | None = None
+        self._views_dt_s = 0.0
         self._outlook_cache: _Outlook | None = None
         self._counting_cache: tuple[CellCapacityResult, float, FloatArray] | None = None
 
@@ -166,17 +170,24 @@ class Diagnostician:
             return sigma / q
         return LABEL_CAPACITY_REL_SIGMA
 
-    def update(self, reading: Reading) -> Diagnosis:
+    def update(self, reading: Reading, cell_views: bool = True) -> Diagnosis:
         """Diagnose one poll. Never raises: bad data is flagged, a failure is logged and
-        reported in ``diagnostics_error`` so one broken estimator cannot stop the daemon."""
+        reported in ``diagnostics_error`` so one broken estimator cannot stop the daemon.
+
+        With ``cell_views`` False the per-cell views (anomaly, balance, cell capacity, limits,
+        the string's usable capacity: estimates with time constants of minutes) are not
+        refreshed: the Diagnosis carries the last ones, and the next refresh is given the time
+        in between. The SOC filters, resistance, rests, cycles and safety run at every poll.
+        The daemon refreshes the views once per ``diagnosis_interval_s``, so a 10 Hz rack's
+        views see what a 1 Hz rack's do."""
         try:
-            return self._update(reading)
+            return self._update(reading, cell_views)
         except Exception as exc:
             log.exception("diagnostics failed for %s", self.device_id)
             ts_ms = reading.ts_ms if isinstance(reading.ts_ms, int) else 0
             return Diagnosis(self.device_id, ts_ms, diagnostics_error=repr(exc))
 
-    def _update(self, reading: Reading) -> Diagnosis:
+    def _update(self, reading: Reading, cell_views: bool) -> Diagnosis:
         inputs = self.quality.clean(reading)
         battery_ms = self._battery_ms(reading.ts_ms)
         dt_s = self._advance_clock(battery_ms)
@@ -189,7 +200,7 @@ class Diagnostician:
                     cells.size, inputs.temperature_c.size,
                 )  # fmt: skip
             self.cells = self._build_cells(cells.size, inputs.temperature_c.size)
-            self._last = None
+            self._last, self._views = None, None
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
         self._last_current_a = current
 
@@ -217,7 +228,13 @@ class Diagnostician:
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         # Each cell against its string's median [V]: the anomaly and the thermal views' input.
         deviation = cells - finite_median(cells)
-        self._cell_views(dt_s, inputs, deviation, corrected, tf[1:], diagnosis)
+        self._views_dt_s += dt_s
+        if cell_views or self._views is None:
+            self._views = self._cell_views(self._views_dt_s, inputs, deviation, corrected, tf[1:])
+            self._views_dt_s = 0.0
+        for name, value in self._views.items():
+            setattr(diagnosis, name, value)
+        diagnosis.cell_deviation_v = deviation
         self._safety(dt_s, inputs, deviation, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
         if self.string_soc.initialised:
@@ -569,12 +586,12 @@ class Diagnostician:
         deviation: FloatArray,
         corrected: float,
         cell_tf: FloatArray,
-        d: Diagnosis,
-    ) -> None:
-        """Per-cell views; ``cell_tf`` is each cell's R(T)/R(25 °C)."""
+    ) -> dict[str, Any]:
+        """Per-cell views, as Diagnosis fields; ``dt_s`` is the battery time since the last
+        refresh, ``cell_tf`` each cell's R(T)/R(25 °C)."""
         c = self.cells
         if c.count == 0:
-            return
+            return {}
         v = inputs.cell_voltage_v
         r0, r0_ratio = c.resistance.r0_25c_ohm[1:], c.resistance.cell_r0_ratio
         soc = float(self.string_soc.soc_pct[0]) if self.string_soc.initialised else 50.0
@@ -587,38 +604,42 @@ class Diagnostician:
         if self.settled:
             c.capacity.observe_rest(v, dt_s)
         cap = c.capacity.result(self.capacity.capacity_ah, self.capacity.capacity_sigma_ah)
-        d.cell_capacity_ratio, d.cell_capacity_ratio_uncertainty = cap.ratio, cap.ratio_sigma
-        d.cell_capacity_ah, d.cell_capacity_uncertainty_ah = cap.capacity_ah, cap.capacity_sigma_ah
         c.limits.update(self.chemistry, v, corrected, r0 * cell_tf)
         low_capacity = cap.weak | c.limits.limiting()
         balance = c.balance.update(dt_s, v, anomaly.zscore, cell_soc, r0_ratio, low_capacity)
-        d.cell_spread_v, d.cell_soc_spread_pct = balance.spread_v, balance.soc_spread_pct
-        d.imbalance_trend_pct_per_day = balance.trend_pct_per_day
-        d.weak_cells, d.balancing_recommendation = balance.weak_cells, balance.recommendation
-        d.anomalous_cells, d.anomaly_reasons = anomaly.cells, anomaly.reasons
-        d.cell_soc_pct, d.cell_deviation_v, d.cell_zscore = (
-            cell_soc.copy(),
-            deviation,
-            anomaly.zscore,
-        )
-        d.cell_r0_ohm, d.cell_self_discharge_a = r0, anomaly.leak_a
-        d.cell_r0_mean_ohm = finite_mean(r0)
-        if not c.soc.initialised:
-            return
-        string = string_capacity(
-            self.chemistry,
-            self.capacity.capacity_ah,
-            self.capacity.capacity_sigma_ah,
-            self.nominal_capacity_ah,
-            c.soc.soc_pct,
-            c.soc.soc_sigma_pct,
-            cap.ratio,
-            cap.ratio_sigma,
-            self.series_cells,
-            float(c.resistance.r0_25c_ohm[0]),
-        )
-        for name, value in vars(string).items():
-            setattr(d, name, value)
+        views: dict[str, Any] = {
+            "cell_capacity_ratio": cap.ratio,
+            "cell_capacity_ratio_uncertainty": cap.ratio_sigma,
+            "cell_capacity_ah": cap.capacity_ah,
+            "cell_capacity_uncertainty_ah": cap.capacity_sigma_ah,
+            "cell_spread_v": balance.spread_v,
+            "cell_soc_spread_pct": balance.soc_spread_pct,
+            "imbalance_trend_pct_per_day": balance.trend_pct_per_day,
+            "weak_cells": balance.weak_cells,
+            "balancing_recommendation": balance.recommendation,
+            "anomalous_cells": anomaly.cells,
+            "anomaly_reasons": anomaly.reasons,
+            "cell_soc_pct": cell_soc.copy(),
+            "cell_zscore": anomaly.zscore,
+            "cell_r0_ohm": r0,
+            "cell_self_discharge_a": anomaly.leak_a,
+            "cell_r0_mean_ohm": finite_mean(r0),
+        }
+        if c.soc.initialised:
+            string = string_capacity(
+                self.chemistry,
+                self.capacity.capacity_ah,
+                self.capacity.capacity_sigma_ah,
+                self.nominal_capacity_ah,
+                c.soc.soc_pct,
+                c.soc.soc_sigma_pct,
+                cap.ratio,
+                cap.ratio_sigma,
+                self.series_cells,
+                float(c.resistance.r0_25c_ohm[0]),
+            )
+            views.update(vars(string))
+        return views
 
     def _safety(
         self, dt_s: float, inputs: CleanInputs, deviation: FloatArray, current: float, d: Diagnosis
@@ -722,7 +743,7 @@ class Diagnostician:
         if "rest" in parts:  # blobs from before rests measured the offset have none
             self.rest.load(parts["rest"])
         self.rest.rest_s = rest_s
-        self._last = None
+        self._last, self._views = None, None
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()
