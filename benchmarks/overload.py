@@ -26,7 +26,7 @@ Two parts, in one run, on the same box:
 Run it under ``nice``; the box is usually shared, and a busy box inflates every CPU figure.
 
     nice -n 10 .venv/bin/python benchmarks/overload.py [--devices 20] [--rates 1 2 5 10 20 50]
-        [--step-s 10] [--polls 3000] [--linger-s 1]
+        [--step-s 10] [--polls 3000] [--linger-s 1] [--diagnosis-interval-s 1]
 """
 
 from __future__ import annotations
@@ -64,8 +64,12 @@ def config_text(
     mqtt_port: int,
     http_port: int,
     linger_s: float | None = None,
+    diagnosis_interval_s: float | None = None,
 ) -> str:
     linger = "" if linger_s is None else f"linger_s = {linger_s!r}\n"
+    interval = (
+        "" if diagnosis_interval_s is None else f"diagnosis_interval_s = {diagnosis_interval_s!r}\n"
+    )
     parts = [
         '[site]\nid = "overload"\n',
         f'[storage]\npath = "{workdir / "overload.db"}"\n',
@@ -76,7 +80,8 @@ def config_text(
     for i in range(devices):
         parts.append(
             f'[[devices]]\nid = "rack-{i}"\ndriver = "sim"\npoll_interval_s = {1 / rate_hz!r}\n'
-            f'chemistry = "lfp"\ncapacity_ah = 280\n[devices.options]\ncells = 16\nseed = {i}\n'
+            f'{interval}chemistry = "lfp"\ncapacity_ah = 280\n'
+            f"[devices.options]\ncells = 16\nseed = {i}\n"
         )
     return "\n".join(parts)
 
@@ -243,11 +248,16 @@ def end_to_end(
     rate_hz: float,
     step_s: float,
     linger_s: float | None,
+    diagnosis_interval_s: float | None,
 ) -> dict[str, float]:
     http_port = free_port()
     step_dir = Path(tempfile.mkdtemp(dir=workdir))
     config = step_dir / "overload.toml"
-    config.write_text(config_text(step_dir, devices, rate_hz, mqtt_port, http_port, linger_s))
+    config.write_text(
+        config_text(
+            step_dir, devices, rate_hz, mqtt_port, http_port, linger_s, diagnosis_interval_s
+        )
+    )
     with (step_dir / "daemon.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bess_edge", "run", "--config", str(config)],
@@ -285,6 +295,11 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50])
     parser.add_argument("--step-s", type=float, default=10.0)
     parser.add_argument("--linger-s", type=float, help="mqtt.linger_s (default: the config's)")
+    parser.add_argument(
+        "--diagnosis-interval-s",
+        type=float,
+        help="each rack's diagnosis_interval_s in the end-to-end runs (default: the config's)",
+    )
     parser.add_argument("--polls", type=int, default=3000, help="polls per stage measurement")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bess-overload-") as tmp:
@@ -307,7 +322,10 @@ def main() -> None:
                   "unsent growth/s")  # fmt: skip
             first, at_10_hz = None, None
             for rate in args.rates:
-                r = end_to_end(workdir, mqtt_port, args.devices, rate, args.step_s, args.linger_s)
+                r = end_to_end(
+                    workdir, mqtt_port, args.devices, rate, args.step_s, args.linger_s,
+                    args.diagnosis_interval_s,
+                )  # fmt: skip
                 first = first or r
                 at_10_hz = r if rate == 10 else at_10_hz
                 print(
