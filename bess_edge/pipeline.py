@@ -7,6 +7,7 @@ replayed capture is diagnosed, alerted on and stored exactly as live data would 
 from __future__ import annotations
 
 import logging
+import zlib
 
 from bess_edge.alerts import AlertEngine
 from bess_edge.config import DeviceConfig
@@ -81,6 +82,10 @@ class DevicePipeline:
         # Half a poll of slack: poll jitter never drops a Diagnosis at the interval's own rate.
         gap_s = device.diagnosis_interval_s - device.poll_interval_s / 2
         self._keep_gap_ms = max(0.0, gap_s) * 1000.0
+        # Racks polled on one grid would all refresh their views in the same poll slot, a burst
+        # that made polls late: each rack's refreshes are shifted by a share of the interval
+        # fixed by its id, which spreads them across it.
+        self._due_phase_ms = zlib.crc32(device.id.encode()) % 1000 / 1000 * self._keep_gap_ms
 
     def on_reading(self, reading: Reading) -> Cycle:
         """A successful poll: diagnose, evaluate rules, and say what to commit."""
@@ -129,7 +134,10 @@ class DevicePipeline:
         Every poll is still diagnosed and alerted on; at 10 Hz the other nine would be ~1 kB
         each of estimates that move in minutes."""
         last = self._last_due_ms
-        if last is None or ts_ms < last or ts_ms - last >= self._keep_gap_ms:
+        if last is None:  # the first poll's, then the rack's own phase
+            self._last_due_ms = ts_ms - round(self._due_phase_ms)
+            return True
+        if ts_ms < last or ts_ms - last >= self._keep_gap_ms:
             self._last_due_ms = ts_ms
             return True
         return False
