@@ -85,7 +85,7 @@ class DevicePipeline:
         # Racks polled on one grid would all refresh their views in the same poll slot, a burst
         # that made polls late: each rack's refreshes are shifted by a share of the interval
         # fixed by its id, which spreads them across it.
-        self._due_phase_ms = zlib.crc32(device.id.encode()) % 1000 / 1000 * self._keep_gap_ms
+        self._due_phase_ms = round(zlib.crc32(device.id.encode()) % 1000 / 1000 * self._keep_gap_ms)
 
     def on_reading(self, reading: Reading) -> Cycle:
         """A successful poll: diagnose, evaluate rules, and say what to commit."""
@@ -135,7 +135,7 @@ class DevicePipeline:
         each of estimates that move in minutes."""
         last = self._last_due_ms
         if last is None:  # the first poll's, then the rack's own phase
-            self._last_due_ms = ts_ms - round(self._due_phase_ms)
+            self._last_due_ms = ts_ms - self._due_phase_ms
             return True
         if ts_ms < last or ts_ms - last >= self._keep_gap_ms:
             self._last_due_ms = ts_ms
