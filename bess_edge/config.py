@@ -258,8 +258,10 @@ class Settings(BaseSettings):
         ]
         for d in self.devices:
             state = "" if d.enabled else " [disabled]"
+            kept = d.diagnosis_interval_s > d.poll_interval_s
+            diagnosis = f"a diagnosis every {d.diagnosis_interval_s:g} s, " if kept else ""
             lines.append(
-                f"device {d.id}: driver {d.driver}, every {d.poll_interval_s:g} s, "
+                f"device {d.id}: driver {d.driver}, every {d.poll_interval_s:g} s, {diagnosis}"
                 f"{d.chemistry} {d.capacity_ah:g} Ah{state}"
             )
         lines.append(f"{len(self.thresholds)} threshold rule(s)")

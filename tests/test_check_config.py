@@ -263,6 +263,16 @@ def test_check_config_takes_the_file_like_every_other_subcommand(tmp_path: Path,
     assert result.stdout.startswith(f"{path}: ok")
 
 
+def test_the_summary_says_when_a_device_keeps_fewer_diagnoses_than_it_polls(tmp_path: Path):
+    path = tmp_path / "site.toml"
+    fast = DEVICE.replace("rack-1", "rack-2") + "poll_interval_s = 0.1\n"
+    path.write_text(SITE + storage(tmp_path) + DEVICE + fast)
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+    assert "device rack-1: driver sim, every 1 s, lfp 100 Ah" in result.stdout
+    assert "device rack-2: driver sim, every 0.1 s, a diagnosis every 1 s, lfp" in result.stdout
+
+
 def test_a_thresholds_file_alone_is_checked_as_a_thresholds_file(tmp_path: Path):
     result = check(REPO / "config" / "thresholds-lfp.toml")
     assert result.returncode == 0, result.stderr
