@@ -2,8 +2,9 @@
 the fade projection and SOH forecast at a capacity refit, the cycle life when SOC moves, the
 cells' leak currents when a settled rest moves their drift fit or the OCV slope changes, the
 cells' counting capacity at a refit, a new string's rated life once, the 1-s pulse resistance
-at pulse steps only; the temperature factor of the resistances once a poll; the per-cell views
-when the caller asks (the daemon: once per diagnosis_interval_s), with the time in between."""
+at pulse steps only; the temperature factor of the resistances once a poll; the per-cell and
+thermal views when the caller asks (the daemon: once per diagnosis_interval_s), with the time
+in between."""
 
 import numpy as np
 from bess_edge.drivers.sim import SimOptions, SimulatedString
@@ -14,6 +15,7 @@ from bess_edge.diagnostics.anomaly import AnomalyDetector
 from bess_edge.diagnostics.cycles import CycleLife, cycle_damage
 from bess_edge.diagnostics.numeric import finite_median, finite_or
 from bess_edge.diagnostics.resistance import ResistanceEstimator
+from bess_edge.diagnostics.thermal import ThermalMonitor
 
 CAPACITY_AH = 280.0
 # Anchors need a sloped, trusted OCV curve: the simulated cells follow the preset exactly.
@@ -220,6 +222,7 @@ def test_cell_views_refresh_when_asked_with_the_time_since_and_safety_runs_every
     monkeypatch,
 ):
     refreshes = _spy(monkeypatch, AnomalyDetector, "update")
+    thermal = _spy(monkeypatch, ThermalMonitor, "update")
     diag = Diagnostician("rack", CHEM, CAPACITY_AH)
     polls = list(_regulation(c_rate=0.3).readings(duration_s=30.0, poll_s=0.1))
     hot = polls[155]  # a skipped poll: over the discharge limit (60 °C) on one sensor
@@ -236,7 +239,32 @@ def test_cell_views_refresh_when_asked_with_the_time_since_and_safety_runs_every
         cells = reading.cell_voltage_v
         np.testing.assert_array_equal(d.cell_deviation_v, cells - np.median(cells))
         assert (d.thermal_risk_level > 0) == (reading is hot)
-    assert len(refreshes) == 30
+    assert len(refreshes) == len(thermal) == 30
     # Each refresh after the first is given the ten polls' time since the one before.
     np.testing.assert_allclose([args[1] for args in refreshes[1:]], 1.0, rtol=1e-9)
+    np.testing.assert_allclose([args[1] for args in thermal[1:]], 1.0, rtol=1e-9)
     assert len(socs) == len(polls)  # the SOC filter still ran at every poll
+
+
+def test_a_hot_cell_is_named_within_a_refresh_of_when_every_poll_refreshes():
+    """The thermal view (two-minute rates, a 30-s hold for a hot cell) refreshes with the
+    per-cell views: at 10 Hz with a refresh a second, a hot cell is named at most 1 s later."""
+    polls = list(_regulation(c_rate=0.3).readings(duration_s=60.0, poll_s=0.1))
+    for reading in polls[50:]:  # sensor 3 runs 8 K hot from 5 s on
+        reading.cell_temperature_c = reading.cell_temperature_c.copy()
+        reading.cell_temperature_c[3] += 8.0
+    named_s = []
+    for every in (1, 10):
+        diag = Diagnostician("rack", CHEM, CAPACITY_AH)
+        named = [
+            i
+            for i, reading in enumerate(polls)
+            if any(
+                "hot cell" in why
+                for why in diag.update(reading, i % every == 0).thermal_risk_reasons
+            )
+        ]
+        assert named, f"hot cell never named with a refresh every {every} polls"
+        named_s.append(named[0] * 0.1)
+    assert abs(named_s[0] - (5.0 + 30.0)) <= 0.2  # the 30-s hold after the cell turned hot
+    assert 0.0 <= named_s[1] - named_s[0] <= 1.0

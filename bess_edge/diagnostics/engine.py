@@ -42,7 +42,7 @@ from bess_edge.diagnostics.rest import RestTracker
 from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
 from bess_edge.diagnostics.soc import BIAS_LIMIT_C, INITIAL_BIAS_SIGMA_C, SocFilter
 from bess_edge.diagnostics.string_limits import LimitTracker
-from bess_edge.diagnostics.thermal import ThermalMonitor, sensor_of_cell
+from bess_edge.diagnostics.thermal import ThermalMonitor, ThermalResult, sensor_of_cell
 from bess_edge.diagnostics.usable import soh_forecast, string_capacity
 from bess_edge.model import FloatArray, Reading
 
@@ -133,6 +133,7 @@ class Diagnostician:
         # The per-cell views as last refreshed (None: refresh at the next poll) and the battery
         # time since [s]: polls between refreshes carry them (update's cell_views).
         self._views: dict[str, Any] | None = None
+        self._thermal: ThermalResult | None = None
         self._views_dt_s = 0.0
         self._outlook_cache: _Outlook | None = None
         self._counting_cache: tuple[CellCapacityResult, float, FloatArray] | None = None
@@ -175,9 +176,11 @@ class Diagnostician:
         reported in ``diagnostics_error`` so one broken estimator cannot stop the daemon.
 
         With ``cell_views`` False the per-cell views (anomaly, balance, cell capacity, limits,
-        the string's usable capacity: estimates with time constants of minutes) are not
+        the string's usable capacity: estimates with time constants of minutes) and the thermal
+        view (two-minute temperature rates, runaway precursors, a hot cell held 30 s) are not
         refreshed: the Diagnosis carries the last ones, and the next refresh is given the time
-        in between. The SOC filters, resistance, rests, cycles and safety run at every poll.
+        in between. The SOC filters, resistance, rests, cycles and the safety limits (voltage,
+        temperature, current) run at every poll.
         The daemon refreshes the views once per ``diagnosis_interval_s``, so a 10 Hz rack's
         views see what a 1 Hz rack's do."""
         try:
@@ -200,7 +203,7 @@ class Diagnostician:
                     cells.size, inputs.temperature_c.size,
                 )  # fmt: skip
             self.cells = self._build_cells(cells.size, inputs.temperature_c.size)
-            self._last, self._views = None, None
+            self._last, self._views, self._thermal = None, None, None
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
         self._last_current_a = current
 
@@ -230,12 +233,13 @@ class Diagnostician:
         deviation = cells - finite_median(cells)
         self._views_dt_s += dt_s
         if cell_views or self._views is None:
-            self._views = self._cell_views(self._views_dt_s, inputs, deviation, corrected, tf[1:])
-            self._views_dt_s = 0.0
+            views_dt_s, self._views_dt_s = self._views_dt_s, 0.0
+            self._views = self._cell_views(views_dt_s, inputs, deviation, corrected, tf[1:])
+            self._thermal = self._thermal_view(views_dt_s, inputs, deviation, current)
         for name, value in self._views.items():
             setattr(diagnosis, name, value)
         diagnosis.cell_deviation_v = deviation
-        self._safety(dt_s, inputs, deviation, current, diagnosis)
+        self._safety(inputs, current, diagnosis)
         soc, sigma = float(self.string_soc.soc_pct[0]), float(self.string_soc.soc_sigma_pct[0])
         if self.string_soc.initialised:
             diagnosis.soc_pct, diagnosis.soc_uncertainty_pct = soc, sigma
@@ -641,20 +645,28 @@ class Diagnostician:
             views.update(vars(string))
         return views
 
-    def _safety(
-        self, dt_s: float, inputs: CleanInputs, deviation: FloatArray, current: float, d: Diagnosis
-    ) -> None:
+    def _thermal_view(
+        self, dt_s: float, inputs: CleanInputs, deviation: FloatArray, current: float
+    ) -> ThermalResult | None:
+        """The sensors' temperature rates and runaway precursors (two-minute trends, a 30-s
+        hold for a hot cell), ``dt_s`` after the last; None without sensors."""
         c = self.cells
+        if not c.sensors:
+            return None
+        # One sensor per cell (sensor_of_cell is then the identity): each block is its cell.
+        same = c.sensors == c.count
+        block_dev = deviation if same else _block_mean(deviation, c.sensor_index, c.sensors)
+        return c.thermal.update(dt_s, inputs.temperature_c, block_dev, current)
+
+    def _safety(self, inputs: CleanInputs, current: float, d: Diagnosis) -> None:
+        """The limits at this poll, with the thermal view as last refreshed."""
         temps = inputs.temperature_c
         findings = check_limits(
             self.chemistry, self.nominal_capacity_ah, inputs.cell_voltage_v, temps, current
         )
-        if c.sensors:
-            # One sensor per cell (sensor_of_cell is then the identity): each block is its cell.
-            same = c.sensors == c.count
-            block_dev = deviation if same else _block_mean(deviation, c.sensor_index, c.sensors)
-            thermal = c.thermal.update(dt_s, temps, block_dev, current)
-            findings += thermal.findings
+        thermal = self._thermal
+        if thermal is not None:
+            findings = findings + thermal.findings
             d.thermal_runaway_score = float(thermal.precursor_score.max())
             d.temperature_rate_max_k_per_min = finite_max(thermal.rate_k_per_min)
         finite_temps = temps[np.isfinite(temps)]
@@ -743,7 +755,7 @@ class Diagnostician:
         if "rest" in parts:  # blobs from before rests measured the offset have none
             self.rest.load(parts["rest"])
         self.rest.rest_s = rest_s
-        self._last, self._views = None, None
+        self._last, self._views, self._thermal = None, None, None
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()
