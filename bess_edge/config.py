@@ -164,8 +164,8 @@ class DeviceConfig(Section):
     enabled: bool = True
     poll_interval_s: float = Field(1.0, gt=0)
     # A Diagnosis is stored and published at most once per this many seconds (and whenever an
-    # alert changes), its per-cell views refreshed as often; every poll is still diagnosed and
-    # alerted on (Diagnostician.update's cell_views). 0: every poll.
+    # alert changes), its per-cell and thermal views refreshed as often; every poll is still
+    # diagnosed and alerted on (Diagnostician.update's cell_views). 0: every poll.
     diagnosis_interval_s: float = Field(1.0, ge=0, le=3600)
     timeout_s: float = Field(2.0, gt=0)
     max_backoff_s: float = Field(60.0, gt=0)

@@ -135,6 +135,7 @@ class Diagnostician:
         self._views: dict[str, Any] | None = None
         self._thermal: ThermalResult | None = None
         self._views_dt_s = 0.0
+        self._cells_charge_as = 0.0  # corrected charge since the cells' SOC filter last ran [A·s]
         self._outlook_cache: _Outlook | None = None
         self._counting_cache: tuple[CellCapacityResult, float, FloatArray] | None = None
 
@@ -175,12 +176,13 @@ class Diagnostician:
         """Diagnose one poll. Never raises: bad data is flagged, a failure is logged and
         reported in ``diagnostics_error`` so one broken estimator cannot stop the daemon.
 
-        With ``cell_views`` False the per-cell views (anomaly, balance, cell capacity, limits,
-        the string's usable capacity: estimates with time constants of minutes) and the thermal
-        view (two-minute temperature rates, runaway precursors, a hot cell held 30 s) are not
-        refreshed: the Diagnosis carries the last ones, and the next refresh is given the time
-        in between. The SOC filters, resistance, rests, cycles and the safety limits (voltage,
-        temperature, current) run at every poll.
+        With ``cell_views`` False the per-cell views (the cells' SOC filter, anomaly, balance,
+        cell capacity, limits, the string's usable capacity: estimates with time constants of
+        minutes) and the thermal view (two-minute temperature rates, runaway precursors, a hot
+        cell held 30 s) are not refreshed: the Diagnosis carries the last ones, and the next
+        refresh is given the time and the charge in between. The string's SOC filter,
+        resistance, rests, cycles and the safety limits (voltage, temperature, current) run at
+        every poll.
         The daemon refreshes the views once per ``diagnosis_interval_s``, so a 10 Hz rack's
         views see what a 1 Hz rack's do."""
         try:
@@ -204,6 +206,7 @@ class Diagnostician:
                 )  # fmt: skip
             self.cells = self._build_cells(cells.size, inputs.temperature_c.size)
             self._last, self._views, self._thermal = None, None, None
+            self._views_dt_s = self._cells_charge_as = 0.0
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
         self._last_current_a = current
 
@@ -219,7 +222,10 @@ class Diagnostician:
         # R(T)/R(25 °C) at the string's mean temperature (column 0) and at each cell's: the SOC
         # filters, the resistance fit and the current limits all read it, computed once.
         tf = temperature_factor(self.chemistry, np.concatenate(([mean_temp], cell_temps)))
-        self._step_soc(dt_s, current, string_v, inputs, r0_25, tf)
+        # Whether the cells' views (their SOC filter, anomaly, balance, thermal, ...) run now.
+        refresh = cell_views or self._views is None or not self.string_soc.initialised
+        self._views_dt_s += dt_s
+        self._step_soc(dt_s, current, string_v, inputs, r0_25, tf, refresh)
         bias = self.string_soc.bias_a
         corrected = current - bias
         self._step_resistance(dt_s, inputs, tf)
@@ -231,11 +237,11 @@ class Diagnostician:
         self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
         # Each cell against its string's median [V]: the anomaly and the thermal views' input.
         deviation = cells - finite_median(cells)
-        self._views_dt_s += dt_s
-        if cell_views or self._views is None:
+        if refresh:
             views_dt_s, self._views_dt_s = self._views_dt_s, 0.0
             self._views = self._cell_views(views_dt_s, inputs, deviation, corrected, tf[1:])
             self._thermal = self._thermal_view(views_dt_s, inputs, deviation, current)
+        assert self._views is not None  # refreshed whenever there are none
         for name, value in self._views.items():
             setattr(diagnosis, name, value)
         diagnosis.cell_deviation_v = deviation
@@ -323,8 +329,11 @@ class Diagnostician:
         inputs: CleanInputs,
         r0_25: FloatArray,
         tf: FloatArray,
+        refresh: bool,
     ) -> None:
-        """Both SOC filters' step; ``tf`` is R(T)/R(25 °C) of the string (column 0) and cells."""
+        """The string's SOC filter's step, and the cells' when the views ``refresh``, with
+        the charge since their last; ``tf`` is R(T)/R(25 °C) of the string (column 0) and
+        cells."""
         chem = self.chemistry
         if not self.string_soc.initialised:
             if not math.isfinite(string_v):
@@ -336,10 +345,19 @@ class Diagnostician:
             self.capacity_ah, self.capacity_rel_sigma,
         )  # fmt: skip
         if self.cells.count:
+            corrected = current - self.string_soc.bias_a
+            self._cells_charge_as += corrected * dt_s
+            if not refresh:
+                return
+            # The charge since the last refresh as its mean current; the voltages' ohmic drop
+            # is this poll's current. A refresh every poll counts exactly as it always did.
+            since_s = self._views_dt_s
+            mean = corrected if since_s == dt_s else self._cells_charge_as / since_s
+            self._cells_charge_as = 0.0
             self.cells.soc.step(
-                current - self.string_soc.bias_a, dt_s, inputs.cell_voltage_v,
-                r0_now[1:], r1_now[1:], self._cell_counting_capacity_ah(),
-                self.capacity_rel_sigma,
+                mean, since_s, inputs.cell_voltage_v, r0_now[1:], r1_now[1:],
+                self._cell_counting_capacity_ah(), self.capacity_rel_sigma,
+                ohmic_current_a=corrected,
             )  # fmt: skip
 
     def _cell_counting_capacity_ah(self) -> FloatArray:
@@ -756,6 +774,7 @@ class Diagnostician:
             self.rest.load(parts["rest"])
         self.rest.rest_s = rest_s
         self._last, self._views, self._thermal = None, None, None
+        self._views_dt_s = self._cells_charge_as = 0.0
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()

@@ -173,12 +173,15 @@ class SocFilter:
         r1_ohm: FloatArray,
         capacity_ah: FloatArray | float,
         capacity_rel_sigma: float = 0.0,
+        ohmic_current_a: float | None = None,
     ) -> None:
         """Predict over ``dt_s`` with the measured current [A], then correct with each channel's
         terminal voltage [V] (NaN: no correction for that channel).
 
         ``current_a`` is the raw sensor value; the string filter removes its own offset estimate,
-        a cell filter is given the already corrected current.
+        a cell filter is given the already corrected current. ``ohmic_current_a`` is the
+        current whose ohmic drop the voltages carry, when ``current_a`` is a mean over a longer
+        ``dt_s`` (default: ``current_a``).
         """
         chem = self.chemistry
         states = self.states
@@ -213,7 +216,8 @@ class SocFilter:
         if states == 3:
             p[:, 2, 2] += (BIAS_WALK_C_PER_SQRT_S * capacity_ah) ** 2 * dt_s
 
-        z, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_corr)
+        i_ohmic = i_corr if ohmic_current_a is None else ohmic_current_a - bias
+        z, sigma_ocv, sigma_load = self._soc_measurement(voltage_v, r0_ohm * i_ohmic)
         use = np.isfinite(z)
         # Without a measurement on any channel (LFP's plateau, most of the time) the correction
         # is the identity: skipped, the same x and P at half the cost of the step.
