@@ -130,12 +130,7 @@ class Diagnostician:
         self._last_ts_ms: int | None = None
         self._last: CleanInputs | None = None
         self._last_current_a = 0.0
-        # The per-cell views as last refreshed (None: refresh at the next poll) and the battery
-        # time since [s]: polls between refreshes carry them (update's cell_views).
-        self._views: dict[str, Any] | None = None
-        self._thermal: ThermalResult | None = None
-        self._views_dt_s = 0.0
-        self._cells_charge_as = 0.0  # corrected charge since the cells' SOC filter last ran [A·s]
+        self._forget_views()
         self._outlook_cache: _Outlook | None = None
         self._counting_cache: tuple[CellCapacityResult, float, FloatArray] | None = None
 
@@ -182,15 +177,25 @@ class Diagnostician:
         cell held 30 s) are not refreshed: the Diagnosis carries the last ones, and the next
         refresh is given the time and the charge in between. The string's SOC filter,
         resistance, rests, cycles and the safety limits (voltage, temperature, current) run at
-        every poll.
-        The daemon refreshes the views once per ``diagnosis_interval_s``, so a 10 Hz rack's
-        views see what a 1 Hz rack's do."""
+        every poll. The daemon refreshes the views once per ``diagnosis_interval_s``, so a
+        10 Hz rack's views see what a 1 Hz rack's do."""
         try:
             return self._update(reading, cell_views)
         except Exception as exc:
             log.exception("diagnostics failed for %s", self.device_id)
             ts_ms = reading.ts_ms if isinstance(reading.ts_ms, int) else 0
             return Diagnosis(self.device_id, ts_ms, diagnostics_error=repr(exc))
+
+    def _forget_views(self) -> None:
+        """Drop the views (a new or rebuilt string, a restored state): the next poll refreshes
+        them from scratch."""
+        # The per-cell and thermal views as last refreshed (None: refresh at the next poll),
+        # the battery time since [s] and the corrected charge since [A·s] that the next refresh
+        # is given; polls between refreshes carry the views (update's cell_views).
+        self._views: dict[str, Any] | None = None
+        self._thermal: ThermalResult | None = None
+        self._views_dt_s = 0.0
+        self._cells_charge_as = 0.0
 
     def _update(self, reading: Reading, cell_views: bool) -> Diagnosis:
         inputs = self.quality.clean(reading)
@@ -205,8 +210,8 @@ class Diagnostician:
                     cells.size, inputs.temperature_c.size,
                 )  # fmt: skip
             self.cells = self._build_cells(cells.size, inputs.temperature_c.size)
-            self._last, self._views, self._thermal = None, None, None
-            self._views_dt_s = self._cells_charge_as = 0.0
+            self._last = None
+            self._forget_views()
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
         self._last_current_a = current
 
@@ -773,8 +778,8 @@ class Diagnostician:
         if "rest" in parts:  # blobs from before rests measured the offset have none
             self.rest.load(parts["rest"])
         self.rest.rest_s = rest_s
-        self._last, self._views, self._thermal = None, None, None
-        self._views_dt_s = self._cells_charge_as = 0.0
+        self._last = None
+        self._forget_views()
         self._last_ts_ms = None
         # The charge between the saved state and now was not counted.
         self.capacity.break_chain()
