@@ -44,6 +44,7 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
     )  # fmt: skip
     settings = load_config(make_config(devices=[fitting, other], thresholds=[HOT_RULE]))
     fits: list[float] = []  # wall times a fit was started (a new one once the last is in)
+    fit_s: list[float] = []  # each fit's own wall time on the worker: what it would hold inline
     adopted: list[str] = []  # electrode pairs the fitting device's Diagnoses carried
     polls: list[tuple[float, float, bool]] = []  # the hot device: wall time, max °C, raised
 
@@ -54,6 +55,16 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
             await asyncio.sleep(0.01)
         diag = daemon.pipelines["rack-fit"].diagnostician
         update, on_reading = diag.update, daemon.pipelines["rack-hot"].on_reading
+        submit = diag.fit_runner
+
+        def timed_runner(job: Any) -> Any:
+            def timed() -> Any:
+                start = time.monotonic()
+                result = job()
+                fit_s.append(time.monotonic() - start)
+                return result
+
+            return submit(timed)
 
         def fit_and_update(reading: Reading, cell_views: bool = True) -> Any:
             if diag.electrode.due(math.inf):  # no fit running
@@ -70,6 +81,7 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
             return cycle
 
         diag.update = fit_and_update  # type: ignore[method-assign]
+        diag.fit_runner = timed_runner
         daemon.pipelines["rack-hot"].on_reading = record  # type: ignore[method-assign]
         await asyncio.sleep(RUN_S)
         daemon.request_stop()
@@ -82,10 +94,15 @@ def test_a_long_fit_on_one_device_stalls_neither_the_others_polls_nor_their_aler
     print(
         f"{len(fits)} fits started, {len(pairs)} polls carried a fit; hot device: "
         f"{len(during)} polls, gaps {1000 * gaps.mean():.0f} ms mean, "
-        f"{1000 * gaps.max():.0f} ms max"
+        f"{1000 * gaps.max():.0f} ms max, {1000 * np.percentile(gaps, 90):.0f} ms 90th "
+        f"percentile; fits {1000 * min(fit_s):.0f}-{1000 * max(fit_s):.0f} ms"
     )
     assert len(fits) >= 2 and pairs[-1] == "lfp_safari2011/graphite_safari2011"
-    assert gaps.max() < 2 * POLL_S  # inline, each fit held every poll for 0.6-1 s
+    # Inline, each fit would hold every poll for its whole run (0.6-1 s alone, more on a busy
+    # box): no gap comes near the shortest fit, and the schedule holds. Both bounds scale with
+    # the box's contention, which a fixed bound in ms did not (a busy CI box read 430 ms).
+    assert gaps.max() < 0.75 * min(fit_s)
+    assert np.percentile(gaps, 90) < 1.5 * POLL_S
     crossed = next(t for t, temp, _ in polls if temp > HOT_RULE["above"])
     raised = next(t for t, _, r in polls if r)
     assert fits[0] < raised and raised - crossed < HOT_RULE["for_s"] + 2 * POLL_S
