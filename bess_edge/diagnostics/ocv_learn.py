@@ -279,9 +279,15 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
 # A charge has reached full when it tapers (at most C/10, a CV phase or a BMS's last steps)
 # within 30 mV of the upper voltage limit; a discharge at most C/10 within 0.1 V of the lower
 # limit has reached empty (the empty knee is steeper: 40-70 mV per % on the presets). The
-# counter there is 100 % (0 %) SOC to within the sigma: a BMS ends its taper between C/20 and
-# C/50, 98.5-100 % of a cell's capacity.
+# counter there is 100 % SOC less what the taper had still to take (0 % at empty), to within
+# the sigma: a BMS ends its taper between C/20 and C/50, 98.5-100 % of a cell's capacity.
 LIMIT_TAPER_C = 0.1
+# Full is where the OCV reaches the charge limit: a CV taper ended at I has I*tau still to go,
+# tau its decay time (at a held voltage the current falls as exp(-t/tau), tau = R*Q/(dOCV/dQ)).
+# tau is read off the taper's own decay once the current has fallen by a quarter; the charge
+# left is capped at TAPER_MAX_LEFT_PCT (a BMS stepping its current down is no exponential).
+TAPER_MIN_DECAY = 1.25
+TAPER_MAX_LEFT_PCT = 3.0
 FULL_MARGIN_V = 0.03
 EMPTY_MARGIN_V = 0.1
 LIMIT_SOC_SIGMA_PCT = 1.5
@@ -305,6 +311,33 @@ MAX_ANCHORS = 30
 SCHEMA = 1  # of the learner's saved state; a learned curve also counts its revisions
 
 
+class Taper:
+    """A CV taper's current, fitted as I0*exp(-t/tau) by least squares on log current (a few
+    sums a poll): the charge it has still to take before the OCV reaches the held voltage."""
+
+    def __init__(self, ts_s: float) -> None:
+        self.t0_s, self.span_s = ts_s, 0.0
+        self.sums = np.zeros(5)  # n, t, t^2, ln I, t*ln I (t from t0_s)
+
+    def add(self, ts_s: float, current_a: float) -> None:
+        t, y = ts_s - self.t0_s, math.log(current_a)
+        self.sums += (1.0, t, t * t, y, t * y)
+        self.span_s = t
+
+    def left_pct(self, capacity_ah: float) -> float:
+        """Charge still to go [% of ``capacity_ah``] at the last poll: 0 before the fit has
+        decayed by TAPER_MIN_DECAY (a CC charge near the limit, a taper too short to read)."""
+        n, st, stt, sy, sty = self.sums
+        spread = n * stt - st * st
+        if n < 3 or spread <= 0.0:
+            return 0.0
+        slope = (n * sty - st * sy) / spread  # -1/tau
+        if -slope * self.span_s < math.log(TAPER_MIN_DECAY):
+            return 0.0
+        current_a = math.exp((sy - slope * st) / n + slope * self.span_s)
+        return min(100.0 * current_a / -slope / 3600.0 / capacity_ah, TAPER_MAX_LEFT_PCT)
+
+
 class OcvLearner:
     """Collects settled rests and limit anchors; refits the curve, Q and b at each rest end."""
 
@@ -320,6 +353,7 @@ class OcvLearner:
         self.fit: LearnedOcv | None = None
         self.revision = 0  # how many times the curve was refitted
         self._limit: FloatArray | None = None  # the newest limit sample of this charge
+        self._taper: Taper | None = None  # this charge's taper so far
         # A hold's lowest and highest voltage and highest current; the poll before this one.
         self._hold: tuple[float, float, float] | None = None
         self._last_poll: tuple[float, float, float] | None = None
@@ -338,12 +372,15 @@ class OcvLearner:
         """One poll (a few comparisons): note the counter where a taper meets a limit."""
         held = self._held(corrected_current_a, voltage_v, capacity_ah)
         amps = abs(corrected_current_a)
+        taper, self._taper = self._taper, None
         if not (LIMIT_MIN_C * capacity_ah <= amps <= LIMIT_TAPER_C * capacity_ah):
             return
         chem = self.preset
         near_max = voltage_v >= chem.cell_voltage_max_v - FULL_MARGIN_V
         if corrected_current_a > 0 and (near_max or held):
-            soc = 100.0
+            self._taper = taper = taper or Taper(ts_s)
+            taper.add(ts_s, corrected_current_a)
+            soc = 100.0 - taper.left_pct(capacity_ah)
         elif corrected_current_a < 0 and voltage_v <= chem.cell_voltage_min_v + EMPTY_MARGIN_V:
             soc = 0.0
         else:
