@@ -14,7 +14,9 @@ from bess_edge.diagnostics.soc import (
     CURRENT_NOISE_C,
     SOC_WALK_PCT_PER_SQRT_S,
     SocFilter,
+    sampled_charge_sigma_as,
 )
+from bess_edge.model import Reading
 
 CAPACITY_AH = 100.0
 
@@ -188,3 +190,74 @@ def test_only_a_single_channel_filter_estimates_the_current_offset() -> None:
     with pytest.raises(ValueError, match="one channel"):
         SocFilter(NMC, 16, estimate_bias=True)
     assert SocFilter(NMC, 1, estimate_bias=True).states == 3
+
+
+def _regulation_on_the_plateau(seed: int, with_sampling: bool) -> tuple[float, float]:
+    """Eight hours of regulation (an Ornstein-Uhlenbeck current, 0.5C wide, a minute's
+    memory, stepped every second) on LFP's plateau, polled every 30 s: the cells' filter
+    counts each poll's current for the whole 30 s, as a BMS read over Modbus gives it. The
+    final SOC error and sigma [%]."""
+    rng = np.random.default_rng(seed)
+    soc = SocFilter(LFP, 1, estimate_bias=False)
+    soc.reset(np.array([50.0]), np.array([0.5]), CAPACITY_AH)
+    true_pct, amps, last_poll_a = 50.0, 0.0, 0.0
+    no_volts, ohms = np.full(1, np.nan), np.full(1, 1e-3)
+    for _ in range(8 * 120):
+        for _ in range(30):
+            amps = (
+                amps * np.exp(-1 / 60)
+                + 0.3 * CAPACITY_AH * np.sqrt(1 - np.exp(-2 / 60)) * rng.standard_normal()
+            )
+            true_pct += 100.0 * amps / 3600.0 / CAPACITY_AH
+        sigma_as = sampled_charge_sigma_as(amps - last_poll_a, 30.0) if with_sampling else 0.0
+        soc.step(amps, 30.0, no_volts, ohms, ohms, CAPACITY_AH, charge_sigma_as=sigma_as)
+        last_poll_a = amps
+    return float(soc.soc_pct[0]) - true_pct, float(soc.soc_sigma_pct[0])
+
+
+def test_a_current_sampled_slower_than_it_moves_widens_the_soc_sigma_to_cover_the_count():
+    # Where the voltage says nothing (LFP's plateau), only the count moves SOC: its error is
+    # what the 30-s samples miss of a current that moves within a minute, a random walk of
+    # ~2-3 points over 8 h. Counted as current noise alone, the sigma stays near its start.
+    runs = {
+        with_sampling: np.array([_regulation_on_the_plateau(s, with_sampling) for s in range(40)])
+        for with_sampling in (False, True)
+    }
+    covered = {k: float(np.mean(np.abs(r[:, 0]) <= 2 * r[:, 1])) for k, r in runs.items()}
+    rms = float(np.sqrt(np.mean(runs[True][:, 0] ** 2)))
+    sigma = {k: float(np.median(r[:, 1])) for k, r in runs.items()}
+    print(
+        f"error RMS {rms:.2f} %; without / with sampling: sigma {sigma}, within 2 sigma {covered}"
+    )
+    assert rms > 1.0  # the count's own error, the same in both
+    assert covered[False] < 0.6
+    assert covered[True] >= 0.9
+    assert np.median(runs[True][:, 1]) < 3 * rms  # wide enough, not a blanket
+
+
+def test_the_engine_counts_the_steps_between_polls_into_the_soc_sigma():
+    # Two strings on LFP's plateau, polled every 30 s with the same currents, +-0.3C: one
+    # alternating at every poll, one every 20 polls. Same charge, same |current|; only the
+    # first moved between every two polls, so only its count is uncertain by the steps.
+    def sigma_after(block: int) -> float:
+        diag = Diagnostician("string", LFP.with_overrides({"ocv_source": "file"}), CAPACITY_AH)
+        for k in range(960):
+            amps = 0.3 * CAPACITY_AH * (1 if (k // block) % 2 == 0 else -1)
+            volts = np.full(4, float(LFP.ocv(50.0)) + amps * 1e-3 / 4)
+            reading = Reading(
+                "string", ts_ms=(k + 1) * 30_000, pack_voltage_v=float(volts.sum()),
+                pack_current_a=amps, cell_voltage_v=volts, cell_temperature_c=np.full(4, 25.0),
+            )  # fmt: skip
+            d = diag.update(reading)
+        return d.soc_uncertainty_pct
+
+    every_poll, every_20 = sigma_after(1), sigma_after(20)
+    # 912 more steps of 0.6C, each leaving half of 30 s of it unknown: 0.25 % of SOC a step.
+    expected = 912 * (0.5 * 0.6 * 30.0 / 3600.0 * 100.0) ** 2
+    added = every_poll**2 - every_20**2
+    print(
+        f"SOC sigma after 8 h: {every_poll:.2f} % stepping every poll, {every_20:.2f} % every "
+        f"20 (the offset's unknown on the plateau is most of both): {added:.0f} %² added, "
+        f"{expected:.0f} expected"
+    )
+    assert added == pytest.approx(expected, rel=0.3)

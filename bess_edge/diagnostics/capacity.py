@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V, ocv_table_error_v
+from bess_edge.diagnostics.soc import (
+    INITIAL_BIAS_SIGMA_C,
+    OCV_MODEL_ERROR_V,
+    ocv_table_error_v,
+    sampled_charge_sigma_as,
+)
 from bess_edge.model import FloatArray
 
 if TYPE_CHECKING:
@@ -66,8 +71,9 @@ class CapacityEstimator:
         self.chemistry = chemistry
         self.nominal_capacity_ah = nominal_capacity_ah
         self.ah_counter = 0.0  # measured (not offset-corrected) charge since start [Ah]
-        self.ah_sigma2 = 0.0  # variance of that integral since the last anchor [Ah²]
-        # Variance of the counter since start [Ah²]: the gain error and what sampling misses.
+        # Variance of that integral [Ah²] since the last anchor, and since start: the gain
+        # error and what sampling misses.
+        self.ah_sigma2 = 0.0
         self.counter_var_ah2 = 0.0
         self._last_current_a = math.nan
         self.chain = 0.0  # increments where the counter lost charge (a gap, a restart)
@@ -90,13 +96,13 @@ class CapacityEstimator:
             return
         eta = self.chemistry.coulombic_efficiency if current_a > 0 else 1.0
         self.ah_counter += eta * current_a * dt_s / 3600.0
-        gain_var = (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2
-        self.ah_sigma2 += gain_var
-        # A poll sees one value of a current that may have changed many times since the last
-        # (regulation at 10-s setpoints polled every 30 s): up to half the step goes uncounted.
         step = current_a - self._last_current_a if math.isfinite(self._last_current_a) else 0.0
         self._last_current_a = current_a
-        self.counter_var_ah2 += gain_var + (0.5 * step * dt_s / 3600.0) ** 2
+        var = (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2 + (
+            sampled_charge_sigma_as(step, dt_s) / 3600.0
+        ) ** 2
+        self.ah_sigma2 += var
+        self.counter_var_ah2 += var
 
     def break_chain(self) -> None:
         """Charge went uncounted (a long gap, a restart): later anchors start a new chain."""

@@ -40,7 +40,12 @@ from bess_edge.diagnostics.resistance import (
 )
 from bess_edge.diagnostics.rest import RestTracker
 from bess_edge.diagnostics.safety import RISK_LEVELS, check_limits
-from bess_edge.diagnostics.soc import BIAS_LIMIT_C, INITIAL_BIAS_SIGMA_C, SocFilter
+from bess_edge.diagnostics.soc import (
+    BIAS_LIMIT_C,
+    INITIAL_BIAS_SIGMA_C,
+    SocFilter,
+    sampled_charge_sigma_as,
+)
 from bess_edge.diagnostics.string_limits import LimitTracker
 from bess_edge.diagnostics.thermal import ThermalMonitor, ThermalResult, sensor_of_cell
 from bess_edge.diagnostics.usable import soh_forecast, string_capacity
@@ -190,12 +195,14 @@ class Diagnostician:
         """Drop the views (a new or rebuilt string, a restored state): the next poll refreshes
         them from scratch."""
         # The per-cell and thermal views as last refreshed (None: refresh at the next poll),
-        # the battery time since [s] and the corrected charge since [A·s] that the next refresh
-        # is given; polls between refreshes carry the views (update's cell_views).
+        # the battery time since [s] and the corrected charge since [A·s] (and what sampling
+        # left unknown of it, a variance [A²s²]) that the next refresh is given; polls between
+        # refreshes carry the views (update's cell_views).
         self._views: dict[str, Any] | None = None
         self._thermal: ThermalResult | None = None
         self._views_dt_s = 0.0
         self._cells_charge_as = 0.0
+        self._cells_charge_var_as2 = 0.0
 
     def _update(self, reading: Reading, cell_views: bool) -> Diagnosis:
         inputs = self.quality.clean(reading)
@@ -213,6 +220,7 @@ class Diagnostician:
             self._last = None
             self._forget_views()
         current = inputs.current_a if math.isfinite(inputs.current_a) else self._last_current_a
+        charge_sigma_as = sampled_charge_sigma_as(current - self._last_current_a, dt_s)
         self._last_current_a = current
 
         string_v = self._string_cell_voltage(inputs, reading)
@@ -230,7 +238,7 @@ class Diagnostician:
         # Whether the cells' views (their SOC filter, anomaly, balance, thermal, ...) run now.
         refresh = cell_views or self._views is None or not self.string_soc.initialised
         self._views_dt_s += dt_s
-        self._step_soc(dt_s, current, string_v, inputs, r0_25, tf, refresh)
+        self._step_soc(dt_s, current, charge_sigma_as, string_v, inputs, r0_25, tf, refresh)
         bias = self.string_soc.bias_a
         corrected = current - bias
         self._step_resistance(dt_s, inputs, tf)
@@ -330,6 +338,7 @@ class Diagnostician:
         self,
         dt_s: float,
         current: float,
+        charge_sigma_as: float,
         string_v: float,
         inputs: CleanInputs,
         r0_25: FloatArray,
@@ -338,7 +347,7 @@ class Diagnostician:
     ) -> None:
         """The string's SOC filter's step, and the cells' when the views ``refresh``, with
         the charge since their last; ``tf`` is R(T)/R(25 °C) of the string (column 0) and
-        cells."""
+        cells, ``charge_sigma_as`` what sampling leaves unknown of this poll's charge."""
         chem = self.chemistry
         if not self.string_soc.initialised:
             if not math.isfinite(string_v):
@@ -347,22 +356,24 @@ class Diagnostician:
         r0_now, r1_now = r0_25 * tf, chem.r1_ohm_ah / self.nominal_capacity_ah * tf
         self.string_soc.step(
             current, dt_s, np.array([string_v]), r0_now[:1], r1_now[:1],
-            self.capacity_ah, self.capacity_rel_sigma,
+            self.capacity_ah, self.capacity_rel_sigma, charge_sigma_as=charge_sigma_as,
         )  # fmt: skip
         if self.cells.count:
             corrected = current - self.string_soc.bias_a
             self._cells_charge_as += corrected * dt_s
+            self._cells_charge_var_as2 += charge_sigma_as**2
             if not refresh:
                 return
             # The charge since the last refresh as its mean current; the voltages' ohmic drop
             # is this poll's current. A refresh every poll counts exactly as it always did.
             since_s = self._views_dt_s
             mean = corrected if since_s == dt_s else self._cells_charge_as / since_s
-            self._cells_charge_as = 0.0
+            charge_sigma_as = math.sqrt(self._cells_charge_var_as2)
+            self._cells_charge_as, self._cells_charge_var_as2 = 0.0, 0.0
             self.cells.soc.step(
                 mean, since_s, inputs.cell_voltage_v, r0_now[1:], r1_now[1:],
                 self._cell_counting_capacity_ah(), self.capacity_rel_sigma,
-                ohmic_current_a=corrected,
+                ohmic_current_a=corrected, charge_sigma_as=charge_sigma_as,
             )  # fmt: skip
 
     def _cell_counting_capacity_ah(self) -> FloatArray:

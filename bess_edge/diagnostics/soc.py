@@ -91,6 +91,18 @@ INNOVATION_GATE_SIGMAS = 3.0
 BIAS_LEARNING_SOC_SIGMA_PCT = 5.0
 # Unmodelled SOC drift (efficiency, capacity error) [% per sqrt(s)].
 SOC_WALK_PCT_PER_SQRT_S = 0.002
+# A poll sees one value of a current that may have changed many times since the last
+# (regulation at 10-s setpoints polled every 30 s): up to half the step between two polls goes
+# uncounted or is counted twice.
+SAMPLED_STEP_FRACTION = 0.5
+
+
+def sampled_charge_sigma_as(step_a: float, dt_s: float) -> float:
+    """Sigma [A·s] of the charge counted over ``dt_s`` from one poll's current, the current
+    having moved by ``step_a`` [A] since the poll before."""
+    return SAMPLED_STEP_FRACTION * abs(step_a) * dt_s
+
+
 # Counting with a capacity known to a relative sigma: the error is systematic (the same sign for
 # every ampere-hour), so the per-step variance is inflated by the steps within this time, which
 # makes an hour of steady current add (ΔSOC·σ)² as a single error would.
@@ -174,6 +186,7 @@ class SocFilter:
         capacity_ah: FloatArray | float,
         capacity_rel_sigma: float = 0.0,
         ohmic_current_a: float | None = None,
+        charge_sigma_as: float = 0.0,
     ) -> None:
         """Predict over ``dt_s`` with the measured current [A], then correct with each channel's
         terminal voltage [V] (NaN: no correction for that channel).
@@ -181,7 +194,9 @@ class SocFilter:
         ``current_a`` is the raw sensor value; the string filter removes its own offset estimate,
         a cell filter is given the already corrected current. ``ohmic_current_a`` is the
         current whose ohmic drop the voltages carry, when ``current_a`` is a mean over a longer
-        ``dt_s`` (default: ``current_a``).
+        ``dt_s`` (default: ``current_a``). ``charge_sigma_as`` is what the polls' sampling of
+        the current leaves unknown of the charge over ``dt_s`` [A·s]
+        (:func:`sampled_charge_sigma_as`).
         """
         chem = self.chemistry
         states = self.states
@@ -203,6 +218,8 @@ class SocFilter:
         # Predict P: J P Jᵀ + Q, J the identity but for the RC decay and the offset's column.
         sigma_i = CURRENT_NOISE_C * capacity_ah
         q_soc = (k * sigma_i) ** 2 + SOC_WALK_PCT_PER_SQRT_S**2 * dt_s
+        if charge_sigma_as > 0:
+            q_soc = q_soc + (100.0 * eta * charge_sigma_as / (3600.0 * capacity_ah)) ** 2
         if capacity_rel_sigma > 0 and dt_s > 0:
             inflate = max(1.0, CAPACITY_ERROR_CORRELATION_S / dt_s)
             q_soc = q_soc + (k * i_corr * capacity_rel_sigma) ** 2 * inflate
