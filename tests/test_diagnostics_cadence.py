@@ -45,7 +45,7 @@ def _refit_with_fade(diag: Diagnostician, days: int) -> None:
         for target in (90.0, 30.0):
             charge_ah = (target - soc) / 100.0 * CAPACITY_AH * (1.0 - 0.01 * day)
             for _ in range(120):  # two hours polled every minute
-                est.integrate(charge_ah / 2.0, 60.0)
+                est.integrate(charge_ah / 2.0, 60.0, 0.0)
             soc, t_s = target, t_s + 7200.0
             est.observe_rest(float(CHEM.ocv(soc)), 60.0, t_s)
             est.end_rest(t_s, float(day), 0.0, 0.3)

@@ -28,7 +28,7 @@ class _Site:
     def run(self, current_a: float, seconds: float) -> None:
         for _ in range(int(seconds / STEP_S)):
             self.soc += 100.0 * current_a * STEP_S / 3600.0 / CAPACITY_AH
-            self.est.integrate(current_a + OFFSET_A, STEP_S)
+            self.est.integrate(current_a + OFFSET_A, STEP_S, 0.0)  # counted exactly
             self.t_s += STEP_S
 
     def rest(self, seconds: float) -> None:
@@ -84,20 +84,3 @@ def test_two_anchors_lean_on_the_filter_offset_and_say_how_sure_they_are():
     assert est.capacity_ah == pytest.approx(CAPACITY_AH, rel=0.01)
     assert np.isfinite(est.capacity_sigma_ah) and est.capacity_sigma_ah > 0
     assert not est.offset_learned  # one pair cannot tell the offset from the capacity
-
-
-def test_an_anchors_counter_is_as_uncertain_as_the_polls_sampling_of_the_current_leaves_it():
-    # An hour of regulation polled every 30 s, the current +-0.5C and moving between every two
-    # polls, then a rest: each poll's value stands for 30 s of a current that may have changed
-    # anywhere in them, up to half the 1C step uncounted (0.21 Ah a poll on 100 Ah). An
-    # hour at a steady 0.5C counts with the gain error (0.5 % of each poll's charge) alone.
-    def counter_sigma_ah(alternating: bool) -> float:
-        est = CapacityEstimator(PRESET, 100.0)
-        for k in range(120):
-            est.integrate(50.0 * (-1) ** k if alternating else 50.0, 30.0)
-        return math.sqrt(est.ah_sigma2)
-
-    steady, moving = counter_sigma_ah(False), counter_sigma_ah(True)
-    gain_ah, step_ah = 0.005 * 50.0 * 30.0 / 3600.0, 0.5 * 100.0 * 30.0 / 3600.0
-    assert steady == pytest.approx(math.sqrt(120) * gain_ah)
-    assert moving == pytest.approx(math.sqrt(120 * gain_ah**2 + 119 * step_ah**2))

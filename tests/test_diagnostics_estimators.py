@@ -235,11 +235,12 @@ def test_a_current_sampled_slower_than_it_moves_widens_the_soc_sigma_to_cover_th
     assert np.median(runs[True][:, 1]) < 3 * rms  # wide enough, not a blanket
 
 
-def test_the_engine_counts_the_steps_between_polls_into_the_soc_sigma():
+def test_the_engine_counts_the_steps_between_polls_into_the_soc_sigma_and_the_charge_counter():
     # Two strings on LFP's plateau, polled every 30 s with the same currents, +-0.3C: one
     # alternating at every poll, one every 20 polls. Same charge, same |current|; only the
-    # first moved between every two polls, so only its count is uncertain by the steps.
-    def sigma_after(block: int) -> float:
+    # first moved between every two polls, so only its count is uncertain by the steps: in
+    # the SOC filter and in the charge counter that the capacity anchors and the learner read.
+    def after(block: int) -> tuple[float, float]:
         diag = Diagnostician("string", LFP.with_overrides({"ocv_source": "file"}), CAPACITY_AH)
         for k in range(960):
             amps = 0.3 * CAPACITY_AH * (1 if (k // block) % 2 == 0 else -1)
@@ -249,15 +250,16 @@ def test_the_engine_counts_the_steps_between_polls_into_the_soc_sigma():
                 pack_current_a=amps, cell_voltage_v=volts, cell_temperature_c=np.full(4, 25.0),
             )  # fmt: skip
             d = diag.update(reading)
-        return d.soc_uncertainty_pct
+        return d.soc_uncertainty_pct, diag.capacity.counter_var_ah2
 
-    every_poll, every_20 = sigma_after(1), sigma_after(20)
-    # 912 more steps of 0.6C, each leaving half of 30 s of it unknown: 0.25 % of SOC a step.
-    expected = 912 * (0.5 * 0.6 * 30.0 / 3600.0 * 100.0) ** 2
-    added = every_poll**2 - every_20**2
+    (sigma_every, counter_every), (sigma_20, counter_20) = after(1), after(20)
+    # 912 more steps of 0.6C, each leaving half of 30 s of it unknown: 0.25 Ah, 0.25 % of SOC.
+    expected = 912 * (0.5 * 0.6 * CAPACITY_AH * 30.0 / 3600.0) ** 2
+    added = sigma_every**2 - sigma_20**2
     print(
-        f"SOC sigma after 8 h: {every_poll:.2f} % stepping every poll, {every_20:.2f} % every "
-        f"20 (the offset's unknown on the plateau is most of both): {added:.0f} %² added, "
-        f"{expected:.0f} expected"
+        f"SOC sigma after 8 h: {sigma_every:.2f} % stepping every poll, {sigma_20:.2f} % every "
+        f"20 (the offset's unknown on the plateau is most of both): {added:.0f} %² added; "
+        f"counter {counter_every - counter_20:.0f} Ah² added; {expected:.0f} expected"
     )
     assert added == pytest.approx(expected, rel=0.3)
+    assert counter_every - counter_20 == pytest.approx(expected, rel=0.1)

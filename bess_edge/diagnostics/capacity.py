@@ -34,12 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
-from bess_edge.diagnostics.soc import (
-    INITIAL_BIAS_SIGMA_C,
-    OCV_MODEL_ERROR_V,
-    ocv_table_error_v,
-    sampled_charge_sigma_as,
-)
+from bess_edge.diagnostics.soc import INITIAL_BIAS_SIGMA_C, OCV_MODEL_ERROR_V, ocv_table_error_v
 from bess_edge.model import FloatArray
 
 if TYPE_CHECKING:
@@ -75,7 +70,6 @@ class CapacityEstimator:
         # error and what sampling misses.
         self.ah_sigma2 = 0.0
         self.counter_var_ah2 = 0.0
-        self._last_current_a = math.nan
         self.chain = 0.0  # increments where the counter lost charge (a gap, a restart)
         self._rest_v = math.nan  # rested voltage, averaged over the settled part of this rest
         # This rest's settled sample: (averaged voltage V, counter Ah, its variance since
@@ -90,16 +84,16 @@ class CapacityEstimator:
         self.offset_learned = False  # the last fit pinned b from the anchors alone
         self.history: FloatArray = np.zeros((0, 3))  # ts_s, equivalent full cycles, capacity Ah
 
-    def integrate(self, current_a: float, dt_s: float) -> None:
-        """Add ``dt_s`` of measured current [A], offset included, to the charge counter."""
+    def integrate(self, current_a: float, dt_s: float, sampling_sigma_as: float) -> None:
+        """Add ``dt_s`` of measured current [A], offset included, to the charge counter;
+        ``sampling_sigma_as`` is what the polls' sampling of the current leaves unknown of
+        that charge [A·s] (:func:`~bess_edge.diagnostics.soc.sampled_charge_sigma_as`)."""
         if not (math.isfinite(current_a) and dt_s > 0):
             return
         eta = self.chemistry.coulombic_efficiency if current_a > 0 else 1.0
         self.ah_counter += eta * current_a * dt_s / 3600.0
-        step = current_a - self._last_current_a if math.isfinite(self._last_current_a) else 0.0
-        self._last_current_a = current_a
         var = (CURRENT_GAIN_ERROR * current_a * dt_s / 3600.0) ** 2 + (
-            sampled_charge_sigma_as(step, dt_s) / 3600.0
+            sampling_sigma_as / 3600.0
         ) ** 2
         self.ah_sigma2 += var
         self.counter_var_ah2 += var

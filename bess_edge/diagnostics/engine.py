@@ -247,7 +247,9 @@ class Diagnostician:
         if self.chemistry.ocv_source == "learned" and self.learned_ocv is not None:
             diagnosis.ocv_fit_residual_v = self.learned_ocv.residual_v
         self._track_rest(dt_s, current, battery_ms)
-        self._capacity_and_cycles(dt_s, current, corrected, string_v, battery_ms, diagnosis)
+        self._capacity_and_cycles(
+            dt_s, current, charge_sigma_as, corrected, string_v, battery_ms, diagnosis
+        )
         # Each cell against its string's median [V]: the anomaly and the thermal views' input.
         deviation = cells - finite_median(cells)
         if refresh:
@@ -552,13 +554,14 @@ class Diagnostician:
         self,
         dt_s: float,
         current: float,
+        charge_sigma_as: float,
         corrected: float,
         string_v: float,
         ts_ms: int,
         d: Diagnosis,
     ) -> None:
         # The capacity fit learns the offset from its anchors: it counts the measured current.
-        self.capacity.integrate(current, dt_s)
+        self.capacity.integrate(current, dt_s, charge_sigma_as)
         if self.ocv_learner is not None:
             self.ocv_learner.observe(
                 corrected, string_v, self.capacity.ah_counter, ts_ms / 1000.0,
