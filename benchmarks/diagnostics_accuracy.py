@@ -11,9 +11,10 @@ same cell, as ``bess-edge commission`` would write it). Cells, duty and sensors:
 Per cell: SOC RMSE from 2 h and from 24 h on, capacity error at the end (72 h) and when the
 first estimate came, 1-s DC pulse resistance error, and the share of the time from 2 h on whose
 truth lies within ±2σ of the estimate (SOC figures weight each poll by the seconds until the
-next: the first hours are polled 15 times as often). Per string: usable and recoverable
-capacity error, whether the weak and the high-resistance cells were named. Each figure is
-marked pass or MISS against the targets of the headline.
+next: the first hours are polled 15 times as often), and the usable energy's error and whether
+its truth lies within ±2σ at the end. Per string: usable and recoverable capacity error, usable
+energy error, whether the weak and the high-resistance cells were named. Each figure is marked
+pass or MISS against the targets of the headline.
 
     .venv/bin/pip install -r benchmarks/requirements.txt
     nice -n 10 .venv/bin/python benchmarks/diagnostics_accuracy.py [--no-cache] [--only NAME]
@@ -159,6 +160,26 @@ def poll_weights_s(polls: np.ndarray) -> np.ndarray:
     return np.diff(polls, append=polls[-1] + (polls[-1] - polls[-2] if polls.size > 1 else 1))
 
 
+def usable_energy_wh(truths: list[Truth], charge_ah: np.ndarray) -> float:
+    """Energy [Wh] a series string of these cells, holding ``charge_ah`` each, gives over its
+    usable charge at OCV: each cell's OCV integrated from where the string stops discharging
+    (its first cell empty) to where it stops charging (its first cell full)."""
+    caps = np.array([tr.capacity_ah for tr in truths])
+    moved_ah = np.linspace(-charge_ah.min(), (caps - charge_ah).min(), 2001)
+    volts = sum(
+        np.interp(100.0 * (q + moved_ah) / tr.capacity_ah, tr.grid_pct, tr.ocv_v)
+        for tr, q in zip(truths, charge_ah, strict=True)
+    )
+    return float(np.mean(volts) * (moved_ah[-1] - moved_ah[0]))
+
+
+def energy_score(estimate_wh: float, sigma_wh: float, truth_wh: float) -> dict:
+    return {
+        "energy_err_pct": 100.0 * (estimate_wh / truth_wh - 1.0),
+        "energy_covered": bool(abs(estimate_wh - truth_wh) <= 2.0 * sigma_wh),
+    }
+
+
 def score_cell(rec: dict, true_soc: np.ndarray, truth: Truth, temperature_c: float, chem) -> dict:
     hours = rec["hours"]
     err = rec["soc"] - true_soc[rec["polls"]]
@@ -181,6 +202,12 @@ def score_cell(rec: dict, true_soc: np.ndarray, truth: Truth, temperature_c: flo
         "first_capacity_h": float(hours[first[0]]) if first.size else math.nan,
         "r0_err_pct": 100.0 * (r0_at_t / truth.r0_1s_ohm - 1.0),
         "r0_covered": bool(abs(r0_at_t - truth.r0_1s_ohm) <= 2.0 * r0_sigma),
+        # One cell limits both ends of itself: its usable energy is all of it.
+        **energy_score(
+            rec["last"].usable_energy_wh,
+            rec["last"].usable_energy_uncertainty_wh,
+            usable_energy_wh([truth], np.array([0.5 * truth.capacity_ah])),
+        ),
     }
 
 
@@ -241,6 +268,7 @@ def run_string(spec: StringSpec, index: int, use_cache: bool, lines: tuple = LIN
     # fullest is full; balancing would recover up to the weakest cell's capacity.
     charge = caps * true_soc[n - 1] / 100.0
     usable = float(np.min(charge) + np.min(caps - charge))
+    energy = usable_energy_wh(truths, charge)
     results = []
     for line in lines:
         chem = chemistry_for(line, spec.preset, truths[0])
@@ -272,6 +300,9 @@ def run_string(spec: StringSpec, index: int, use_cache: bool, lines: tuple = LIN
                     or (np.isfinite(r0).any() and int(np.nanargmax(r0)) == spec.high_r_cell)
                 ),
                 "weak_cells": list(d.weak_cells),
+                "energy_true_wh": energy,
+                "energy_sigma_pct": 100.0 * d.usable_energy_uncertainty_wh / energy,
+                **energy_score(d.usable_energy_wh, d.usable_energy_uncertainty_wh, energy),
             }
         )
     results[0]["solve_s"] = solved - started
@@ -298,7 +329,7 @@ def report(results: list[dict]) -> None:
         print(f"\n== {line} ==")
         print(
             f"{'cell':<14} {'SOC 2h':>7} {'SOC 24h':>13} {'cap err':>14} {'1st cap':>8} "
-            f"{'R0 1s':>13} {'2σ cov':>12}"
+            f"{'R0 1s':>13} {'2σ cov':>12} {'energy':>13}"
         )
         for r in results:
             if r["line"] != line or "rmse_24h" not in r:
@@ -312,16 +343,19 @@ def report(results: list[dict]) -> None:
                 f"{r['capacity_err_pct']:+7.2f}% {cap_mark:>5} "
                 f"{r['first_capacity_h']:6.1f}h "
                 f"{r['r0_err_pct']:+6.1f}% {_mark(r['r0_err_pct'], R0_TARGET_PCT):>5} "
-                f"{100 * r['soc_coverage']:5.1f}% {cov_mark:>5}"
+                f"{100 * r['soc_coverage']:5.1f}% {cov_mark:>5} "
+                f"{r['energy_err_pct']:+6.2f}% {'in' if r['energy_covered'] else 'OUT':>3}2σ"
                 + ("" if r["complete"] else "  (cut short by a voltage limit)")
             )
         cells = [r for r in results if r["line"] == line and "rmse_24h" in r]
         if cells:
             covered = sum(r["capacity_covered"] for r in cells)
             r0_covered = sum(r["r0_covered"] for r in cells)
+            energy_covered = sum(r["energy_covered"] for r in cells)
             print(
                 f"truth within ±2σ at the end: capacity {covered} of {len(cells)} cells, "
-                f"1-s R0 {r0_covered} of {len(cells)}"
+                f"1-s R0 {r0_covered} of {len(cells)}, usable energy {energy_covered} of "
+                f"{len(cells)}"
             )
         for r in results:
             if r["line"] != line or "usable_true_ah" not in r:
@@ -332,7 +366,9 @@ def report(results: list[dict]) -> None:
                 f"{_mark(r['usable_err_pct'], USABLE_TARGET_PCT)} (sigma "
                 f"{r['usable_sigma_pct']:.2f} %, truth "
                 f"{'' if abs(r['usable_err_pct']) <= 2 * r['usable_sigma_pct'] else 'NOT '}"
-                f"within 2 sigma); recoverable by balancing "
+                f"within 2 sigma); usable energy {r['energy_true_wh']:.2f} Wh, error "
+                f"{r['energy_err_pct']:+.2f} % (sigma {r['energy_sigma_pct']:.2f} %, truth "
+                f"{'' if r['energy_covered'] else 'NOT '}within 2 sigma); recoverable by balancing "
                 f"{r['recoverable_true_ah']:.3f} Ah, estimated {r['recoverable_est_ah']:.3f} Ah; "
                 f"weak cell {'named' if r['weak_found'] else 'MISSED'}, high-R cell "
                 f"{'named' if r['high_r_found'] else 'MISSED'} (weak_cells {r['weak_cells']})"

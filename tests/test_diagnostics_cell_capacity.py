@@ -9,6 +9,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician, persist
+from bess_edge.diagnostics.usable import string_capacity
 
 CAPACITY_AH = 100.0
 WEAK_CELL = 4
@@ -47,6 +48,15 @@ def _string(targets: tuple = (85, 30, 70, 15, 90, 40, 80, 20, 60, 95, 25, 75, 10
 def _usable_ah(sim: SimulatedString) -> float:
     charge = sim.capacity_ah * sim.soc / 100.0
     return float(charge.min() + (sim.capacity_ah - charge).min())
+
+
+def _usable_wh(sim: SimulatedString) -> float:
+    """The energy the string's cells give over its usable charge: each cell's OCV integrated
+    from where the string stops discharging to where it stops charging."""
+    charge = sim.capacity_ah * sim.soc / 100.0
+    moved_ah = np.linspace(-charge.min(), (sim.capacity_ah - charge).min(), 2001)
+    soc = 100.0 * (charge + moved_ah[:, None]) / sim.capacity_ah
+    return float(np.mean(np.sum(NMC.ocv(soc), axis=1)) * (moved_ah[-1] - moved_ah[0]))
 
 
 def test_weak_cell_is_named_within_a_bounded_time_with_a_preset_table():
@@ -98,6 +108,11 @@ def test_per_cell_capacity_and_usable_capacity_match_the_cells(day):
     recoverable = float(truth.min()) - usable
     assert d.recoverable_capacity_ah == pytest.approx(recoverable, abs=0.5)
     assert d.usable_capacity_ah < truth.min() < d.capacity_ah
+    energy = _usable_wh(sim)
+    print(f"usable {d.usable_energy_wh:.0f} ± {d.usable_energy_uncertainty_wh:.0f} Wh, "
+          f"truth {energy:.0f}")  # fmt: skip
+    assert d.usable_energy_wh == pytest.approx(energy, rel=0.03)
+    assert abs(d.usable_energy_wh - energy) <= 2.0 * d.usable_energy_uncertainty_wh
 
 
 def test_restart_keeps_per_cell_capacity_and_an_older_blob_still_loads(day):
@@ -136,3 +151,37 @@ def test_the_cell_first_at_both_voltage_limits_limits_the_string_not_the_high_r_
     assert limits.seen.min() >= 3
     assert np.flatnonzero(limits.limiting()).tolist() == [WEAK_CELL]
     assert WEAK_CELL in d.weak_cells and 2 in d.weak_cells  # the high-R cell by its R0
+
+
+def _four_cells(chemistry: Chemistry, r0_ohm: float, r0_rel_sigma: float):
+    soc = np.array([40.0, 50.0, 60.0, 55.0])
+    ratio = np.array([1.0, 0.95, 1.02, 1.0])
+    return string_capacity(
+        chemistry, 100.0, 2.0, 100.0, soc, np.full(4, 1.0), ratio, np.full(4, 0.01), 4,
+        r0_ohm, r0_rel_sigma,
+    )  # fmt: skip
+
+
+def test_usable_energy_counts_the_tables_error_and_energy_soh_the_resistances():
+    measured, preset = _four_cells(MEASURED_NMC, 0.001, 0.05), _four_cells(NMC, 0.001, 0.05)
+    assert measured.usable_energy_wh == preset.usable_energy_wh
+    rel_charge = measured.usable_capacity_uncertainty_ah / measured.usable_capacity_ah
+    # A measured table adds nothing to the charge's sigma; the preset's 60 mV over a mean OCV
+    # of ~3.7 V adds ~1.6 % in quadrature.
+    assert measured.usable_energy_uncertainty_wh / measured.usable_energy_wh == pytest.approx(
+        rel_charge
+    )
+    window_ocv_v = preset.usable_energy_wh / 4 / preset.usable_capacity_ah
+    assert preset.usable_energy_uncertainty_wh / preset.usable_energy_wh == pytest.approx(
+        math.hypot(rel_charge, 0.060 / window_ocv_v)
+    )
+    # Energy SOH: Q's 2 % and the I*R0 loss at 0.5C; an unmeasured R0 counts all that loss.
+    assert measured.soh_energy_uncertainty_pct == pytest.approx(
+        0.02 * measured.soh_energy_pct, rel=0.01
+    )
+    unmeasured = _four_cells(NMC, math.nan, 0.05)
+    loss_v = 50.0 * NMC.r0_ohm(100.0)
+    delivered_v = float(np.mean(NMC.ocv(np.linspace(0.0, 100.0, 101)))) - loss_v
+    assert unmeasured.soh_energy_uncertainty_pct == pytest.approx(
+        unmeasured.soh_energy_pct * math.hypot(0.02, loss_v / delivered_v)
+    )

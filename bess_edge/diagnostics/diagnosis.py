@@ -71,7 +71,9 @@ class Diagnosis:
     usable_capacity_uncertainty_ah: float = NAN
     recoverable_capacity_ah: float = NAN
     usable_energy_wh: float = NAN
+    usable_energy_uncertainty_wh: float = NAN
     soh_energy_pct: float = NAN
+    soh_energy_uncertainty_pct: float = NAN
     # SOH in 1, 5 and 10 years, with the 10th and 90th percentiles (the 80 % band).
     soh_forecast_pct: list[float] = field(default_factory=list)
     soh_forecast_low_pct: list[float] = field(default_factory=list)

@@ -667,6 +667,10 @@ class Diagnostician:
             "cell_r0_mean_ohm": finite_mean(r0),
         }
         if c.soc.initialised:
+            # The 1-s pulse value's sigma where it was measured; a small-signal R0 (or none)
+            # stands for the loss at 0.5C only roughly: all of it counts as uncertain.
+            pulse = float(c.resistance.pulse_1s_ohm[0])
+            r0_rel_sigma = float(c.resistance.pulse_1s_sigma_ohm[0]) / pulse if pulse > 0 else 1.0
             string = string_capacity(
                 self.chemistry,
                 self.capacity.capacity_ah,
@@ -678,6 +682,7 @@ class Diagnostician:
                 cap.ratio_sigma,
                 self.series_cells,
                 float(c.resistance.r0_25c_ohm[0]),
+                r0_rel_sigma,
             )
             views.update(vars(string))
         return views

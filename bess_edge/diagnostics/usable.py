@@ -15,6 +15,12 @@ cell_capacity.py) the charge in cell k is C_k·s_k/100, so
 rated capacity minus Q, and what a weak cell takes is Q - min_k C_k: three numbers, three
 remedies. A cell whose ratio is not known yet counts as the average cell with a sigma of
 UNKNOWN_RATIO_SIGMA.
+
+Usable energy is the usable charge times the mean OCV over the window it spans. Its sigma
+counts the usable capacity's and the OCV table's error over that window, taken as one bias
+(a table's error at neighbouring SOCs moves together: the mean of the sigmas, not their
+root-sum-square). A SOC error common to the cells moves both ends of the window alike and
+leaves it where it is, so it enters through the usable capacity only.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.soc import ocv_table_error_v
 from bess_edge.model import FloatArray
 
 # Capacity fade of stationary Li-ion without evidence, a prior and not a measurement: about
@@ -48,7 +55,9 @@ class StringCapacity:
     usable_capacity_uncertainty_ah: float = math.nan
     recoverable_capacity_ah: float = math.nan
     usable_energy_wh: float = math.nan
+    usable_energy_uncertainty_wh: float = math.nan
     soh_energy_pct: float = math.nan
+    soh_energy_uncertainty_pct: float = math.nan
 
 
 def string_capacity(
@@ -62,9 +71,12 @@ def string_capacity(
     cell_ratio_sigma: FloatArray,
     series_cells: int,
     cell_r0_ohm: float,
+    cell_r0_rel_sigma: float,
 ) -> StringCapacity:
     """Usable capacity and energy of the string now, from Q [Ah], each cell's SOC [%] and its
-    capacity ratio to Q (NaN: not measured); NaN without a capacity estimate."""
+    capacity ratio to Q (NaN: not measured); NaN without a capacity estimate. ``cell_r0_ohm``
+    NaN: the preset's R0, its whole I·R0 loss counted as uncertain (``cell_r0_rel_sigma``
+    is then ignored)."""
     out = StringCapacity()
     ok = np.isfinite(cell_soc_pct)
     if not (math.isfinite(capacity_ah) and np.count_nonzero(ok) and series_cells):
@@ -93,14 +105,25 @@ def string_capacity(
     # The window of the average cell's SOC the usable charge spans.
     mean_soc = float(np.mean(soc))
     grid = np.linspace(mean_soc - 100.0 * below[j], mean_soc + 100.0 * above[m], 11)
-    out.usable_energy_wh = (
-        series_cells * out.usable_capacity_ah * float(np.mean(chemistry.ocv(grid)))
+    window_ocv_v = float(np.mean(chemistry.ocv(grid)))
+    window_ocv_sigma_v = float(np.mean(ocv_table_error_v(chemistry, grid)))
+    out.usable_energy_wh = series_cells * out.usable_capacity_ah * window_ocv_v
+    out.usable_energy_uncertainty_wh = series_cells * math.hypot(
+        window_ocv_v * out.usable_capacity_uncertainty_ah,
+        out.usable_capacity_ah * window_ocv_sigma_v,
     )
     ocv = _mean_ocv_v(chemistry)
     current = 0.5 * nominal_capacity_ah
     rated_wh = nominal_capacity_ah * (ocv - current * chemistry.r0_ohm(nominal_capacity_ah))
-    r0 = cell_r0_ohm if math.isfinite(cell_r0_ohm) else chemistry.r0_ohm(nominal_capacity_ah)
-    out.soh_energy_pct = 100.0 * capacity_ah * (ocv - current * r0) / rated_wh
+    if math.isfinite(cell_r0_ohm):
+        r0, r0_sigma = cell_r0_ohm, cell_r0_ohm * cell_r0_rel_sigma
+    else:
+        r0 = r0_sigma = chemistry.r0_ohm(nominal_capacity_ah)
+    delivered_v = ocv - current * r0
+    out.soh_energy_pct = 100.0 * capacity_ah * delivered_v / rated_wh
+    out.soh_energy_uncertainty_pct = out.soh_energy_pct * math.hypot(
+        capacity_sigma_ah / capacity_ah, current * r0_sigma / delivered_v
+    )
     return out
 
 
