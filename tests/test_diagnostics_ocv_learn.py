@@ -9,6 +9,12 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC
 from bess_edge.diagnostics import Diagnostician, persist
+from bess_edge.diagnostics.ocv_learn import (
+    REST_ERROR_V,
+    OcvProblem,
+    fit_learned_ocv,
+    knot_prior_sigma_v,
+)
 from bess_edge.model import Reading
 from bess_edge.store import Cycle, Store
 
@@ -162,3 +168,27 @@ def test_a_measured_table_wins_over_learning():
     diagnoses, _ = _run(diag, _cell(), LEGS[:4])
     assert diag.ocv_learner is None
     assert diagnoses[-1].ocv_source == "file"
+
+
+def test_rests_scattered_beyond_their_error_widen_what_they_measure_not_the_label():
+    """Rests 15 mV around the curve (hysteresis, a shape the correction cannot follow): the
+    fit's sigma grows where the rests speak, but Q along the preset's stretch, which only the
+    label holds, stays as well known as the label says, never worse."""
+    knots, ocv = np.asarray(NMC.ocv_soc_pct), np.asarray(NMC.ocv_v)
+    prior_sigma = knot_prior_sigma_v(knots, ocv, 0.06)
+    rng = np.random.default_rng(1)
+    soc = rng.uniform(40.0, 90.0, 30)
+    hours = np.arange(soc.size) * 6.0
+    rests = np.column_stack(
+        [NMC.ocv(soc) + rng.normal(0.0, 0.015, soc.size), LABEL_AH * soc / 100.0,
+         np.full(soc.size, 0.01), 3600.0 * hours, np.zeros(soc.size)]
+    )  # fmt: skip
+    anchors = np.array([[100.0, 1.5**2, LABEL_AH, 3600.0 * (hours[-1] + 1.0), 0.0]])
+    label_sigma_ah = 0.1 * LABEL_AH
+    problem = OcvProblem(knots, ocv, prior_sigma, rests, anchors, (LABEL_AH, label_sigma_ah),
+                         (0.0, 1.0))  # fmt: skip
+    fit = fit_learned_ocv(problem)
+    assert fit is not None
+    print(f"residual {1000 * fit.residual_v:.1f} mV, Q sigma {fit.capacity_sigma_ah:.2f} Ah")
+    assert fit.residual_v > 2.0 * REST_ERROR_V  # scattered beyond a rest's error: the case
+    assert 0.5 * label_sigma_ah < fit.capacity_sigma_ah <= label_sigma_ah

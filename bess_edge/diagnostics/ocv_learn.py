@@ -183,9 +183,11 @@ class OcvProblem:
         return np.concatenate(rows), np.vstack(jacs)
 
 
-def _posterior_covariance(problem: OcvProblem, theta: FloatArray, jac: FloatArray) -> FloatArray:
+def _posterior_covariance(
+    problem: OcvProblem, theta: FloatArray, jac: FloatArray, rest_scale: float
+) -> FloatArray:
     """Posterior covariance of (curve correction, Q, b, zeros) at the fit, with the preset's
-    scale left open.
+    scale left open and the rests' sigma times ``sqrt(rest_scale)``.
 
     The knots' prior is independent per knot, but a preset's error is not: a cell whose
     electrodes are balanced differently has the preset's curve stretched along SOC, the same
@@ -212,6 +214,7 @@ def _posterior_covariance(problem: OcvProblem, theta: FloatArray, jac: FloatArra
     q = theta[k]
     column[:rests, 0] = q * (jac[:rests, k + 2 :].sum(axis=1) - jac[:rests, k])
     augmented = np.hstack([jac, column])
+    augmented[:rests] /= math.sqrt(rest_scale)
     hess = augmented.T @ augmented
     hess[-1, -1] += 1.0 / SCALE_PRIOR_REL**2
     full = np.linalg.inv(hess)
@@ -249,19 +252,23 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
             damping *= 5.0
             if damping > 1e8:
                 break
-    try:
-        cov = _posterior_covariance(problem, theta, jac)
-    except np.linalg.LinAlgError:
-        return None
     k = problem.k
     q = float(theta[k])
     soc = 100.0 * (problem.ah - theta[k + 1] * problem.hours - theta[k + 2 :][problem.rest_chain])
     misfit = problem.v - problem.curve(theta, soc / q)[0]
     # Rests scattered wider than a settled rest's error mean the model misses something (a
-    # curve the correction cannot follow, hysteresis, a counter that lost charge): the
-    # posterior widens by the ratio (Birge), in volts so counter noise cannot excuse it.
+    # curve the correction cannot follow, hysteresis, a counter that lost charge): the rests'
+    # sigma widens by the ratio (Birge), in volts so counter noise cannot excuse it. Only the
+    # rests': what they do not see (Q along the preset's stretch, a knot no rest reached)
+    # stays as well known as its prior says, never worse.
     misfit_rms = float(np.sqrt(np.mean(misfit**2)))
-    cov *= max(1.0, float(np.mean(r[: problem.v.size] ** 2)), (misfit_rms / REST_ERROR_V) ** 2)
+    rest_scale = max(
+        1.0, float(np.mean(r[: problem.v.size] ** 2)), (misfit_rms / REST_ERROR_V) ** 2
+    )
+    try:
+        cov = _posterior_covariance(problem, theta, jac, rest_scale)
+    except np.linalg.LinAlgError:
+        return None
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     return LearnedOcv(
         soc_pct=problem.knots.copy(),
