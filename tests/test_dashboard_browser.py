@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 from api_support import Site, bess_edge, start_site
+from bess_edge.drivers.sim import SimOptions, SimulatedString
 from conftest import sim_device, wait_until
+
+from bess_edge.chemistry import NMC
+from bess_edge.diagnostics import Diagnostician
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(
@@ -149,6 +153,8 @@ def test_operator_sees_the_device_and_cells_and_acks_an_alert(site, browser):
     )
     assert drawn > 1000
     assert "SOC" in d.find_element("id", "diagnosis").text
+    source = site.get("/api/v1/devices/rack-1")["diagnosis"]["ocv_source"]
+    assert _panel(d)["ocv"].startswith(source)
     _shot(d, "dashboard-device.png")
 
     alert = _alert_row(site, "pack-high")
@@ -170,6 +176,56 @@ def test_operator_sees_the_device_and_cells_and_acks_an_alert(site, browser):
     assert width <= PHONE[0]  # no sideways scrolling on a phone
     _shot(d, "dashboard-phone.png")
     d.set_window_size(*LAPTOP)
+
+
+def _panel(driver) -> dict[str, str]:
+    """The diagnosis panel's values by their data-field."""
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#diagnosis [data-field]')]"
+        ".map((e) => [e.dataset.field, e.textContent]))"
+    )
+
+
+def _learned_diagnosis() -> dict:
+    """A day of a simulated 8-cell rack (a 6-h daily cycle with rests) through the engine, as
+    the API serves it: the OCV learned, capacity, usable energy and forecast known."""
+    options = SimOptions(cells=8, profile="daily", seed=2, day_length_s=21_600.0)
+    sim = SimulatedString(options, NMC, 100.0)
+    diag = Diagnostician("rack-2", NMC, 100.0)
+    for reading in sim.readings(duration_s=86_400, poll_s=60.0):
+        d = diag.update(reading)
+    return d.to_dict(cell_arrays=False)
+
+
+def test_the_diagnosis_panel_shows_each_estimate_with_its_sigma(site, browser):
+    g = _learned_diagnosis()
+    assert g["ocv_source"] == "learned" and g["usable_energy_wh"] is not None  # the case tested
+    d = browser
+    _sign_in(d, site, site.keys["viewer"])
+    # The page's own renderer on a panel outside the view it refreshes.
+    d.execute_script(
+        "document.body.insertAdjacentHTML('beforeend', '<div id=\"diagnosis\"></div>');"
+        "renderDiagnosis({diagnosis: arguments[0]})",
+        g,
+    )
+    shown = _panel(d)
+    soh_sigma = g["soh_pct"] * g["capacity_uncertainty_ah"] / g["capacity_ah"]
+    assert shown["soh"] == f"{g['soh_pct']:.1f} ± {soh_sigma:.1f} %"
+    assert shown["capacity"] == f"{g['capacity_ah']:.1f} ± {g['capacity_uncertainty_ah']:.1f} Ah"
+    assert shown["soh-energy"] == (
+        f"{g['soh_energy_pct']:.1f} ± {g['soh_energy_uncertainty_pct']:.1f} %"
+    )
+    assert shown["usable"] == (
+        f"{g['usable_capacity_ah']:.1f} ± {g['usable_capacity_uncertainty_ah']:.1f} Ah · "
+        f"{g['usable_energy_wh'] / 1e3:.2f} ± {g['usable_energy_uncertainty_wh'] / 1e3:.2f} kWh"
+    )
+    assert shown["recoverable"] == f"{g['recoverable_capacity_ah']:.1f} Ah"
+    ten_years = (g["soh_forecast_pct"][2], g["soh_forecast_low_pct"][2],
+                 g["soh_forecast_high_pct"][2])  # fmt: skip
+    assert shown["forecast"].endswith("10 y {:.0f} ({:.0f}–{:.0f}) %".format(*ten_years))
+    assert shown["ocv"] == f"learned (rests fit to {1e3 * g['ocv_fit_residual_v']:.1f} mV)"
+    # No step of 0.4C polled within 2 s in a day at 60-s polls: no pulse value, no sigma.
+    assert g["r0_pulse_1s_ohm"] is None and shown["r0-pulse"] == "– mΩ"
 
 
 def test_viewer_is_refused_the_ack(site, browser):

@@ -89,7 +89,10 @@ def string_capacity(
     j, m = int(np.argmin(below)), int(np.argmin(above))
     share = float(below[j] + above[m])
     out.usable_capacity_ah = capacity_ah * share
-    out.recoverable_capacity_ah = capacity_ah * float(np.min(ratio)) - out.usable_capacity_ah
+    # (max: one cell limiting both ends leaves 0 less a rounding error)
+    out.recoverable_capacity_ah = max(
+        capacity_ah * float(np.min(ratio)) - out.usable_capacity_ah, 0.0
+    )
     if j == m:  # one cell limits both ends: its SOC cancels, only its capacity counts
         var = ratio_sigma[j] ** 2
     else:

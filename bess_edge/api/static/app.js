@@ -145,14 +145,33 @@ async function devicePage(device, first) {
   renderDiagnosis(d);
   if (cells) renderCells(cells);
 }
+// "value ± sigma" (the sigma left out where the estimator gives none yet), scaled and rounded.
+const pm = (v, sigma, d = 1, scale = 1) =>
+  `${num((v ?? NaN) * scale, d)}${Number.isFinite(sigma) ? ` ± ${num(sigma * scale, d)}` : ""}`;
+function forecast(g) {
+  const mid = g.soh_forecast_pct || [], lo = g.soh_forecast_low_pct || [], hi = g.soh_forecast_high_pct || [];
+  if (!mid.length || mid[0] === null) return "–";
+  return [1, 5, 10].map((y, i) => `${y} y ${num(mid[i], 0)} (${num(lo[i], 0)}–${num(hi[i], 0)})`).join(" · ") + " %";
+}
+function ocvSource(g) {
+  const r = g.ocv_fit_residual_v;
+  return g.ocv_source ? `${esc(g.ocv_source)}${Number.isFinite(r) ? ` (rests fit to ${num(r * 1000, 1)} mV)` : ""}` : "–";
+}
 function renderDiagnosis(d) {
   const g = d.diagnosis || {};
   const reasons = [...(g.thermal_risk_reasons || []), ...(g.anomaly_reasons || []), ...(g.quality_flags || []).map((q) => `data quality: ${q}`)];
+  const sohSigma = g.soh_pct * g.capacity_uncertainty_ah / g.capacity_ah;
   $("#diagnosis").innerHTML = `<h2>Diagnosis</h2><div class="kv">
-    <div><span class="k">SOC</span><span class="v">${num(g.soc_pct, 1)} ± ${num(g.soc_uncertainty_pct, 1)} %</span></div>
-    <div><span class="k">SOH (capacity)</span><span class="v">${num(g.soh_pct, 1)} %</span></div>
-    <div><span class="k">Capacity</span><span class="v">${num(g.capacity_ah, 1)} Ah</span></div>
-    <div><span class="k">Resistance</span><span class="v">${num((g.r0_ohm ?? NaN) * 1000, 2)} mΩ</span></div>
+    <div><span class="k">SOC</span><span class="v" data-field="soc">${pm(g.soc_pct, g.soc_uncertainty_pct)} %</span></div>
+    <div><span class="k">SOH (capacity)</span><span class="v" data-field="soh">${pm(g.soh_pct, sohSigma)} %</span></div>
+    <div><span class="k">Capacity</span><span class="v" data-field="capacity">${pm(g.capacity_ah, g.capacity_uncertainty_ah)} Ah</span></div>
+    <div><span class="k">SOH (energy)</span><span class="v" data-field="soh-energy">${pm(g.soh_energy_pct, g.soh_energy_uncertainty_pct)} %</span></div>
+    <div><span class="k">Usable now</span><span class="v" data-field="usable">${pm(g.usable_capacity_ah, g.usable_capacity_uncertainty_ah)} Ah · ${pm(g.usable_energy_wh, g.usable_energy_uncertainty_wh, 2, 1e-3)} kWh</span></div>
+    <div><span class="k">Balancing would recover</span><span class="v" data-field="recoverable">${num(g.recoverable_capacity_ah, 1)} Ah</span></div>
+    <div><span class="k">SOH forecast (80 % band)</span><span class="v" data-field="forecast">${forecast(g)}</span></div>
+    <div><span class="k">Resistance</span><span class="v" data-field="r0">${num((g.r0_ohm ?? NaN) * 1000, 2)} mΩ</span></div>
+    <div><span class="k">1-s pulse R0</span><span class="v" data-field="r0-pulse">${pm(g.r0_pulse_1s_ohm, g.r0_pulse_1s_uncertainty_ohm, 2, 1e3)} mΩ</span></div>
+    <div><span class="k">OCV curve</span><span class="v" data-field="ocv">${ocvSource(g)}</span></div>
     <div><span class="k">Cycles (EFC)</span><span class="v">${num(g.equivalent_full_cycles, 1)}</span></div>
     <div><span class="k">Thermal risk</span><span class="v">${esc(g.thermal_risk || "–")}</span></div>
     <div><span class="k">Weak cells</span><span class="v">${(g.weak_cells || []).join(", ") || "none"}</span></div>
