@@ -131,6 +131,15 @@ def test_commission_refuses_a_recording_that_does_not_span_the_cell(tmp_path, ca
     assert not (tmp_path / "t.csv").exists()
 
 
+def test_commission_help_says_what_to_record_and_how_the_table_reaches_the_config(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["commission", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for step in ("C/10 or slower", "bess-edge export --device", "ocv_table =", "bess-edge replay"):
+        assert step in text
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [

@@ -35,11 +35,31 @@ ELECTRODE_FIT_SOC_PCT = (5.0, 95.0)
 CAPACITY_REL_SIGMA = 0.01
 
 
+EPILOG = """\
+what to record (the device polled by the daemon, or a capture replayed into the store):
+  a charge to the upper voltage limit, then a discharge at C/10 or slower to the lower limit;
+  or rests of an hour or more spread from full to empty (the fit uses what was settled)
+
+steps:
+  bess-edge export --device rack-1 --since 2026-11-22T06:00Z --until 2026-11-23T06:00Z -o run.csv
+  bess-edge commission run.csv --chemistry nmc --capacity-ah 280 -o rack1-ocv.csv
+  then, in the device's config: ocv_table = "rack1-ocv.csv" (restart the daemon)
+
+a CAN capture taken on site (candump, .trc) goes through the store first:
+  bess-edge replay capture.log --config site.toml --fast, then export and commission as above
+
+The table wins over the chemistry preset and stops the on-device learning; its header records
+the capacity the run measured and the electrode windows the degradation modes count from.
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "commission",
         help="fit an OCV table from a recorded slow charge/discharge (export CSV)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recording", type=Path, help="a `bess-edge export` CSV of the segment")
     parser.add_argument("--chemistry", required=True, help="preset, for its R0 (nmc, lfp, ...)")
