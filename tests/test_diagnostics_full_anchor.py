@@ -98,3 +98,28 @@ def test_a_charge_current_cut_in_steps_below_the_top_anchors_nothing():
     amps = np.array([0.25, 0.25, 0.1, 0.05, 0.05]) * CAPACITY_AH
     anchors, _ = _anchors_after(volts, amps)
     assert anchors.shape[0] == 0
+
+
+def test_a_restart_in_the_middle_of_a_cv_taper_anchors_where_an_unbroken_one_does():
+    # The daemon restarts (its state saved and loaded) halfway down a 1200-s taper: the taper
+    # read so far and the hold tracker come back, so the anchor is the unbroken run's, not
+    # 100 % (a taper of fewer than three polls after the restart is not read).
+    rng = np.random.default_rng(3)
+    t_s = np.arange(0.0, 1200.0 * np.log(5.0), POLL_S)
+    amps = (0.25 * np.exp(-t_s / 1200.0) + NOISE_C * rng.standard_normal(t_s.size)) * CAPACITY_AH
+    volts = np.round(4.2 + 0.001 * rng.standard_normal(t_s.size), 3)
+    volts, amps = [*volts, 4.1, 4.1], [*amps, 0.0, 0.0]
+    unbroken, _ = _anchors_after(volts, amps, NMC)
+    before, half = OcvLearner(NMC), t_s.size - 2
+    counter = 0.0
+    for k in range(half):
+        counter += amps[k] * POLL_S / 3600.0
+        before.observe(amps[k], volts[k], counter, k * POLL_S, 0.0, CAPACITY_AH)
+    after = OcvLearner(NMC)
+    after.load(before.state())
+    for k in range(half, len(volts)):
+        counter += amps[k] * POLL_S / 3600.0
+        after.observe(amps[k], volts[k], counter, k * POLL_S, 0.0, CAPACITY_AH)
+    after.end_rest(None, (CAPACITY_AH, 10.0), (0.0, 1.0))
+    assert unbroken[0, 0] < 99.5  # the taper was read: the case tested
+    np.testing.assert_array_equal(after.anchors, unbroken)

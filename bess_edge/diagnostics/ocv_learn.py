@@ -331,6 +331,15 @@ class Taper:
         self.sums += (1.0, t, t * t, y, t * y)
         self.span_s = t
 
+    def state(self) -> FloatArray:
+        return np.concatenate([[self.t0_s, self.span_s], self.sums])
+
+    @classmethod
+    def from_state(cls, values: FloatArray) -> Taper:
+        taper = cls(float(values[0]))
+        taper.span_s, taper.sums = float(values[1]), np.array(values[2:], dtype=np.float64)
+        return taper
+
     def left_pct(self, capacity_ah: float) -> float:
         """Charge still to go [% of ``capacity_ah``] at the last poll: 0 before the fit has
         decayed by TAPER_MIN_DECAY (a CC charge near the limit, a taper too short to read)."""
@@ -343,6 +352,12 @@ class Taper:
             return 0.0
         current_a = math.exp((sy - slope * st) / n + slope * self.span_s)
         return min(100.0 * current_a / -slope / 3600.0 / capacity_ah, TAPER_MAX_LEFT_PCT)
+
+
+def _triple(values: Any) -> tuple[float, float, float] | None:
+    """A saved (a, b, c) of the hold tracker, None if it was not saved or held nothing."""
+    x = np.asarray(values if values is not None else (), dtype=np.float64).ravel()
+    return (float(x[0]), float(x[1]), float(x[2])) if x.size == 3 else None
 
 
 class OcvLearner:
@@ -463,6 +478,10 @@ class OcvLearner:
             "rests": self.rests,
             "anchors": self.anchors,
             "limit": np.zeros((0, 5)) if self._limit is None else self._limit[None, :],
+            # A restart in the middle of a CV hold goes on reading it (empty: none).
+            "taper": np.zeros(0) if self._taper is None else self._taper.state(),
+            "hold": np.array(self._hold if self._hold is not None else ()),
+            "last_poll": np.array(self._last_poll if self._last_poll is not None else ()),
         }
         if self.fit is not None:
             f = self.fit
@@ -489,4 +508,7 @@ class OcvLearner:
         self.rests, self.anchors, self.fit, self.revision = rests, anchors, fit, revision
         limit = np.asarray(state.get("limit", np.zeros((0, 5))), dtype=np.float64)
         self._limit = limit.reshape(5) if limit.size == 5 else None
+        taper = np.asarray(state.get("taper", np.zeros(0)), dtype=np.float64).ravel()
+        self._taper = Taper.from_state(taper) if taper.size == 7 else None
+        self._hold, self._last_poll = (_triple(state.get(k)) for k in ("hold", "last_poll"))
         self._last_rest = None
