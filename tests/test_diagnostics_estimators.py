@@ -12,6 +12,7 @@ from bess_edge.diagnostics.soc import (
     BIAS_LEARNING_SOC_SIGMA_PCT,
     BIAS_WALK_C_PER_SQRT_S,
     CURRENT_NOISE_C,
+    PRESET_SOC_POSITION_SIGMA_PCT,
     SOC_WALK_PCT_PER_SQRT_S,
     SocFilter,
     sampled_charge_sigma_as,
@@ -263,3 +264,35 @@ def test_the_engine_counts_the_steps_between_polls_into_the_soc_sigma_and_the_ch
     )
     assert added == pytest.approx(expected, rel=0.3)
     assert counter_every - counter_20 == pytest.approx(expected, rel=0.1)
+
+
+def test_readings_through_a_biased_table_do_not_hold_back_a_charge_the_count_sees():
+    """A cell whose curve is the NMC preset's squeezed along SOC (it reads 0.8 s + 10 through
+    the preset): through an hour at C/4 its voltages say SOC rose 20 points while 25 went in.
+    The table's error floors the SOC sigma the filter reports, but not the covariance that
+    weighs each reading against the count: raised at every poll, 120 readings of one biased
+    table pulled as 120 independent ones and held the estimate 4.8 points back."""
+    soc = SocFilter(NMC, 1, estimate_bias=False)
+    true_pct = 40.0
+    soc.reset(np.array([true_pct]), np.array([10.0]), CAPACITY_AH)
+
+    def cell_ocv(s: float) -> float:
+        return float(NMC.ocv(0.8 * s + 10.0))
+
+    r0, r1 = np.array([NMC.r0_ohm(CAPACITY_AH)]), np.array([NMC.r1_ohm_ah / CAPACITY_AH])
+    for _ in range(60):  # half an hour's rest: the estimate goes to what the table says
+        soc.step(0.0, 30.0, np.array([cell_ocv(true_pct)]), r0, r1, CAPACITY_AH)
+    start_pct, v_rc, decay, amps = float(soc.soc_pct[0]), 0.0, np.exp(-30.0 / NMC.tau1_s), 25.0
+    for _ in range(120):
+        true_pct += 100.0 * amps * 30.0 / 3600.0 / CAPACITY_AH
+        v_rc = decay * v_rc + float(r1[0]) * (1.0 - decay) * amps
+        volts = cell_ocv(true_pct) + v_rc + float(r0[0]) * amps
+        soc.step(amps, 30.0, np.array([volts]), r0, r1, CAPACITY_AH)
+    moved, sigma = float(soc.soc_pct[0]) - start_pct, float(soc.soc_sigma_pct[0])
+    print(f"estimate moved {moved:.2f} points for 25; sigma {sigma:.2f}")
+    assert moved == pytest.approx(25.0, abs=0.5)
+    assert abs(float(soc.soc_pct[0]) - true_pct) < 2.0 * sigma
+    assert sigma > PRESET_SOC_POSITION_SIGMA_PCT  # the table's error still reported
+    restored = SocFilter(NMC, 1, estimate_bias=False)
+    restored.load(soc.state())
+    assert float(restored.soc_sigma_pct[0]) == sigma  # the floor is saved with the state
