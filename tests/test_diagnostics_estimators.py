@@ -296,3 +296,21 @@ def test_readings_through_a_biased_table_do_not_hold_back_a_charge_the_count_see
     restored = SocFilter(NMC, 1, estimate_bias=False)
     restored.load(soc.state())
     assert float(restored.soc_sigma_pct[0]) == sigma  # the floor is saved with the state
+
+
+def test_a_reading_on_the_plateau_moves_the_estimate_to_its_edge_at_rest_not_under_load():
+    """An LFP cell 25 mV below the preset at 93 % reads as the preset's 89.6 %, inside its
+    20-90 % plateau. At rest that says "on the plateau" and the estimate goes to the edge;
+    charging at C/4, the load model's error (R0·I, 17 mV here) reaches past the edge, so the
+    reading says nothing and the count stands."""
+    r0, r1 = np.array([LFP.r0_ohm(CAPACITY_AH)]), np.array([LFP.r1_ohm_ah / CAPACITY_AH])
+    cell_v = float(LFP.ocv(93.0)) - 0.025
+    assert 20.0 < float(LFP.soc_from_ocv(cell_v)) < 90.0  # on the preset's plateau: the case
+    for amps, moved_to in ((25.0, None), (0.0, 90.0)):
+        soc = SocFilter(LFP, 1, estimate_bias=False)
+        soc.reset(np.array([93.0]), np.array([1.0]), CAPACITY_AH)
+        v_rc = float(r1[0]) * (1.0 - np.exp(-1.0 / LFP.tau1_s)) * amps
+        soc.step(amps, 1.0, np.array([cell_v + v_rc + float(r0[0]) * amps]), r0, r1, CAPACITY_AH)
+        counted = 93.0 + 100.0 * amps / 3600.0 / CAPACITY_AH * LFP.coulombic_efficiency
+        expected = counted if moved_to is None else moved_to
+        assert float(soc.soc_pct[0]) == pytest.approx(expected, abs=0.01), amps
