@@ -7,6 +7,7 @@ back. Screenshots at laptop and phone width go to docs/ (the README shows them).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -187,12 +188,17 @@ def _panel(driver) -> dict[str, str]:
 
 
 def _learned_diagnosis() -> dict:
-    """A day of a simulated 8-cell rack (a 6-h daily cycle with rests) through the engine, as
-    the API serves it: the OCV learned, capacity, usable energy and forecast known."""
+    """23 h of a simulated 8-cell rack (a 6-h daily cycle with rests) through the engine, as
+    the API serves it: the OCV learned, capacity, usable energy and forecast known. The last
+    hour is polled every 2 s, which sees a 0.2C step (the small-signal R0; a pulse value
+    needs 0.4C)."""
     options = SimOptions(cells=8, profile="daily", seed=2, day_length_s=21_600.0)
     sim = SimulatedString(options, NMC, 100.0)
     diag = Diagnostician("rack-2", NMC, 100.0)
-    for reading in sim.readings(duration_s=86_400, poll_s=60.0):
+    for reading in itertools.chain(
+        sim.readings(duration_s=79_200, poll_s=60.0),
+        sim.readings(duration_s=3_600, poll_s=2.0, start_ms=79_200_000),
+    ):
         d = diag.update(reading)
     return d.to_dict(cell_arrays=False)
 
@@ -224,8 +230,9 @@ def test_the_diagnosis_panel_shows_each_estimate_with_its_sigma(site, browser):
                  g["soh_forecast_high_pct"][2])  # fmt: skip
     assert shown["forecast"].endswith("10 y {:.0f} ({:.0f}–{:.0f}) %".format(*ten_years))
     assert shown["ocv"] == f"learned (rests fit to {1e3 * g['ocv_fit_residual_v']:.1f} mV)"
-    # No step of 0.4C polled within 2 s in a day at 60-s polls: no pulse value, no sigma.
+    # No step of 0.4C: no pulse value, no sigma; the small-signal R0 (no sigma of its own).
     assert g["r0_pulse_1s_ohm"] is None and shown["r0-pulse"] == "– mΩ"
+    assert shown["r0-small"] == f"{1e3 * g['r0_small_signal_ohm']:.2f} mΩ"
 
 
 def test_viewer_is_refused_the_ack(site, browser):

@@ -169,8 +169,8 @@ function renderDiagnosis(d) {
     <div><span class="k">Usable now</span><span class="v" data-field="usable">${pm(g.usable_capacity_ah, g.usable_capacity_uncertainty_ah)} Ah · ${pm(g.usable_energy_wh, g.usable_energy_uncertainty_wh, 2, 1e-3)} kWh</span></div>
     <div><span class="k">Balancing would recover</span><span class="v" data-field="recoverable">${num(g.recoverable_capacity_ah, 1)} Ah</span></div>
     <div><span class="k">SOH forecast (80 % band)</span><span class="v" data-field="forecast">${forecast(g)}</span></div>
-    <div><span class="k">Resistance</span><span class="v" data-field="r0">${num((g.r0_ohm ?? NaN) * 1000, 2)} mΩ</span></div>
     <div><span class="k">1-s pulse R0</span><span class="v" data-field="r0-pulse">${pm(g.r0_pulse_1s_ohm, g.r0_pulse_1s_uncertainty_ohm, 2, 1e3)} mΩ</span></div>
+    <div><span class="k">Small-signal R0</span><span class="v" data-field="r0-small">${pm(g.r0_small_signal_ohm, NaN, 2, 1e3)} mΩ</span></div>
     <div><span class="k">OCV curve</span><span class="v" data-field="ocv">${ocvSource(g)}</span></div>
     <div><span class="k">Cycles (EFC)</span><span class="v">${num(g.equivalent_full_cycles, 1)}</span></div>
     <div><span class="k">Thermal risk</span><span class="v">${esc(g.thermal_risk || "–")}</span></div>
