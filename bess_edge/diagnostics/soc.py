@@ -140,6 +140,8 @@ class SocFilter:
         # sorts last: the top segment's slope).
         self._slopes_padded = np.concatenate([slopes[:1], slopes, slopes[-1:]])
         self._flat = chemistry.ocv_flat_regions_pct
+        # Each plateau's ends in volts, on this table.
+        self._flat_v = [tuple(np.interp(ends, soc, self._table_v)) for ends in self._flat]
         # A learned table's error depends on SOC (interpolated per poll); others' is a constant.
         self._table_sigma = bool(chemistry.ocv_sigma_v)
         self._table_error_v = float(ocv_table_error_v(chemistry))
@@ -340,9 +342,8 @@ class SocFilter:
         sigma_ocv = OCV_MODEL_ERROR_V / slope
         load_v = LOAD_MODEL_ERROR_FRACTION * np.abs(ohmic_drop_v)
         sigma_load = load_v / slope
-        for lo, hi in self._flat:
+        for (lo, hi), (edge_lo, edge_hi) in zip(self._flat, self._flat_v, strict=True):
             on_plateau = (z > lo) & (z < hi)
-            edge_lo, edge_hi = np.interp((lo, hi), self._slope_soc, self._table_v)
             surely = (ocv - load_v > edge_lo) & (ocv + load_v < edge_hi)
             outside = on_plateau & surely & ((self.x[:, 0] < lo) | (self.x[:, 0] > hi))
             if np.count_nonzero(outside):
