@@ -179,6 +179,7 @@ STRINGS: tuple[StringSpec, ...] = (_nmc_string(),)
 HELD_OUT: tuple[CellSpec, ...] = (
     CellSpec("nmc-ecker", "Ecker2015", "nmc"),  # Kokam NMC/graphite pouch
     CellSpec("nmc-msmr", "MSMR_Example", "nmc"),  # half-cell curves of no published table
+    CellSpec("nmc-5c", "Chen2020", "nmc", temperature_c=5.0),  # an unheated container in winter
 )
 
 
