@@ -9,6 +9,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician, persist
+from bess_edge.diagnostics.cell_capacity import CellCapacity
 from bess_edge.diagnostics.usable import string_capacity
 
 CAPACITY_AH = 100.0
@@ -185,3 +186,30 @@ def test_usable_energy_counts_the_tables_error_and_energy_soh_the_resistances():
     assert unmeasured.soh_energy_uncertainty_pct == pytest.approx(
         unmeasured.soh_energy_pct * math.hypot(0.02, loss_v / delivered_v)
     )
+
+
+def test_cells_apart_in_soc_read_their_ratios_right_through_a_table_of_another_shape():
+    """A cell δ points above its string's mean reads every SOC δ points further along the
+    table: where the table's SOC error changes between two rests, its ΔSOC is off by that
+    change times δ. The cells of one pair share the change, so it is fitted across them."""
+    capacity_ah = np.array([100.0, 100.0, 100.0, 100.0, 88.0, 100.0, 100.0, 100.0])
+    offset_pct = np.array([0.0, 3.0, -2.0, 4.0, -3.0, 1.0, 5.0, -4.0])
+
+    def cell_ocv_v(soc_pct: np.ndarray) -> np.ndarray:
+        # The cells' curve is the preset's with its SOC axis warped by up to 8 points: read
+        # through the preset, the SOC error's slope swings from +0.25 to -0.25 across the range.
+        return NMC.ocv(soc_pct + 8.0 * np.sin(np.pi * soc_pct / 100.0))
+
+    cells = CellCapacity(capacity_ah.size)
+    charge_ah = (50.0 + offset_pct) * capacity_ah / 100.0  # each cell's charge, series-moved
+    for mean_target_pct in (30, 80, 45, 90, 25, 70, 35, 85, 40, 75):
+        mean_now = float(np.mean(100.0 * charge_ah / capacity_ah))
+        moved_ah = (mean_target_pct - mean_now) / np.mean(100.0 / capacity_ah)
+        charge_ah = charge_ah + moved_ah
+        cells.observe_rest(cell_ocv_v(100.0 * charge_ah / capacity_ah), 600.0)
+        cells.end_rest(NMC)
+    ratio = cells.result(100.0, 1.0).ratio
+    truth = capacity_ah * np.mean(1.0 / capacity_ah)  # ΔSOC̄ / ΔSOC_k
+    print("ratio", np.round(ratio, 4), "truth", np.round(truth, 4))
+    np.testing.assert_allclose(ratio, truth, rtol=0.01)
+    assert list(np.flatnonzero(cells.result(100.0, 1.0).weak)) == [WEAK_CELL]
