@@ -9,7 +9,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 
 from bess_edge.chemistry import NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician, persist
-from bess_edge.diagnostics.cell_capacity import CellCapacity
+from bess_edge.diagnostics.cell_capacity import CellCapacity, relative_soc_var
 from bess_edge.diagnostics.usable import string_capacity
 
 CAPACITY_AH = 100.0
@@ -158,7 +158,7 @@ def _four_cells(chemistry: Chemistry, r0_ohm: float, r0_rel_sigma: float):
     soc = np.array([40.0, 50.0, 60.0, 55.0])
     ratio = np.array([1.0, 0.95, 1.02, 1.0])
     return string_capacity(
-        chemistry, 100.0, 2.0, 100.0, soc, np.full(4, 1.0), ratio, np.full(4, 0.01), 4,
+        chemistry, 100.0, 2.0, 100.0, soc, np.full(4, 1.0), 1.0, ratio, np.full(4, 0.01), 4,
         r0_ohm, r0_rel_sigma,
     )  # fmt: skip
 
@@ -168,13 +168,15 @@ def test_usable_energy_counts_the_tables_error_and_energy_soh_the_resistances():
     assert measured.usable_energy_wh == preset.usable_energy_wh
     rel_charge = measured.usable_capacity_uncertainty_ah / measured.usable_capacity_ah
     # A measured table adds nothing to the charge's sigma; the preset's 60 mV over a mean OCV
-    # of ~3.7 V adds ~1.6 % in quadrature.
+    # of ~3.7 V adds ~1.6 % in quadrature (to a charge sigma of its own: the cells' SOCs
+    # relative to each other are read through its shape).
     assert measured.usable_energy_uncertainty_wh / measured.usable_energy_wh == pytest.approx(
         rel_charge
     )
+    preset_rel_charge = preset.usable_capacity_uncertainty_ah / preset.usable_capacity_ah
     window_ocv_v = preset.usable_energy_wh / 4 / preset.usable_capacity_ah
     assert preset.usable_energy_uncertainty_wh / preset.usable_energy_wh == pytest.approx(
-        math.hypot(rel_charge, 0.060 / window_ocv_v)
+        math.hypot(preset_rel_charge, 0.060 / window_ocv_v)
     )
     # Energy SOH: Q's 2 % and the I*R0 loss at 0.5C; an unmeasured R0 counts all that loss.
     assert measured.soh_energy_uncertainty_pct == pytest.approx(
@@ -213,3 +215,27 @@ def test_cells_apart_in_soc_read_their_ratios_right_through_a_table_of_another_s
     print("ratio", np.round(ratio, 4), "truth", np.round(truth, 4))
     np.testing.assert_allclose(ratio, truth, rtol=0.01)
     assert list(np.flatnonzero(cells.result(100.0, 1.0).weak)) == [WEAK_CELL]
+
+
+def test_a_soc_error_common_to_the_cells_cancels_where_two_cells_limit_the_two_ends():
+    """Cell 0 (weak) empties first, cell 1 (fullest) fills first. Their SOC sigmas of 6 points
+    are the string's (table bias, Q), one error shared by all: it moves both ends the same way,
+    so the usable capacity's sigma is what Monte Carlo gives for a shared error plus each
+    cell's own relative one, not what two independent 6-point errors would."""
+    soc = np.array([50.0, 60.0, 52.0, 48.0])
+    ratio = np.array([0.9, 1.0, 1.0, 1.0])
+    tiny = np.full(4, 1e-9)
+    got = string_capacity(
+        NMC, 100.0, 0.0, 100.0, soc, np.full(4, 6.0), 6.0, ratio, tiny, 4, 0.001, 0.05
+    )
+    rng = np.random.default_rng(3)
+    draws = 20000
+    error = rng.normal(0.0, 6.0, (draws, 1)) + rng.normal(
+        0.0, np.sqrt(relative_soc_var(NMC, soc)), (draws, 4)
+    )
+    read = soc + error  # the readings; the truth is soc
+    below, above = ratio * read / 100.0, ratio * (100.0 - read) / 100.0
+    usable_ah = 100.0 * (below.min(axis=1) + above.min(axis=1))
+    spread = float(np.std(usable_ah))
+    print("sigma", got.usable_capacity_uncertainty_ah, "Monte Carlo", spread)
+    assert 0.75 * spread < got.usable_capacity_uncertainty_ah < 1.33 * spread

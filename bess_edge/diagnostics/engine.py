@@ -678,6 +678,7 @@ class Diagnostician:
                 self.nominal_capacity_ah,
                 c.soc.soc_pct,
                 c.soc.soc_sigma_pct,
+                float(self.string_soc.soc_sigma_pct[0]),
                 cap.ratio,
                 cap.ratio_sigma,
                 self.series_cells,

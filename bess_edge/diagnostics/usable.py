@@ -14,7 +14,11 @@ cell_capacity.py) the charge in cell k is C_k·s_k/100, so
 (balancing can at best make the weakest cell the limit at both ends). What ageing took is the
 rated capacity minus Q, and what a weak cell takes is Q - min_k C_k: three numbers, three
 remedies. A cell whose ratio is not known yet counts as the average cell with a sigma of
-UNKNOWN_RATIO_SIGMA.
+UNKNOWN_RATIO_SIGMA. The cells' SOC errors are mostly one error (the table's bias, Q's and the
+offset's, which the string's own SOC sigma measures): where two cells limit the two ends it
+enters with opposite signs and cancels but for their capacities' difference, and what is each
+cell's own is its SOC sigma beyond that common part plus its SOC relative to the string's
+(cell_capacity.relative_soc_var).
 
 Usable energy is the usable charge times the mean OCV over the window it spans. Its sigma
 counts the usable capacity's and the OCV table's error over that window, taken as one bias
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bess_edge.chemistry import Chemistry
+from bess_edge.diagnostics.cell_capacity import relative_soc_var
 from bess_edge.diagnostics.soc import ocv_table_error_v
 from bess_edge.model import FloatArray
 
@@ -67,6 +72,7 @@ def string_capacity(
     nominal_capacity_ah: float,
     cell_soc_pct: FloatArray,
     cell_soc_sigma_pct: FloatArray,
+    string_soc_sigma_pct: float,
     cell_ratio: FloatArray,
     cell_ratio_sigma: FloatArray,
     series_cells: int,
@@ -74,9 +80,10 @@ def string_capacity(
     cell_r0_rel_sigma: float,
 ) -> StringCapacity:
     """Usable capacity and energy of the string now, from Q [Ah], each cell's SOC [%] and its
-    capacity ratio to Q (NaN: not measured); NaN without a capacity estimate. ``cell_r0_ohm``
-    NaN: the preset's R0, its whole I·R0 loss counted as uncertain (``cell_r0_rel_sigma``
-    is then ignored)."""
+    capacity ratio to Q (NaN: not measured); NaN without a capacity estimate. The string's SOC
+    sigma is the part of the cells' that they share (NaN: none is). ``cell_r0_ohm`` NaN: the
+    preset's R0, its whole I·R0 loss counted as uncertain (``cell_r0_rel_sigma`` is then
+    ignored)."""
     out = StringCapacity()
     ok = np.isfinite(cell_soc_pct)
     if not (math.isfinite(capacity_ah) and np.count_nonzero(ok) and series_cells):
@@ -96,11 +103,14 @@ def string_capacity(
     if j == m:  # one cell limits both ends: its SOC cancels, only its capacity counts
         var = ratio_sigma[j] ** 2
     else:
+        common = float(np.nan_to_num(min(string_soc_sigma_pct, soc_sigma[j], soc_sigma[m])))
+        own_var = soc_sigma**2 - common**2 + relative_soc_var(chemistry, soc)
         var = (
             (soc[j] * ratio_sigma[j]) ** 2
-            + (ratio[j] * soc_sigma[j]) ** 2
+            + ratio[j] ** 2 * own_var[j]
             + ((100.0 - soc[m]) * ratio_sigma[m]) ** 2
-            + (ratio[m] * soc_sigma[m]) ** 2
+            + ratio[m] ** 2 * own_var[m]
+            + ((ratio[j] - ratio[m]) * common) ** 2
         ) / 100.0**2
     out.usable_capacity_uncertainty_ah = capacity_ah * math.hypot(
         share * capacity_sigma_ah / capacity_ah, math.sqrt(var)
