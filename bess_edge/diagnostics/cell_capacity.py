@@ -143,7 +143,8 @@ class CellCapacity:
         if abs(ref) < MIN_PAIR_SPAN_PCT:
             return
         # Each cell's offset from the string's mean, averaged over the pair's two ends.
-        offset = 0.5 * (self._anchor + soc) - float(np.mean(0.5 * (self._anchor + soc)[ok]))
+        middle = 0.5 * (self._anchor + soc)
+        offset = middle - float(np.mean(middle[ok]))
         delta = delta - _shape_slope(delta - ref, offset, ok) * offset
         ref = float(np.mean(delta[ok]))
         u = self.ratio_inverse()
