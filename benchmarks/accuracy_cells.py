@@ -144,25 +144,28 @@ class StringSpec:
         return self.cells[0].label_ah
 
 
-def _nmc_string() -> StringSpec:
+def _string(name: str, parameter_set: str) -> StringSpec:
     # Positive active material lost (negative: more). Chen2020's C/20 capacity does not follow
     # the positive electrode alone (12 % of it lost: 5.141 Ah against 5.156-5.163 Ah), so the
     # weak cell 4 loses 12 % of both electrodes' material: 4.540 Ah, 12.0 % below the others.
     lam = (0.0, 0.02, -0.01, 0.03, 0.12, -0.02, 0.01, 0.0)
     soc = (0.97, 1.0, 0.99, 0.96, 1.0, 0.985, 0.95, 0.99)  # imbalance at the start
+    # Contact resistances as a 5-Ah cell's (2 mΩ; cell 6: a loose busbar joint, 20 mΩ),
+    # scaled to the cell's label: a smaller cell has a proportionally higher resistance.
+    scale = 5.0 / float(pybamm.ParameterValues(parameter_set)["Nominal cell capacity [A.h]"])
     cells = tuple(
         CellSpec(
             f"string-{k}",
-            "Chen2020",
+            parameter_set,
             "nmc",
             lam_pe=lam[k],
             lam_ne=lam[k] if k == 4 else 0.0,
-            contact_ohm=0.02 if k == 6 else 0.002,  # cell 6: a loose busbar joint
+            contact_ohm=(0.02 if k == 6 else 0.002) * scale,
             initial_soc=soc[k],
         )
         for k in range(8)
     )
-    return StringSpec("nmc-string", cells, weak_cell=4, high_r_cell=6)
+    return StringSpec(name, cells, weak_cell=4, high_r_cell=6)
 
 
 CELLS: tuple[CellSpec, ...] = (
@@ -173,7 +176,7 @@ CELLS: tuple[CellSpec, ...] = (
     CellSpec("lfp", "Prada2013", "lfp"),
     CellSpec("lfp-aged-35c", "Prada2013", "lfp", temperature_c=35.0, lli=0.06, lam_pe=0.04),
 )
-STRINGS: tuple[StringSpec, ...] = (_nmc_string(),)
+STRINGS: tuple[StringSpec, ...] = (_string("nmc-string", "Chen2020"),)
 # Cells kept out of the validation set: no estimator choice was made looking at them, so they
 # show how the diagnostics do on physics they were not tuned on (``--held-out``).
 HELD_OUT: tuple[CellSpec, ...] = (
@@ -181,6 +184,7 @@ HELD_OUT: tuple[CellSpec, ...] = (
     CellSpec("nmc-msmr", "MSMR_Example", "nmc"),  # half-cell curves of no published table
     CellSpec("nmc-5c", "Chen2020", "nmc", temperature_c=5.0),  # an unheated container in winter
 )
+HELD_OUT_STRINGS: tuple[StringSpec, ...] = (_string("ecker-string", "Ecker2015"),)
 
 
 def _cache_path(

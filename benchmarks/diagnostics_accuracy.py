@@ -37,6 +37,7 @@ from accuracy_cells import (
     CURRENT,
     DISCHARGED,
     HELD_OUT,
+    HELD_OUT_STRINGS,
     STRINGS,
     VOLTAGE,
     CellSpec,
@@ -406,6 +407,7 @@ def main() -> None:
     # Single cells first (cheaper), the string last; each result is printed as it comes.
     if args.held_out:
         jobs: list[tuple] = [("cell", c, 200 + k) for k, c in enumerate(HELD_OUT)]
+        jobs += [("string", s, 300 + k) for k, s in enumerate(HELD_OUT_STRINGS)]
     else:
         jobs = [("cell", c, k) for k, c in enumerate(CELLS)]
         jobs += [("string", s, 100 + k) for k, s in enumerate(STRINGS)]
