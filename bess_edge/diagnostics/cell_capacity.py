@@ -21,7 +21,7 @@ string's mean reads every SOC through the table δ points further along, so wher
 SOC error changes by γ between a pair's two rests, the cell's ΔSOC is off by γ·δ, the same γ
 for every cell of the pair. Each pair's γ is therefore fitted across the cells (Theil-Sen: the
 median of the slopes between every two cells, which a weak cell, whose offset grows as it
-swings wider, does not move) and γ·δ taken off each cell before the pair is pooled. On the
+swings wider, moves little) and γ·δ taken off each cell before the pair is pooled. On the
 accuracy benchmark's string with its learned table (5 points of imbalance), the healthy cells'
 ratios went from 0.976-1.069 to 1.001-1.025 (truth 1.015), the weak cell's from 0.839 to 0.900
 (truth 0.893). Where the residuals scatter more than the rest explains, the sigma is widened by
