@@ -10,6 +10,7 @@ from bess_edge.drivers.sim import SimOptions, SimulatedString
 from bess_edge.chemistry import NMC, Chemistry
 from bess_edge.diagnostics import Diagnostician, persist
 from bess_edge.diagnostics.cell_capacity import CellCapacity, relative_soc_var
+from bess_edge.diagnostics.soc import ocv_table_error_v
 from bess_edge.diagnostics.usable import string_capacity
 
 CAPACITY_AH = 100.0
@@ -231,7 +232,9 @@ def test_a_soc_error_common_to_the_cells_cancels_where_two_cells_limit_the_two_e
     rng = np.random.default_rng(3)
     draws = 20000
     error = rng.normal(0.0, 6.0, (draws, 1)) + rng.normal(
-        0.0, np.sqrt(relative_soc_var(NMC, soc)), (draws, 4)
+        0.0,
+        np.sqrt(relative_soc_var(NMC, soc, soc.mean(), float(ocv_table_error_v(NMC, soc.mean())))),
+        (draws, 4),
     )
     read = soc + error  # the readings; the truth is soc
     below, above = ratio * read / 100.0, ratio * (100.0 - read) / 100.0

@@ -126,9 +126,9 @@ class CellCapacity:
         soc = np.asarray(chemistry.soc_from_ocv(rest_v), dtype=np.float64)
         flat = in_flat_region(chemistry.ocv_flat_regions_pct, soc)
         soc = np.where(np.isfinite(rest_v) & ~flat, soc, np.nan)
-        var = relative_soc_var(chemistry, soc)
         mean = float(np.nanmean(soc)) if np.isfinite(soc).any() else math.nan
         table_v = float(ocv_table_error_v(chemistry, mean if math.isfinite(mean) else 50.0))
+        var = relative_soc_var(chemistry, soc, mean, table_v)
         mean_slope = max(float(chemistry.docv_dsoc(mean)), 1e-6) if math.isfinite(mean) else 1.0
         bias_var = (table_v / mean_slope) ** 2
         self._add_pair(soc, var, bias_var)
@@ -220,15 +220,15 @@ class CellCapacity:
         self._result = None
 
 
-def relative_soc_var(chemistry: Chemistry, soc_pct: FloatArray) -> FloatArray:
-    """Variance [%²] of each cell's SOC, read through ``chemistry``'s table, against its
-    string's mean: the cells' relative rested-voltage error and the table's shape error over
-    the cell's offset from the mean (what a bias common to the cells leaves), at the local
-    slope."""
+def relative_soc_var(
+    chemistry: Chemistry, soc_pct: FloatArray, mean_pct: float, table_error_v: float
+) -> FloatArray:
+    """Variance [%²] of cells' SOCs, read through ``chemistry``'s table, against their
+    string's mean SOC ``mean_pct``: the cells' relative rested-voltage error and the table's
+    shape error (``table_error_v`` there) over each cell's offset from the mean (what a bias
+    common to the cells leaves), at the local slope."""
     slope = np.maximum(np.asarray(chemistry.docv_dsoc(soc_pct), dtype=np.float64), 1e-6)
-    mean = float(np.nanmean(soc_pct)) if np.isfinite(soc_pct).any() else math.nan
-    table_v = float(ocv_table_error_v(chemistry, mean if math.isfinite(mean) else 50.0))
-    shape = table_v * np.abs(soc_pct - mean) / SHAPE_SPAN_PCT
+    shape = table_error_v * np.abs(soc_pct - mean_pct) / SHAPE_SPAN_PCT
     return (CELL_OCV_ERROR_V**2 + shape**2) / slope**2
 
 

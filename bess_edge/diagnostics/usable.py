@@ -100,23 +100,29 @@ def string_capacity(
     out.recoverable_capacity_ah = max(
         capacity_ah * float(np.min(ratio)) - out.usable_capacity_ah, 0.0
     )
+    mean_soc = float(np.mean(soc))
     if j == m:  # one cell limits both ends: its SOC cancels, only its capacity counts
         var = ratio_sigma[j] ** 2
     else:
         common = float(np.nan_to_num(min(string_soc_sigma_pct, soc_sigma[j], soc_sigma[m])))
-        own_var = soc_sigma**2 - common**2 + relative_soc_var(chemistry, soc)
+        ends = np.array([j, m])
+        table_v = float(ocv_table_error_v(chemistry, mean_soc))
+        own_var_j, own_var_m = (
+            soc_sigma[ends] ** 2
+            - common**2
+            + relative_soc_var(chemistry, soc[ends], mean_soc, table_v)
+        )
         var = (
             (soc[j] * ratio_sigma[j]) ** 2
-            + ratio[j] ** 2 * own_var[j]
+            + ratio[j] ** 2 * own_var_j
             + ((100.0 - soc[m]) * ratio_sigma[m]) ** 2
-            + ratio[m] ** 2 * own_var[m]
+            + ratio[m] ** 2 * own_var_m
             + ((ratio[j] - ratio[m]) * common) ** 2
         ) / 100.0**2
     out.usable_capacity_uncertainty_ah = capacity_ah * math.hypot(
         share * capacity_sigma_ah / capacity_ah, math.sqrt(var)
     )
     # The window of the average cell's SOC the usable charge spans.
-    mean_soc = float(np.mean(soc))
     grid = np.linspace(mean_soc - 100.0 * below[j], mean_soc + 100.0 * above[m], 11)
     window_ocv_v = float(np.mean(chemistry.ocv(grid)))
     window_ocv_sigma_v = float(np.mean(ocv_table_error_v(chemistry, grid)))
