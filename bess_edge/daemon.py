@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -53,6 +54,10 @@ SKIP_WINDOW_S = 60.0
 SKIP_RAISE_SHARE = 0.05
 SKIP_RAISE_MIN = 3
 SYNC_STOP_S = 5.0  # for the sync task's clean stop (offline state's PUBACK, acked rows deleted)
+# A stop that has not ended by then is stuck (a thread in a library call that never returns): every
+# thread's stack goes to stderr and the process exits. Below the unit's TimeoutStopSec=30, whose
+# SIGKILL would end it without a word on where it hung. The store survives an abrupt exit.
+STOP_DEADLINE_S = 25.0
 
 
 def pid_path(db_path: Path) -> Path:
@@ -136,6 +141,11 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop.set()
+
+    def _stop_signalled(self) -> None:
+        if not self.stop.is_set():
+            faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
+        self.request_stop()
 
     async def run(self) -> int:
         s = self.settings
@@ -429,7 +439,7 @@ class Daemon:
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._stop_signalled)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> bool:

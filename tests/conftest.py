@@ -184,12 +184,19 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code. The timeout is above the daemon's own stop
+        deadline, so a stuck stop fails here with the thread stacks it printed."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(
+                f"daemon still running {timeout} s after SIGTERM:\n{self.log()[-6000:]}"
+            ) from None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -69,3 +69,37 @@ def test_kill_9_loses_no_committed_sample_and_sequence_continues(make_config, da
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # Sequence numbers continued across restarts: unique and gap-free from 1.
     assert seen == list(range(1, len(seen) + 1))
+
+
+# The daemon as `bess-edge run` starts it, with its store thread made to hang at shutdown and its
+# stop deadline cut to 2 s: a fault injected, as nothing real hangs on demand.
+STUCK_STOP = """
+import sys, threading
+from bess_edge import daemon
+from bess_edge.cli import main
+
+daemon.STOP_DEADLINE_S = 2.0
+daemon.StoreWorker.shutdown = lambda self: threading.Event().wait()
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_stop_that_hangs_prints_every_threads_stack_and_exits_at_the_deadline(
+    make_config, tmp_path
+):
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STUCK_STOP, str(make_config())], stdout=log, stderr=log
+        )
+    try:
+        wait_until(lambda: "first reading" in log_path.read_text(), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 1
+    finally:
+        proc.kill()
+    text = log_path.read_text()
+    assert "Timeout (0:00:02)!" in text
+    stacks = text.split("Timeout (0:00:02)!", 1)[1]
+    assert "<lambda>" in stacks and "in wait" in stacks, stacks
+    assert '"stopped"' not in text
