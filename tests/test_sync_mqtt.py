@@ -398,14 +398,14 @@ def test_mutual_tls_connects_and_a_wrong_certificate_is_refused_with_a_clear_log
         assert "trust our client certificate" in line, line
         assert "mqtt connected" not in intruder.log()
         assert intruder.alive()
-        intruder.stop()
+        assert intruder.stop() == 0
 
         # A broker whose certificate our CA did not sign: the gateway refuses it.
         wary = daemon(make_config(mqtt=tls("gateway", ca="rogue-ca"), name="wary.toml"))
         wary.wait_for_log("mqtt connection failed", timeout=20)
         line = next(x for x in wary.log().splitlines() if "mqtt connection failed" in x)
         assert "broker certificate rejected" in line, line
-        wary.stop()
+        assert wary.stop() == 0
     finally:
         broker.kill()
         shutil.rmtree(pki, ignore_errors=True)
