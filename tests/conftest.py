@@ -8,6 +8,7 @@ kill and restart.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -156,6 +157,10 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+# What faulthandler prints when the daemon's stop deadline passes, before every thread's stack.
+STOP_DEADLINE_PASSED = re.compile(r"^Timeout \(\d+:\d\d:\d\d\)!$", re.MULTILINE)
+
+
 class DaemonProcess:
     """``bess-edge run`` as a subprocess, its log captured to a file."""
 
@@ -191,12 +196,15 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill9()
             raise AssertionError(
                 f"daemon still running {timeout} s after SIGTERM:\n{self.log()[-6000:]}"
             ) from None
+        log = self.log()
+        assert not STOP_DEADLINE_PASSED.search(log), f"the daemon's stop hung:\n{log[-6000:]}"
+        return code
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
