@@ -54,10 +54,13 @@ SKIP_WINDOW_S = 60.0
 SKIP_RAISE_SHARE = 0.05
 SKIP_RAISE_MIN = 3
 SYNC_STOP_S = 5.0  # for the sync task's clean stop (offline state's PUBACK, acked rows deleted)
+DRIVER_CLOSE_S = 2.0  # for the drivers' closes (side by side) at the end of a stop
 # A stop that has not ended by then is stuck (a thread in a library call that never returns): every
 # thread's stack goes to stderr and the process exits. Below the unit's TimeoutStopSec=30, whose
-# SIGKILL would end it without a word on where it hung. The store survives an abrupt exit.
+# SIGKILL would end it without a word on where it hung. The store survives an abrupt exit. Devices
+# with long timeouts plan a longer stop; the deadline is then that plan and STOP_MARGIN_S.
 STOP_DEADLINE_S = 25.0
+STOP_MARGIN_S = 5.0
 
 
 def pid_path(db_path: Path) -> Path:
@@ -144,8 +147,16 @@ class Daemon:
 
     def _stop_signalled(self) -> None:
         if not self.stop.is_set():
-            faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
+            faulthandler.dump_traceback_later(self._stop_deadline_s(), exit=True)
         self.request_stop()
+
+    def _poll_grace_s(self) -> float:
+        """How long a stop waits for the polls in flight to finish."""
+        return max((d.timeout_s for d in self.settings.devices), default=1.0) * 2 + 5
+
+    def _stop_deadline_s(self) -> float:
+        planned = self._poll_grace_s() + SYNC_STOP_S + DRIVER_CLOSE_S
+        return max(STOP_DEADLINE_S, planned + STOP_MARGIN_S)
 
     async def run(self) -> int:
         s = self.settings
@@ -215,7 +226,7 @@ class Daemon:
         log.info("stopping: finishing polls in flight")
         if http is not None:
             await http.close()
-        grace = max((d.timeout_s for d in s.devices), default=1.0) * 2 + 5
+        grace = self._poll_grace_s()
         _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
         if sync is not None:
             # Its clean stop deletes the acknowledged rows and publishes the offline state.
@@ -226,9 +237,9 @@ class Daemon:
         finals = [c for p in self.pipelines.values() if (c := p.final_state()) is not None]
         if finals:
             await self._commit(finals)
-        for driver in drivers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(driver.close(), 2.0)
+        # Side by side: ten unreachable devices do not add ten close timeouts to the stop.
+        closes = [asyncio.wait_for(driver.close(), DRIVER_CLOSE_S) for driver in drivers]
+        await asyncio.gather(*closes, return_exceptions=True)
         self.fit_worker.shutdown()
         worker.shutdown()
         pid_file.unlink(missing_ok=True)

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import STOP_DEADLINE_PASSED, read_db, sim_device, wait_until
+
+from bess_edge import daemon as daemon_module
+from bess_edge.config import load_config
+from bess_edge.daemon import Daemon
 
 
 def bess_edge(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +83,7 @@ import sys, threading
 from bess_edge import daemon
 from bess_edge.cli import main
 
-daemon.STOP_DEADLINE_S = 2.0
+daemon.Daemon._stop_deadline_s = lambda self: 2.0
 daemon.StoreWorker.shutdown = lambda self: threading.Event().wait()
 sys.exit(main(["run", "--config", sys.argv[1]]))
 """
@@ -104,3 +109,12 @@ def test_a_stop_that_hangs_prints_every_threads_stack_and_exits_at_the_deadline(
     stacks = text[header.end() :]
     assert "<lambda>" in stacks and "in wait" in stacks, stacks
     assert '"stopped"' not in text
+
+
+def test_the_stop_deadline_leaves_room_for_the_stop_the_devices_timeouts_plan(make_config):
+    quick = Daemon(load_config(make_config(devices=[sim_device("a"), sim_device("b")])))
+    assert quick._stop_deadline_s() == daemon_module.STOP_DEADLINE_S  # 0.5-s timeouts: a 13-s plan
+    slow_rtu = sim_device("rtu", timeout_s=10.0)
+    slow = Daemon(load_config(make_config(devices=[sim_device("a"), slow_rtu])))
+    # Polls in flight 2 x 10 + 5 s, the sync's clean stop, the drivers' closes, the margin.
+    assert slow._stop_deadline_s() == pytest.approx(25 + 5 + 2 + 5)
