@@ -146,9 +146,12 @@ class Daemon:
         self.stop.set()
 
     def _stop_signalled(self) -> None:
-        if not self.stop.is_set():
-            faulthandler.dump_traceback_later(self._stop_deadline_s(), exit=True)
+        if self.stop.is_set():
+            return
         self.request_stop()
+        # A daemon started with stderr closed has nowhere to print the stacks: it stops without.
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            faulthandler.dump_traceback_later(self._stop_deadline_s(), exit=True)
 
     def _poll_grace_s(self) -> float:
         """How long a stop waits for the polls in flight to finish."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -118,3 +119,24 @@ def test_the_stop_deadline_leaves_room_for_the_stop_the_devices_timeouts_plan(ma
     slow = Daemon(load_config(make_config(devices=[sim_device("a"), slow_rtu])))
     # Polls in flight 2 x 10 + 5 s, the sync's clean stop, the drivers' closes, the margin.
     assert slow._stop_deadline_s() == pytest.approx(25 + 5 + 2 + 5)
+
+
+def test_sigterm_stops_a_daemon_started_with_stderr_closed(make_config, tmp_path):
+    """Its stuck-stop deadline cannot print there (sys.stderr is None): it stops without one."""
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bess_edge", "run", "--config", str(make_config())],
+            stdout=log,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.close(
+                2
+            ),  # after the redirections: the daemon starts without fd 2
+        )
+    try:
+        wait_until(lambda: "first reading" in log_path.read_text(), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert '"stopped"' in log_path.read_text()
