@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import STOP_DEADLINE_PASSED, read_db, sim_device, wait_until
@@ -90,20 +91,24 @@ sys.exit(main(["run", "--config", sys.argv[1]]))
 """
 
 
+def _sigterm_after_first_reading(args: list[str], log_path: Path, **popen: Any) -> int:
+    """Python with ``args`` and its output in ``log_path``, sent SIGTERM after the daemon's first
+    reading; its exit code, within 20 s."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, **popen)
+    try:
+        wait_until(lambda: "first reading" in log_path.read_text(), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(20)
+    finally:
+        proc.kill()
+
+
 def test_a_stop_that_hangs_prints_every_threads_stack_and_exits_at_the_deadline(
     make_config, tmp_path
 ):
     log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", STUCK_STOP, str(make_config())], stdout=log, stderr=log
-        )
-    try:
-        wait_until(lambda: "first reading" in log_path.read_text(), timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 1
-    finally:
-        proc.kill()
+    assert _sigterm_after_first_reading(["-c", STUCK_STOP, str(make_config())], log_path) == 1
     text = log_path.read_text()
     header = STOP_DEADLINE_PASSED.search(text)
     assert header is not None and header.group() == "Timeout (0:00:02)!", text[-3000:]
@@ -124,19 +129,8 @@ def test_the_stop_deadline_leaves_room_for_the_stop_the_devices_timeouts_plan(ma
 def test_sigterm_stops_a_daemon_started_with_stderr_closed(make_config, tmp_path):
     """Its stuck-stop deadline cannot print there (sys.stderr is None): it stops without one."""
     log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bess_edge", "run", "--config", str(make_config())],
-            stdout=log,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: os.close(
-                2
-            ),  # after the redirections: the daemon starts without fd 2
-        )
-    try:
-        wait_until(lambda: "first reading" in log_path.read_text(), timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        proc.kill()
+    argv = ["-m", "bess_edge", "run", "--config", str(make_config())]
+    # preexec_fn runs after the redirections: the daemon starts without fd 2.
+    code = _sigterm_after_first_reading(argv, log_path, preexec_fn=lambda: os.close(2))
+    assert code == 0
     assert '"stopped"' in log_path.read_text()
