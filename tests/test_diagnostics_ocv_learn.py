@@ -192,3 +192,34 @@ def test_rests_scattered_beyond_their_error_widen_what_they_measure_not_the_labe
     print(f"residual {1000 * fit.residual_v:.1f} mV, Q sigma {fit.capacity_sigma_ah:.2f} Ah")
     assert fit.residual_v > 2.0 * REST_ERROR_V  # scattered beyond a rest's error: the case
     assert 0.5 * label_sigma_ah < fit.capacity_sigma_ah <= label_sigma_ah
+
+
+def test_a_counter_that_wanders_between_rests_moves_rests_together_not_each_alone():
+    """The counter's error is a random walk (what 30-s polls miss of regulation adds up over a
+    night, 3 % of Q here); an hour's discharge from 50 % to 30 % adds almost none. Rests a
+    night apart may each sit points off the counter, but that pair only together: the curve
+    between 30 and 50 % must follow the cell's, not slide the 50 % rest along the preset."""
+    knots, ocv = np.asarray(NMC.ocv_soc_pct), np.asarray(NMC.ocv_v)
+    prior_sigma = knot_prior_sigma_v(knots, ocv, 0.06)
+    rng = np.random.default_rng(3)
+    plan = [(85.0, 0.005), (15.0, 0.03), (50.0, 0.03), (30.0, 0.001)] * 4  # (SOC, step 1σ/Q)
+    soc = np.array([s for s, _ in plan])
+    step_var = np.array([(f * TRUE_AH) ** 2 for _, f in plan])
+    step_var[0] = 0.0  # the chain's first rest: its zero is the chain's
+    walk = np.cumsum(rng.normal(0.0, np.sqrt(step_var)))
+    hours = np.arange(soc.size) * 8.0 + 1.0
+    rests = np.column_stack(
+        [CELL.ocv(soc) + rng.normal(0.0, 0.001, soc.size), TRUE_AH * soc / 100.0 + walk,
+         step_var, 3600.0 * hours, np.zeros(soc.size)]
+    )  # fmt: skip
+    # Full and empty seen at the start, so the scale is known and only the walk is in question.
+    anchors = np.array([[100.0, 0.25, TRUE_AH, 0.0, 0.0], [0.0, 0.25, 0.0, 1800.0, 0.0]])
+    problem = OcvProblem(knots, ocv, prior_sigma, rests, anchors, (LABEL_AH, 0.1 * LABEL_AH),
+                         (0.0, 0.01))  # fmt: skip
+    fit = fit_learned_ocv(problem)
+    assert fit is not None
+    at = np.array([30.0, 40.0, 50.0])
+    error_mv = 1000.0 * (np.interp(at, fit.soc_pct, fit.ocv_v) - CELL.ocv(at))
+    print(f"curve error at {at} %: {np.round(error_mv, 1)} mV; Q {fit.capacity_ah:.2f} Ah")
+    assert np.all(np.abs(error_mv) < 8.0)
+    assert abs(fit.capacity_ah - TRUE_AH) < 0.02 * TRUE_AH

@@ -4,12 +4,15 @@ A preset curve is a published cell's; the cell on site differs by tens of mV, a 
 averaging cannot remove and that keeps SOC and capacity from converging. The rests measure the
 cell's curve, but only against a SOC scale that itself depends on the unknowns: the charge
 counter between rests holds the capacity ``Q``, the sensor's offset ``b`` and an unknown zero
-``c`` per chain of uninterrupted counting. So the curve, Q, b and the zeros are fitted jointly
-(SOC ``s`` in %, counter ``A`` in Ah, time ``h`` in hours since the newest rest):
+``c`` per chain of uninterrupted counting, and what the counter missed since the chain's
+previous rest, ``w_j`` (a random walk: the polls' sampling of a moving current, the gain
+error). So the curve, Q, b, the zeros and the steps are fitted jointly (SOC ``s`` in %,
+counter ``A`` in Ah, time ``h`` in hours since the newest rest):
 
-    s_k = 100 (A_k - b h_k - c_chain) / Q
+    s_k = 100 (A_k - b h_k - c_chain - sum of w_j, j <= k) / Q
     V_k = preset(s_k) + d(s_k) + e_k         settled rest k, e_k the rest's model error
-    100 = 100 (A_f - b h_f - c_chain) / Q    a calibration charge: upper limit with CV taper
+    100 = 100 (A_f - b h_f - c_chain - ...) / Q    a calibration charge: upper limit, CV taper
+    w_j ~ N(0, the counter's variance gathered between rest j-1 and rest j)
 
 ``d`` is a correction, piecewise linear on the preset's own knots, with the preset's table error
 as its prior (widened where the curve is steep, since there the error is a shift of the curve
@@ -37,7 +40,8 @@ from bess_edge.chemistry import Chemistry
 from bess_edge.diagnostics.soc import ocv_table_error_v
 from bess_edge.model import FloatArray
 
-# Rest columns: rested voltage V, charge counter Ah, its variance Ah², time s, chain.
+# Rest columns: rested voltage V, charge counter Ah, the variance the counter gathered since
+# the chain's previous rest Ah² (0 for a chain's first), time s, chain.
 V, AH, AH_VAR, TIME, CHAIN = range(5)
 # Anchor columns: SOC %, its variance, charge counter Ah, time s, chain.
 A_SOC, A_SOC_VAR, A_AH, A_TIME, A_CHAIN = range(5)
@@ -107,13 +111,28 @@ class OcvProblem:
         )
         self.chains = chains.size
         self.rest_chain, self.anchor_chain = index[: rests.shape[0]], index[rests.shape[0] :]
-        self.v, self.ah, self.ah_var = rests[:, V], rests[:, AH], rests[:, AH_VAR]
+        self.v, self.ah = rests[:, V], rests[:, AH]
         self.hours = (rests[:, TIME] - t_ref) / 3600.0
         self.a_soc, self.a_sigma = anchors[:, A_SOC], np.sqrt(anchors[:, A_SOC_VAR])
         self.a_ah, self.a_hours = anchors[:, A_AH], (anchors[:, A_TIME] - t_ref) / 3600.0
         self.q0, self.q_sigma = q_prior
         self.b0, self.b_sigma = b_prior
-        self.n = self.k + 2 + self.chains
+        # The counter's error is a random walk along each chain (what the polls missed of a
+        # moving current adds up): each rest's step since the one before is an unknown of its
+        # own, and a rest's counter carries every step before it, an anchor every step of a
+        # rest before it. Counted as one independent error per rest instead, two rests an hour
+        # apart after a night of regulation could each slide by that night's 2-3 points of
+        # SOC, and the fit slid them rather than bend the curve to them.
+        stepped = np.flatnonzero(rests[:, AH_VAR] > 0.0)
+        self.step_sigma = np.sqrt(rests[stepped, AH_VAR])
+        same = self.rest_chain[:, None] == self.rest_chain[None, stepped]
+        step_time = rests[None, stepped, TIME]
+        self.rest_steps = (same & (rests[:, TIME][:, None] >= step_time)) * 1.0
+        same = self.anchor_chain[:, None] == self.rest_chain[None, stepped]
+        self.anchor_steps = (same & (anchors[:, A_TIME][:, None] >= step_time)) * 1.0
+        self.zeros = slice(self.k + 2, self.k + 2 + self.chains)
+        self.steps = slice(self.zeros.stop, self.zeros.stop + stepped.size)
+        self.n = self.steps.stop
         # Change of slope between neighbouring segments, as a matrix on d.
         curv = np.zeros((max(self.k - 2, 0), self.k))
         for j in range(self.k - 2):
@@ -124,7 +143,7 @@ class OcvProblem:
         self.curv = curv / np.hypot(CURVATURE_SIGMA_V_PER_PCT, CURVATURE_SHARE * bend)[:, None]
 
     def initial(self) -> FloatArray:
-        """d = 0, Q and b at their priors, each chain's zero from the preset's SOC."""
+        """d = 0, Q and b at their priors, each chain's zero from the preset's SOC, no steps."""
         theta = np.zeros(self.n)
         theta[self.k], theta[self.k + 1] = self.q0, self.b0
         soc = np.interp(self.v, self.ocv0, self.knots)
@@ -147,28 +166,36 @@ class OcvProblem:
         slope = (table[idx + 1] - table[idx]) / self.dk[idx]
         return table[idx] + slope * (soc - self.knots[idx]), slope, idx, w
 
+    def rest_soc(self, theta: FloatArray) -> FloatArray:
+        """Each rest's SOC [%] on the fit's scale: its counter less offset, zero and steps."""
+        q, b, zero = theta[self.k], theta[self.k + 1], theta[self.zeros]
+        walk = self.rest_steps @ theta[self.steps]
+        return 100.0 * (self.ah - b * self.hours - zero[self.rest_chain] - walk) / q
+
     def residuals(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
         k, n = self.k, self.n
         q, b = theta[k], theta[k + 1]
-        zero = theta[k + 2 :]
-        soc = 100.0 * (self.ah - b * self.hours - zero[self.rest_chain]) / q
+        soc = self.rest_soc(theta)
         g, slope, idx, w = self.curve(theta, soc)
-        sigma = np.sqrt(REST_ERROR_V**2 + (slope * 100.0 / q) ** 2 * self.ah_var)
-        rows = [(self.v - g) / sigma]
+        rows = [(self.v - g) / REST_ERROR_V]
         jac = np.zeros((soc.size, n))
-        jac[np.arange(soc.size), idx] = -(1.0 - w) / sigma
-        jac[np.arange(soc.size), idx + 1] = -w / sigma
-        ds = -slope / sigma  # d r / d s
+        jac[np.arange(soc.size), idx] = -(1.0 - w) / REST_ERROR_V
+        jac[np.arange(soc.size), idx + 1] = -w / REST_ERROR_V
+        ds = -slope / REST_ERROR_V  # d r / d s
         jac[:, k] = ds * (-soc / q)
         jac[:, k + 1] = ds * (-100.0 * self.hours / q)
-        jac[np.arange(soc.size), k + 2 + self.rest_chain] = ds * (-100.0 / q)
+        jac[np.arange(soc.size), self.zeros.start + self.rest_chain] = ds * (-100.0 / q)
+        jac[:, self.steps] = (ds * (-100.0 / q))[:, None] * self.rest_steps
         jacs = [jac]
-        a_soc = 100.0 * (self.a_ah - b * self.a_hours - zero[self.anchor_chain]) / q
+        walk = self.anchor_steps @ theta[self.steps]
+        a_soc = 100.0 * (self.a_ah - b * self.a_hours - theta[self.zeros][self.anchor_chain] - walk)
+        a_soc /= q
         rows.append((a_soc - self.a_soc) / self.a_sigma)
         ja = np.zeros((a_soc.size, n))
         ja[:, k] = -a_soc / q / self.a_sigma
         ja[:, k + 1] = -100.0 * self.a_hours / q / self.a_sigma
-        ja[np.arange(a_soc.size), k + 2 + self.anchor_chain] = -100.0 / q / self.a_sigma
+        ja[np.arange(a_soc.size), self.zeros.start + self.anchor_chain] = -100.0 / q / self.a_sigma
+        ja[:, self.steps] = (-100.0 / q / self.a_sigma)[:, None] * self.anchor_steps
         jacs.append(ja)
         d = theta[:k]
         prior = np.zeros((k, n))
@@ -179,7 +206,10 @@ class OcvProblem:
         scalar = np.zeros((2, n))
         scalar[0, k], scalar[1, k + 1] = 1.0 / self.q_sigma, 1.0 / self.b_sigma
         rows.append(np.array([(q - self.q0) / self.q_sigma, (b - self.b0) / self.b_sigma]))
-        jacs += [prior, smooth, scalar]
+        steps = np.zeros((self.step_sigma.size, n))
+        steps[:, self.steps] = np.diag(1.0 / self.step_sigma)
+        rows.append(theta[self.steps] / self.step_sigma)
+        jacs += [prior, smooth, scalar, steps]
         return np.concatenate(rows), np.vstack(jacs)
 
 
@@ -212,7 +242,7 @@ def _posterior_covariance(
     # let the rests tell a stretch from a capacity by its kinks, which no cell says.
     column = np.zeros((jac.shape[0], 1))
     q = theta[k]
-    column[:rests, 0] = q * (jac[:rests, k + 2 :].sum(axis=1) - jac[:rests, k])
+    column[:rests, 0] = q * (jac[:rests, problem.zeros].sum(axis=1) - jac[:rests, k])
     augmented = np.hstack([jac, column])
     augmented[:rests] /= math.sqrt(rest_scale)
     hess = augmented.T @ augmented
@@ -254,17 +284,14 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
                 break
     k = problem.k
     q = float(theta[k])
-    soc = 100.0 * (problem.ah - theta[k + 1] * problem.hours - theta[k + 2 :][problem.rest_chain])
-    misfit = problem.v - problem.curve(theta, soc / q)[0]
+    misfit = problem.v - problem.curve(theta, problem.rest_soc(theta))[0]
     # Rests scattered wider than a settled rest's error mean the model misses something (a
     # curve the correction cannot follow, hysteresis, a counter that lost charge): the rests'
-    # sigma widens by the ratio (Birge), in volts so counter noise cannot excuse it. Only the
-    # rests': what they do not see (Q along the preset's stretch, a knot no rest reached)
-    # stays as well known as its prior says, never worse.
+    # sigma widens by the ratio (Birge). Only the rests': what they do not see (Q along the
+    # preset's stretch, a knot no rest reached) stays as well known as its prior says, never
+    # worse.
     misfit_rms = float(np.sqrt(np.mean(misfit**2)))
-    rest_scale = max(
-        1.0, float(np.mean(r[: problem.v.size] ** 2)), (misfit_rms / REST_ERROR_V) ** 2
-    )
+    rest_scale = max(1.0, (misfit_rms / REST_ERROR_V) ** 2)
     try:
         cov = _posterior_covariance(problem, theta, jac, rest_scale)
     except np.linalg.LinAlgError:
