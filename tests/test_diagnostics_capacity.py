@@ -84,3 +84,24 @@ def test_two_anchors_lean_on_the_filter_offset_and_say_how_sure_they_are():
     assert est.capacity_ah == pytest.approx(CAPACITY_AH, rel=0.01)
     assert np.isfinite(est.capacity_sigma_ah) and est.capacity_sigma_ah > 0
     assert not est.offset_learned  # one pair cannot tell the offset from the capacity
+
+
+def test_a_current_sensor_reading_1_percent_high_is_inside_the_capacity_sigma():
+    """A gain error scales every counted charge alike: thirty days of anchors read Q 1 % high
+    however many there are, and the sigma must say so (the sensor's spec: 0.5 %, 1 sigma)."""
+
+    class _HighGainSite(_Site):
+        def run(self, current_a: float, seconds: float) -> None:
+            for _ in range(int(seconds / STEP_S)):
+                self.soc += 100.0 * current_a * STEP_S / 3600.0 / CAPACITY_AH
+                self.est.integrate(1.01 * current_a + OFFSET_A, STEP_S, 0.0)
+                self.t_s += STEP_S
+
+    site = _HighGainSite(CapacityEstimator(LFP, CAPACITY_AH), filter_offset_a=OFFSET_A)
+    for _ in range(30):
+        site.day()
+    est = site.est
+    error_ah = est.capacity_ah - CAPACITY_AH
+    print(f"capacity {est.capacity_ah:.2f} ± {est.capacity_sigma_ah:.2f} Ah ({error_ah:+.2f})")
+    assert error_ah == pytest.approx(0.01 * CAPACITY_AH, rel=0.2)  # the gain, not noise
+    assert abs(error_ah) <= 2.0 * est.capacity_sigma_ah
