@@ -166,37 +166,41 @@ class OcvProblem:
         slope = (table[idx + 1] - table[idx]) / self.dk[idx]
         return table[idx] + slope * (soc - self.knots[idx]), slope, idx, w
 
-    def rest_soc(self, theta: FloatArray) -> FloatArray:
-        """Each rest's SOC [%] on the fit's scale: its counter less offset, zero and steps."""
-        q, b, zero = theta[self.k], theta[self.k + 1], theta[self.zeros]
-        walk = self.rest_steps @ theta[self.steps]
-        return 100.0 * (self.ah - b * self.hours - zero[self.rest_chain] - walk) / q
+    def _soc(
+        self, theta: FloatArray, ah: FloatArray, hours: FloatArray, chain: Any, steps: FloatArray
+    ) -> FloatArray:
+        """SOC [%] on the fit's scale of counter readings ``ah`` [Ah]: the counter less the
+        offset over ``hours``, its chain's zero and the walk's ``steps`` before it."""
+        walk = steps @ theta[self.steps]
+        zero = theta[self.zeros][chain]
+        return 100.0 * (ah - theta[self.k + 1] * hours - zero - walk) / theta[self.k]
+
+    def _soc_jacobian(
+        self, soc: FloatArray, hours: FloatArray, chain: Any, steps: FloatArray, q: float
+    ) -> FloatArray:
+        """d SOC / d (Q, b, zeros, steps) of :meth:`_soc`'s readings; zero elsewhere."""
+        jac = np.zeros((soc.size, self.n))
+        jac[:, self.k] = -soc / q
+        jac[:, self.k + 1] = -100.0 * hours / q
+        jac[np.arange(soc.size), self.zeros.start + chain] = -100.0 / q
+        jac[:, self.steps] = (-100.0 / q) * steps
+        return jac
 
     def residuals(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
         k, n = self.k, self.n
         q, b = theta[k], theta[k + 1]
-        soc = self.rest_soc(theta)
+        soc = self._soc(theta, self.ah, self.hours, self.rest_chain, self.rest_steps)
         g, slope, idx, w = self.curve(theta, soc)
         rows = [(self.v - g) / REST_ERROR_V]
-        jac = np.zeros((soc.size, n))
+        ds = -slope / REST_ERROR_V  # d r / d s
+        jac = ds[:, None] * self._soc_jacobian(soc, self.hours, self.rest_chain, self.rest_steps, q)
         jac[np.arange(soc.size), idx] = -(1.0 - w) / REST_ERROR_V
         jac[np.arange(soc.size), idx + 1] = -w / REST_ERROR_V
-        ds = -slope / REST_ERROR_V  # d r / d s
-        jac[:, k] = ds * (-soc / q)
-        jac[:, k + 1] = ds * (-100.0 * self.hours / q)
-        jac[np.arange(soc.size), self.zeros.start + self.rest_chain] = ds * (-100.0 / q)
-        jac[:, self.steps] = (ds * (-100.0 / q))[:, None] * self.rest_steps
         jacs = [jac]
-        walk = self.anchor_steps @ theta[self.steps]
-        a_soc = 100.0 * (self.a_ah - b * self.a_hours - theta[self.zeros][self.anchor_chain] - walk)
-        a_soc /= q
+        a_soc = self._soc(theta, self.a_ah, self.a_hours, self.anchor_chain, self.anchor_steps)
         rows.append((a_soc - self.a_soc) / self.a_sigma)
-        ja = np.zeros((a_soc.size, n))
-        ja[:, k] = -a_soc / q / self.a_sigma
-        ja[:, k + 1] = -100.0 * self.a_hours / q / self.a_sigma
-        ja[np.arange(a_soc.size), self.zeros.start + self.anchor_chain] = -100.0 / q / self.a_sigma
-        ja[:, self.steps] = (-100.0 / q / self.a_sigma)[:, None] * self.anchor_steps
-        jacs.append(ja)
+        ja = self._soc_jacobian(a_soc, self.a_hours, self.anchor_chain, self.anchor_steps, q)
+        jacs.append(ja / self.a_sigma[:, None])
         d = theta[:k]
         prior = np.zeros((k, n))
         prior[:, :k] = np.diag(1.0 / self.sigma0)
@@ -284,13 +288,12 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
                 break
     k = problem.k
     q = float(theta[k])
-    misfit = problem.v - problem.curve(theta, problem.rest_soc(theta))[0]
     # Rests scattered wider than a settled rest's error mean the model misses something (a
     # curve the correction cannot follow, hysteresis, a counter that lost charge): the rests'
     # sigma widens by the ratio (Birge). Only the rests': what they do not see (Q along the
     # preset's stretch, a knot no rest reached) stays as well known as its prior says, never
     # worse.
-    misfit_rms = float(np.sqrt(np.mean(misfit**2)))
+    misfit_rms = REST_ERROR_V * float(np.sqrt(np.mean(r[: problem.v.size] ** 2)))
     rest_scale = max(1.0, (misfit_rms / REST_ERROR_V) ** 2)
     try:
         cov = _posterior_covariance(problem, theta, jac, rest_scale)
