@@ -46,6 +46,10 @@ CALIBRATION_C = 0.25
 CALIBRATION_CUTOFF_C = 0.05
 CALIBRATION_HOLD_S = 3 * 3600.0
 CALIBRATION_WINDOW_S = 7 * 3600
+# A calibration discharge (``duty(empty=...)``, not in the documented runs): C/10 of the label
+# (what a BMS knows) from the day's regulation (~50 %) to the lower limit, 5-6 h, and a rest,
+# in a 9-h window.
+EMPTY_WINDOW_S = 9 * 3600
 
 
 # Options a parameter set needs beyond SPMe with a contact resistance: MSMR_Example's electrodes
@@ -118,7 +122,9 @@ class CellSpec:
 class Calibration:
     """A full charge from sample ``start`` (the last one before it) to ``end`` of a profile: CC
     at ``charge_a`` to ``limit_v``, that voltage held until the current falls to ``cutoff_a``
-    (at most ``hold_s``), then a rest until ``end``. The profile holds NaN after ``start``."""
+    (at most ``hold_s``), then a rest until ``end``. The profile holds NaN after ``start``.
+    A negative ``charge_a`` is a discharge at that current to ``limit_v`` instead, no hold (a
+    BMS's calibration discharge to its lower limit)."""
 
     start: int
     end: int
@@ -245,16 +251,17 @@ def _cc_cv(
     cal: Calibration,
     initial_soc: float | None,
 ) -> pybamm.Solution:
-    """The CC and CV phases of a calibration charge, timed from 0 at its start."""
-    experiment = pybamm.Experiment(
-        [
-            (
-                f"Charge at {cal.charge_a} A until {cal.limit_v} V",
-                f"Hold at {cal.limit_v} V for {cal.hold_s} seconds or until {cal.cutoff_a} A",
-            )
-        ],
-        period="1 second",
+    """The CC and CV phases of a calibration charge (or the CC discharge of a calibration
+    discharge), timed from 0 at its start."""
+    steps: tuple[str, ...] = (
+        (f"Discharge at {-cal.charge_a} A until {cal.limit_v} V",)
+        if cal.charge_a < 0
+        else (
+            f"Charge at {cal.charge_a} A until {cal.limit_v} V",
+            f"Hold at {cal.limit_v} V for {cal.hold_s} seconds or until {cal.cutoff_a} A",
+        )
     )
+    experiment = pybamm.Experiment([steps], period="1 second")
     sim = pybamm.Simulation(
         model, parameter_values=params, experiment=experiment,
         solver=pybamm.IDAKLUSolver(**SOLVER),
@@ -408,6 +415,17 @@ class _Duty:
         self.soc = 100.0
         return cal
 
+    def discharge_to_empty(self, limit_v: float, current_a: float) -> Calibration:
+        """A discharge at ``current_a`` to ``limit_v`` and a rest (solve() finds where it
+        ends); the duty counts the cell as empty after it."""
+        cal = Calibration(
+            self.seconds - 1, self.seconds + EMPTY_WINDOW_S - 1, -current_a, 0.0, limit_v, 0.0
+        )
+        self.blocks.append(np.full(EMPTY_WINDOW_S, np.nan))
+        self.seconds += EMPTY_WINDOW_S
+        self.soc = 0.0
+        return cal
+
 
 def duty(
     capacity_ah: float,
@@ -416,6 +434,7 @@ def duty(
     high_pct: float = 85.0,
     calibration_pct: float = 99.0,
     limit_v: float | None = None,
+    empty: tuple[int, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, tuple[Calibration, ...]]:
     """Current [A] at 1 Hz from full: a C/4 discharge to START_SOC_PCT, then DAYS of a
     stationary-storage day; the index where the estimator starts and the calibration charges
@@ -428,6 +447,8 @@ def duty(
     until C/20 (at most CALIBRATION_HOLD_S) and a rest, in a window of CALIBRATION_WINDOW_S;
     without (a string: one current through cells that reach the limit at different times),
     C/4 to 95 %, then C/10 and C/25 steps towards ``calibration_pct`` as a BMS's last steps.
+    With ``empty`` (day, limit V, current A) that day's evening discharge is a calibration
+    discharge instead: at that current to that voltage, and a rest (see EMPTY_WINDOW_S).
     Steps ramp from an odd to an even second, so a 2-s poll at even seconds sees the voltage
     before and right after each step: the 1-s response that ``characterise`` measures as the
     truth.
@@ -453,7 +474,10 @@ def duty(
             d.solar(high_pct)
         d.hold(5400, 0.0)
         d.variable(3 * 3600, 0.0, 0.2, 10)
-        d.to_soc(low_pct, -0.4)
+        if empty is not None and day == empty[0]:
+            calibrations.append(d.discharge_to_empty(empty[1], empty[2]))
+        else:
+            d.to_soc(low_pct, -0.4)
         d.hold(3 * 3600, 0.0)
         d.to_soc(START_SOC_PCT, 0.2)
         left = 24 * 3600 - (d.seconds - day_start)
