@@ -123,3 +123,20 @@ def test_a_restart_in_the_middle_of_a_cv_taper_anchors_where_an_unbroken_one_doe
     after.end_rest(None, (CAPACITY_AH, 10.0), (0.0, 1.0))
     assert unbroken[0, 0] < 99.5  # the taper was read: the case tested
     np.testing.assert_array_equal(after.anchors, unbroken)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_c10_discharge_to_the_lower_limit_anchors_empty_through_a_sensor_reading_high(seed):
+    """A BMS's calibration discharge at C/10 of the label, read through a sensor 1 % high with
+    its noise: the last polls before the limit anchor empty (at exactly C/10 the gate took
+    them or not by the noise). A 0.2C discharge to the same voltage does not: at that current
+    the limit comes points before empty."""
+    rng = np.random.default_rng(seed)
+    volts = [3.05, 2.98, 2.93, 2.88, 2.83, 3.05]
+    read = 0.1 * 1.01 + NOISE_C * rng.standard_normal(5)
+    amps = -np.append(read, 0.0) * CAPACITY_AH
+    anchors, counters = _anchors_after(volts, amps, NMC)
+    assert anchors.shape[0] == 1 and anchors[0, 0] == 0.0
+    assert anchors[0, 2] == pytest.approx(counters[4])
+    anchors, _ = _anchors_after(volts, -np.append(np.full(5, 0.2), 0.0) * CAPACITY_AH, NMC)
+    assert anchors.shape[0] == 0
