@@ -315,9 +315,10 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
 
 # A charge has reached full when it tapers (at most C/10, a CV phase or a BMS's last steps)
 # within 30 mV of the upper voltage limit; a discharge at C/10 (as a sensor reads it, see
-# EMPTY_MAX_C) within 0.1 V of the lower limit has reached empty (the empty knee is steeper: 40-70 mV per % on the presets). The
-# counter there is 100 % SOC less what the taper had still to take (0 % at empty), to within
-# the sigma: a BMS ends its taper between C/20 and C/50, 98.5-100 % of a cell's capacity.
+# EMPTY_MAX_C) within 0.1 V of the lower limit has reached empty (the empty knee is steeper:
+# 40-70 mV per % on the presets). The counter there is 100 % SOC less what the taper had
+# still to take (0 % at empty), to within the sigma: a BMS ends its taper between C/20 and
+# C/50, 98.5-100 % of a cell's capacity.
 LIMIT_TAPER_C = 0.1
 # Full is where the OCV reaches the charge limit: a CV taper ended at I has I*tau still to go,
 # tau its decay time (at a held voltage the current falls as exp(-t/tau), tau = R*Q/(dOCV/dQ)).
