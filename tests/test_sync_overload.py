@@ -8,6 +8,7 @@ publish the drainer makes is recorded in order, so "within one window" is counte
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -139,3 +140,31 @@ def test_a_sync_ended_during_a_never_ending_backlog_deletes_every_acknowledged_r
     store = Store(settings.storage.path)
     assert acked[0] < BACKLOG, "the backlog ended: nothing was proven"
     assert before - _outbox_rows(store) == acked[0]
+
+
+def test_acknowledged_rows_whose_delete_a_cancel_dropped_go_to_the_next_flush(tmp_path):
+    """A sync cancelled while the store thread is busy with another job: the DELETE queued
+    behind it never runs (a pending executor job is cancelled with its caller). The ids must
+    stay for the cancelled sync's last flush, not vanish with the dropped call."""
+    settings = _settings(tmp_path, 1)  # nothing connects: the drainer's store side only
+    store = _backlog_store(settings)
+    acked = [int(r[0]) for r in store.conn.execute("SELECT id FROM outbox LIMIT 2007")]
+    before = _outbox_rows(store)
+
+    async def run() -> None:
+        worker = StoreWorker(store)
+        drainer = Syncer(settings, worker, AlertEngine([], 0, [])).drainer
+        drainer.acked_ids = list(acked)
+        gate = threading.Event()
+        busy = asyncio.ensure_future(worker.call(gate.wait))  # holds the store thread
+        flush = asyncio.ensure_future(drainer.flush_acks())
+        await asyncio.sleep(0.05)
+        flush.cancel()
+        await asyncio.gather(flush, return_exceptions=True)
+        gate.set()
+        await busy
+        await drainer.flush_acks()  # what Syncer.run does after a cancel
+        worker.shutdown()
+
+    asyncio.run(run())
+    assert before - _outbox_rows(Store(settings.storage.path)) == len(acked)
