@@ -141,6 +141,17 @@ class OcvProblem:
             curv[j, j + 2] = 1.0 / self.dk[j + 1]
         bend = np.abs(curv @ prior_ocv)
         self.curv = curv / np.hypot(CURVATURE_SIGMA_V_PER_PCT, CURVATURE_SHARE * bend)[:, None]
+        # The priors' rows are linear in the parameters: their Jacobian is built once, here.
+        k, n = self.k, self.n
+        prior = np.zeros((k, n))
+        prior[:, :k] = np.diag(1.0 / self.sigma0)
+        smooth = np.zeros((self.curv.shape[0], n))
+        smooth[:, :k] = self.curv
+        scalar = np.zeros((2, n))
+        scalar[0, k], scalar[1, k + 1] = 1.0 / self.q_sigma, 1.0 / self.b_sigma
+        steps = np.zeros((self.step_sigma.size, n))
+        steps[:, self.steps] = np.diag(1.0 / self.step_sigma)
+        self.prior_jac = np.vstack([prior, smooth, scalar, steps])
 
     def initial(self) -> FloatArray:
         """d = 0, Q and b at their priors, each chain's zero from the preset's SOC, no steps."""
@@ -187,7 +198,7 @@ class OcvProblem:
         return jac
 
     def residuals(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
-        k, n = self.k, self.n
+        k = self.k
         q, b = theta[k], theta[k + 1]
         soc = self._soc(theta, self.ah, self.hours, self.rest_chain, self.rest_steps)
         g, slope, idx, w = self.curve(theta, soc)
@@ -202,18 +213,10 @@ class OcvProblem:
         ja = self._soc_jacobian(a_soc, self.a_hours, self.anchor_chain, self.anchor_steps, q)
         jacs.append(ja / self.a_sigma[:, None])
         d = theta[:k]
-        prior = np.zeros((k, n))
-        prior[:, :k] = np.diag(1.0 / self.sigma0)
         rows += [d / self.sigma0, self.curv @ d]
-        smooth = np.zeros((self.curv.shape[0], n))
-        smooth[:, :k] = self.curv
-        scalar = np.zeros((2, n))
-        scalar[0, k], scalar[1, k + 1] = 1.0 / self.q_sigma, 1.0 / self.b_sigma
         rows.append(np.array([(q - self.q0) / self.q_sigma, (b - self.b0) / self.b_sigma]))
-        steps = np.zeros((self.step_sigma.size, n))
-        steps[:, self.steps] = np.diag(1.0 / self.step_sigma)
         rows.append(theta[self.steps] / self.step_sigma)
-        jacs += [prior, smooth, scalar, steps]
+        jacs.append(self.prior_jac)
         return np.concatenate(rows), np.vstack(jacs)
 
 
@@ -293,8 +296,9 @@ def fit_learned_ocv(problem: OcvProblem) -> LearnedOcv | None:
     # sigma widens by the ratio (Birge). Only the rests': what they do not see (Q along the
     # preset's stretch, a knot no rest reached) stays as well known as its prior says, never
     # worse.
-    misfit_rms = REST_ERROR_V * float(np.sqrt(np.mean(r[: problem.v.size] ** 2)))
-    rest_scale = max(1.0, (misfit_rms / REST_ERROR_V) ** 2)
+    rest_ms = float(np.mean(r[: problem.v.size] ** 2))  # the rests' misfit over REST_ERROR_V, ²
+    misfit_rms = REST_ERROR_V * math.sqrt(rest_ms)
+    rest_scale = max(1.0, rest_ms)
     try:
         cov = _posterior_covariance(problem, theta, jac, rest_scale)
     except np.linalg.LinAlgError:
